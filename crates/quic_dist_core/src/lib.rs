@@ -1,0 +1,13 @@
+//! Sans-IO core of quic_dist.
+//!
+//! Everything here is deterministic and free of I/O so it can be unit-tested without a runtime:
+//! the framing of distribution packets on a QUIC stream ([`framing`]) and the limits that keep
+//! memory bounded per connection ([`limits`]).
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod framing;
+pub mod limits;
+
+pub use error::FrameError;
+pub use framing::{Frame, FrameDecoder, FrameEncoder, FRAME_HEADER_LEN};

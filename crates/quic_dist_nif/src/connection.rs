@@ -1,0 +1,256 @@
+//! NIFs for one distribution connection, and the events it sends back to Erlang.
+//!
+//! Messages sent to Erlang processes:
+//! - input handler: `{quic_dist_data, [Packet :: binary()], Bytes}` and `{quic_dist_closed, Reason}`
+//! - controller: `quic_dist_writable`
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use quic_dist_transport::{ConnectionEvents, DistConnection, PacketBatch, SendStatus};
+use rustler::types::binary::NewBinary;
+use rustler::{Atom, Encoder, Env, LocalPid, NifResult, OwnedEnv, Resource, ResourceArc, Term};
+
+use crate::atoms;
+use crate::terms::{append_iodata, encode_socket_addr, error_tuple};
+
+/// A connection, held by the Erlang side as a resource. Dropping it closes the connection.
+pub struct ConnRes {
+    conn: DistConnection,
+}
+
+#[rustler::resource_impl]
+impl Resource for ConnRes {}
+
+impl ConnRes {
+    pub fn new(conn: DistConnection) -> Self {
+        Self { conn }
+    }
+}
+
+thread_local! {
+    // One reusable environment per tokio worker: sending is on the hot path.
+    static SEND_ENV: RefCell<OwnedEnv> = RefCell::new(OwnedEnv::new());
+}
+
+fn send_from_worker<F>(pid: &LocalPid, build: F)
+where
+    F: for<'a> FnOnce(Env<'a>) -> Term<'a>,
+{
+    SEND_ENV.with(|cell| {
+        let _ = cell.borrow_mut().send_and_clear(pid, build);
+    });
+}
+
+struct ErlangEvents {
+    input: LocalPid,
+    controller: LocalPid,
+}
+
+impl ConnectionEvents for ErlangEvents {
+    fn packets(&self, batch: PacketBatch) {
+        send_from_worker(&self.input, |env| {
+            let list: Vec<Term> = batch
+                .packets
+                .iter()
+                .map(|p| {
+                    let mut b = NewBinary::new(env, p.len());
+                    b.as_mut_slice().copy_from_slice(p);
+                    let bin: rustler::Binary = b.into();
+                    bin.to_term(env)
+                })
+                .collect();
+            (atoms::quic_dist_data(), list, batch.bytes).encode(env)
+        });
+    }
+
+    fn closed(&self, reason: String) {
+        send_from_worker(&self.input, |env| {
+            (atoms::quic_dist_closed(), reason).encode(env)
+        });
+    }
+
+    fn writable(&self) {
+        send_from_worker(&self.controller, |env| {
+            atoms::quic_dist_writable().encode(env)
+        });
+    }
+}
+
+/// Starts delivery: packets and close notices go to `input`, writable notices to `controller`.
+#[rustler::nif]
+fn conn_start<'a>(
+    env: Env<'a>,
+    conn: ResourceArc<ConnRes>,
+    input: LocalPid,
+    controller: LocalPid,
+) -> Term<'a> {
+    match conn
+        .conn
+        .start(Arc::new(ErlangEvents { input, controller }))
+    {
+        Ok(()) => atoms::ok().encode(env),
+        Err(e) => error_tuple(env, e),
+    }
+}
+
+/// Frames and queues a list of packets (each an iodata); `ok`, `busy` (stop until
+/// `quic_dist_writable`), or `{error, Reason}`.
+#[rustler::nif]
+fn conn_send<'a>(
+    env: Env<'a>,
+    conn: ResourceArc<ConnRes>,
+    packets: Term<'a>,
+) -> NifResult<Term<'a>> {
+    let encoder = conn.conn.encoder();
+    let mut out = BytesMut::new();
+    let mut count = 0u64;
+    for packet in packets.into_list_iterator()? {
+        let start = encoder.begin_packet(&mut out);
+        append_iodata(packet, &mut out)?;
+        if let Err(e) = encoder.end_packet(start, &mut out) {
+            return Ok(error_tuple(env, e));
+        }
+        count += 1;
+    }
+    if count == 0 {
+        return Ok(atoms::ok().encode(env));
+    }
+    Ok(match conn.conn.send(out.freeze(), count) {
+        Ok(SendStatus::Ready) => atoms::ok().encode(env),
+        Ok(SendStatus::Busy) => atoms::busy().encode(env),
+        Err(e) => error_tuple(env, e),
+    })
+}
+
+/// Sends a tick unless data is queued. Never blocks.
+#[rustler::nif]
+fn conn_tick(conn: ResourceArc<ConnRes>) -> Atom {
+    let _ = conn.conn.tick();
+    atoms::ok()
+}
+
+/// The input handler consumed `bytes` of delivered packets.
+#[rustler::nif]
+fn conn_ack(conn: ResourceArc<ConnRes>, bytes: usize) -> Atom {
+    conn.conn.ack(bytes);
+    atoms::ok()
+}
+
+/// `{ok, Received, Sent, Pending}` for `dist_util`'s tick logic: `Received` counts UDP datagrams
+/// from the peer, so any QUIC activity proves the peer alive, even behind flow-controlled data.
+#[rustler::nif]
+fn conn_getstat(conn: ResourceArc<ConnRes>) -> (Atom, u64, u64, usize) {
+    let s = conn.conn.stats();
+    (
+        atoms::ok(),
+        s.datagrams_received,
+        s.packets_sent,
+        s.queued_bytes,
+    )
+}
+
+/// All counters of the connection, as a map.
+#[rustler::nif]
+fn conn_stats<'a>(env: Env<'a>, conn: ResourceArc<ConnRes>) -> NifResult<Term<'a>> {
+    let s = conn.conn.stats();
+    let pairs: Vec<(Term, Term)> = vec![
+        (
+            atoms::datagrams_received().encode(env),
+            s.datagrams_received.encode(env),
+        ),
+        (
+            atoms::datagrams_sent().encode(env),
+            s.datagrams_sent.encode(env),
+        ),
+        (
+            atoms::udp_bytes_received().encode(env),
+            s.udp_bytes_received.encode(env),
+        ),
+        (
+            atoms::udp_bytes_sent().encode(env),
+            s.udp_bytes_sent.encode(env),
+        ),
+        (
+            atoms::packets_sent().encode(env),
+            s.packets_sent.encode(env),
+        ),
+        (
+            atoms::packets_received().encode(env),
+            s.packets_received.encode(env),
+        ),
+        (
+            atoms::queued_bytes().encode(env),
+            s.queued_bytes.encode(env),
+        ),
+        (
+            atoms::unacked_bytes().encode(env),
+            s.unacked_bytes.encode(env),
+        ),
+        (
+            atoms::rtt_us().encode(env),
+            (s.rtt.as_micros() as u64).encode(env),
+        ),
+        (atoms::cwnd().encode(env), s.cwnd.encode(env)),
+        (
+            atoms::lost_packets().encode(env),
+            s.lost_packets.encode(env),
+        ),
+        (
+            atoms::quic_packets_sent().encode(env),
+            s.quic_packets_sent.encode(env),
+        ),
+        (atoms::streams().encode(env), s.streams.encode(env)),
+    ];
+    Term::map_from_pairs(env, &pairs)
+}
+
+/// Peer address, TLS version and cipher, ALPN, SNI and the peer's certificate chain (DER).
+#[rustler::nif]
+fn conn_info<'a>(env: Env<'a>, conn: ResourceArc<ConnRes>) -> NifResult<Term<'a>> {
+    let i = conn.conn.info();
+    let bin = |bytes: &[u8]| {
+        let mut b = NewBinary::new(env, bytes.len());
+        b.as_mut_slice().copy_from_slice(bytes);
+        let b: rustler::Binary = b.into();
+        b.to_term(env)
+    };
+    let certs: Vec<Term> = i
+        .peer_certificates
+        .iter()
+        .map(|c| bin(c.as_ref()))
+        .collect();
+    let alpn = i
+        .alpn
+        .as_deref()
+        .map(bin)
+        .unwrap_or_else(|| atoms::undefined().encode(env));
+    let sni = i
+        .server_name
+        .as_deref()
+        .map(|s| bin(s.as_bytes()))
+        .unwrap_or_else(|| atoms::undefined().encode(env));
+    let pairs: Vec<(Term, Term)> = vec![
+        (
+            atoms::remote().encode(env),
+            encode_socket_addr(env, i.remote),
+        ),
+        (
+            atoms::cipher_suite().encode(env),
+            i.cipher_suite.encode(env),
+        ),
+        (atoms::tls_version().encode(env), i.tls_version.encode(env)),
+        (atoms::alpn().encode(env), alpn),
+        (atoms::server_name().encode(env), sni),
+        (atoms::peer_certificates().encode(env), certs.encode(env)),
+    ];
+    Term::map_from_pairs(env, &pairs)
+}
+
+/// Closes the connection now, telling the peer `reason`.
+#[rustler::nif]
+fn conn_close(conn: ResourceArc<ConnRes>, reason: String) -> Atom {
+    conn.conn.close(&reason);
+    atoms::ok()
+}

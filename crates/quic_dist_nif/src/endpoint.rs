@@ -1,0 +1,175 @@
+//! NIFs for the node's endpoint: open, accept, connect, close.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use quic_dist_transport::{DistEndpoint, TlsMaterial, TransportOptions};
+use rustler::{
+    Atom, Decoder, Encoder, Env, LocalPid, NifResult, OwnedEnv, Resource, ResourceArc, Term,
+};
+
+use crate::atoms;
+use crate::connection::ConnRes;
+use crate::terms::{decode_ip, error_tuple};
+use crate::{logging, runtime};
+
+/// The node's QUIC endpoint, held by the Erlang side as a resource.
+pub struct EndpointRes {
+    pub ep: DistEndpoint,
+}
+
+#[rustler::resource_impl]
+impl Resource for EndpointRes {}
+
+fn get<'a, T: Decoder<'a>>(map: Term<'a>, key: Atom) -> NifResult<Option<T>> {
+    match map.map_get(key) {
+        Ok(v) => v.decode().map(Some),
+        Err(_) => Ok(None),
+    }
+}
+
+fn tls_material(tls: Term) -> NifResult<Result<TlsMaterial, String>> {
+    if let (Some(c), Some(k), Some(a)) = (
+        get::<String>(tls, atoms::certfile())?,
+        get::<String>(tls, atoms::keyfile())?,
+        get::<String>(tls, atoms::cacertfile())?,
+    ) {
+        return Ok(
+            TlsMaterial::from_pem_files(Path::new(&c), Path::new(&k), Path::new(&a))
+                .map_err(|e| e.to_string()),
+        );
+    }
+    if let (Some(c), Some(k), Some(a)) = (
+        get::<rustler::Binary>(tls, atoms::cert_pem())?,
+        get::<rustler::Binary>(tls, atoms::key_pem())?,
+        get::<rustler::Binary>(tls, atoms::ca_pem())?,
+    ) {
+        return Ok(
+            TlsMaterial::from_pem(c.as_slice(), k.as_slice(), a.as_slice())
+                .map_err(|e| e.to_string()),
+        );
+    }
+    Ok(Err(
+        "no certificate configured: give certfile, keyfile and cacertfile".into(),
+    ))
+}
+
+fn transport_options(opts: Term) -> NifResult<TransportOptions> {
+    let mut t = TransportOptions::default();
+    if let Some(ms) = get::<u64>(opts, atoms::idle_timeout_ms())? {
+        t.idle_timeout = Duration::from_millis(ms);
+    }
+    if let Some(ms) = get::<u64>(opts, atoms::handshake_timeout_ms())? {
+        t.handshake_timeout = Duration::from_millis(ms);
+    }
+    if let Some(n) = get::<usize>(opts, atoms::max_frame())? {
+        t.max_frame = n;
+    }
+    if let Some(n) = get::<u32>(opts, atoms::stream_window())? {
+        t.stream_window = n;
+    }
+    if let Some(n) = get::<u32>(opts, atoms::connection_window())? {
+        t.connection_window = n;
+    }
+    Ok(t)
+}
+
+/// Starts the tokio runtime and the log forwarding; idempotent.
+#[rustler::nif]
+fn runtime_init<'a>(
+    env: Env<'a>,
+    threads: usize,
+    log_pid: LocalPid,
+    log_filter: String,
+) -> Term<'a> {
+    if let Err(e) = runtime::init(threads) {
+        return error_tuple(env, e);
+    }
+    match logging::init(log_pid, &log_filter) {
+        Ok(()) => atoms::ok().encode(env),
+        Err(e) => error_tuple(env, e),
+    }
+}
+
+/// Binds the node's UDP socket; `{ok, Endpoint}` or `{error, Reason}`.
+#[rustler::nif]
+fn endpoint_open<'a>(
+    env: Env<'a>,
+    ip: Term<'a>,
+    port: u16,
+    listen: bool,
+    tls: Term<'a>,
+    opts: Term<'a>,
+) -> NifResult<Term<'a>> {
+    let addr = SocketAddr::new(decode_ip(ip)?, port);
+    let material = match tls_material(tls)? {
+        Ok(m) => m,
+        Err(e) => return Ok(error_tuple(env, e)),
+    };
+    let opts = transport_options(opts)?;
+    Ok(
+        match DistEndpoint::bind(addr, &material, listen, opts, runtime::handle()) {
+            Ok(ep) => (atoms::ok(), ResourceArc::new(EndpointRes { ep })).encode(env),
+            Err(e) => error_tuple(env, e),
+        },
+    )
+}
+
+/// The UDP port the endpoint is bound to.
+#[rustler::nif]
+fn endpoint_port(ep: ResourceArc<EndpointRes>) -> NifResult<u16> {
+    ep.ep
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| rustler::Error::Term(Box::new(e.to_string())))
+}
+
+/// Sends `{quic_dist_incoming, Conn}` to `acceptor` for every accepted connection.
+#[rustler::nif]
+fn endpoint_accept(ep: ResourceArc<EndpointRes>, acceptor: LocalPid) -> Atom {
+    ep.ep.accept_loop(move |conn| {
+        let res = ResourceArc::new(ConnRes::new(conn));
+        let _ = OwnedEnv::new().send_and_clear(&acceptor, |env| {
+            (atoms::quic_dist_incoming(), res).encode(env)
+        });
+    });
+    atoms::ok()
+}
+
+/// Closes every connection of the endpoint, telling peers, and waits (up to 500 ms) until the
+/// notifications are out, so a stopping node's peers see nodedown at once.
+#[rustler::nif(schedule = "DirtyIo")]
+fn endpoint_close(ep: ResourceArc<EndpointRes>, reason: String) -> Atom {
+    ep.ep.close(&reason);
+    ep.ep.wait_idle_blocking(Duration::from_millis(500));
+    atoms::ok()
+}
+
+/// Starts a connection; `{quic_dist_connected, Ref, {ok, Conn} | {error, Reason}}` goes to
+/// `owner` when it is established or has failed.
+#[rustler::nif]
+#[allow(clippy::too_many_arguments)]
+fn connect<'a>(
+    ep: ResourceArc<EndpointRes>,
+    ip: Term<'a>,
+    port: u16,
+    server_name: String,
+    owner: LocalPid,
+    reference: Term<'a>,
+) -> NifResult<Atom> {
+    let addr = SocketAddr::new(decode_ip(ip)?, port);
+    let mut owned = OwnedEnv::new();
+    let saved = owned.save(reference);
+    ep.ep.spawn_connect(addr, server_name, move |result| {
+        let _ = owned.send_and_clear(&owner, |env| {
+            let reference = saved.load(env);
+            let result = match result {
+                Ok(conn) => (atoms::ok(), ResourceArc::new(ConnRes::new(conn))).encode(env),
+                Err(e) => error_tuple(env, e),
+            };
+            (atoms::quic_dist_connected(), reference, result).encode(env)
+        });
+    });
+    Ok(atoms::ok())
+}

@@ -1,0 +1,76 @@
+//! Conversions between Erlang terms and Rust values.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use bytes::BytesMut;
+use rustler::{Binary, Encoder, Env, NifResult, Term, TermType};
+
+use crate::atoms;
+
+/// `{error, Reason}` with the reason as a binary (a readable message).
+pub fn error_tuple<'a>(env: Env<'a>, reason: impl std::fmt::Display) -> Term<'a> {
+    (atoms::error(), reason.to_string()).encode(env)
+}
+
+/// Reads an `inet:ip_address()` tuple.
+pub fn decode_ip(term: Term) -> NifResult<IpAddr> {
+    if let Ok((a, b, c, d)) = term.decode::<(u8, u8, u8, u8)>() {
+        return Ok(IpAddr::V4(Ipv4Addr::new(a, b, c, d)));
+    }
+    let parts = rustler::types::tuple::get_tuple(term)?;
+    if parts.len() != 8 {
+        return Err(rustler::Error::BadArg);
+    }
+    let mut seg = [0u16; 8];
+    for (s, t) in seg.iter_mut().zip(parts) {
+        *s = t.decode()?;
+    }
+    Ok(IpAddr::V6(Ipv6Addr::from(seg)))
+}
+
+/// `{Ip, Port}` as Erlang writes it.
+pub fn encode_socket_addr<'a>(env: Env<'a>, addr: SocketAddr) -> Term<'a> {
+    let ip = match addr.ip() {
+        IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            (a, b, c, d).encode(env)
+        }
+        IpAddr::V6(v6) => {
+            let parts: Vec<Term> = v6.segments().iter().map(|s| s.encode(env)).collect();
+            rustler::types::tuple::make_tuple(env, &parts)
+        }
+    };
+    (ip, addr.port()).encode(env)
+}
+
+/// Appends the bytes of an iodata term (binary, byte, or possibly improper list of those).
+///
+/// The fast path is the shape `dist_ctrl_get_data/1` returns: a list of binaries.
+pub fn append_iodata(term: Term, out: &mut BytesMut) -> NifResult<()> {
+    match term.get_type() {
+        TermType::Binary => {
+            out.extend_from_slice(Binary::from_term(term)?.as_slice());
+            Ok(())
+        }
+        TermType::List => {
+            let mut rest = term;
+            while !rest.is_empty_list() {
+                match rest.list_get_cell() {
+                    Ok((head, tail)) => {
+                        append_iodata(head, out)?;
+                        rest = tail;
+                    }
+                    // Improper tail: must be a binary.
+                    Err(_) => return append_iodata(rest, out),
+                }
+            }
+            Ok(())
+        }
+        TermType::Integer => {
+            let byte: u8 = term.decode()?;
+            out.extend_from_slice(&[byte]);
+            Ok(())
+        }
+        _ => Err(rustler::Error::BadArg),
+    }
+}

@@ -1,0 +1,29 @@
+//! QUIC transport of quic_dist, on quinn + rustls + tokio.
+//!
+//! One [`DistEndpoint`] per node (one UDP socket) carries every distribution connection of that
+//! node, incoming and outgoing. A [`DistConnection`] carries framed distribution packets on a
+//! QUIC stream, batches them both ways, and applies backpressure so memory stays bounded:
+//!
+//! - sending never blocks the caller: [`DistConnection::send`] queues a framed batch and answers
+//!   [`SendStatus::Busy`] above a high-water mark; [`ConnectionEvents::writable`] fires once the
+//!   queue has drained below the low-water mark;
+//! - receiving stops reading the stream while too many delivered bytes are unacknowledged
+//!   ([`DistConnection::ack`]), so QUIC flow control pushes back on the peer.
+//!
+//! The crate knows nothing about Erlang: the NIF implements [`ConnectionEvents`].
+#![warn(missing_docs)]
+
+pub mod certs;
+pub mod config;
+pub mod connection;
+pub mod endpoint;
+pub mod error;
+pub mod tls;
+
+pub use config::TransportOptions;
+pub use connection::{
+    ConnectionEvents, ConnectionInfo, ConnectionStats, DistConnection, PacketBatch, SendStatus,
+};
+pub use endpoint::DistEndpoint;
+pub use error::TransportError;
+pub use tls::{TlsMaterial, ALPN};

@@ -1,0 +1,886 @@
+//! Integration tests over real UDP loopback: two `DistEndpoint`s in one process, certificates
+//! generated at test time with the crate's own `certs` module (nothing is written to disk).
+//!
+//! Every wait is bounded by a timeout; no test sleeps to synchronise.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use quic_dist_core::limits::{RECV_BATCH_BYTES, RECV_BATCH_PACKETS, RECV_UNACKED_LIMIT};
+use quic_dist_core::FrameError;
+use quic_dist_transport::certs::{generate_ca, generate_node, PemPair, Validity};
+use quic_dist_transport::tls::CIPHER_SUITE;
+use quic_dist_transport::{
+    ConnectionEvents, DistConnection, DistEndpoint, PacketBatch, SendStatus, TlsMaterial,
+    TransportError, TransportOptions, ALPN,
+};
+use tokio::sync::mpsc::{self, error::TryRecvError, UnboundedReceiver, UnboundedSender};
+use tokio::time::timeout;
+
+/// How long any single expected event may take.
+const WAIT: Duration = Duration::from_secs(10);
+/// How long to watch for an event that must not happen.
+const QUIET: Duration = Duration::from_millis(300);
+/// The server name every node certificate carries (besides 127.0.0.1).
+const HOST: &str = "localhost";
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_max_level(tracing::Level::INFO)
+        .try_init();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Certificates
+
+#[derive(Debug)]
+struct Pki {
+    ca: PemPair,
+}
+
+impl Pki {
+    fn new(name: &str) -> Self {
+        Self {
+            ca: generate_ca(name, Validity::days_from_now(1)).expect("generate ca"),
+        }
+    }
+
+    /// A node certificate of this CA naming `names`, trusting this CA.
+    fn node(&self, names: &[&str]) -> TlsMaterial {
+        self.node_trusting(names, &self.ca)
+    }
+
+    /// A node certificate of this CA naming `names`, trusting `roots` (maybe another CA).
+    fn node_trusting(&self, names: &[&str], roots: &PemPair) -> TlsMaterial {
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let node = generate_node(
+            &self.ca,
+            "node@localhost",
+            &names,
+            Validity::days_from_now(1),
+        )
+        .expect("generate node certificate");
+        TlsMaterial::from_pem(
+            node.cert_pem.as_bytes(),
+            node.key_pem.as_bytes(),
+            roots.cert_pem.as_bytes(),
+        )
+        .expect("load generated material")
+    }
+}
+
+fn good_names() -> [&'static str; 2] {
+    ["127.0.0.1", HOST]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Events forwarded into channels
+
+#[derive(Debug)]
+struct ChannelEvents {
+    packets: UnboundedSender<PacketBatch>,
+    closed: UnboundedSender<String>,
+    writable: UnboundedSender<()>,
+}
+
+impl ConnectionEvents for ChannelEvents {
+    fn packets(&self, batch: PacketBatch) {
+        let _ = self.packets.send(batch);
+    }
+    fn closed(&self, reason: String) {
+        let _ = self.closed.send(reason);
+    }
+    fn writable(&self) {
+        let _ = self.writable.send(());
+    }
+}
+
+/// A started connection and the receiving ends of its events.
+#[derive(Debug)]
+struct Side {
+    conn: DistConnection,
+    packets: UnboundedReceiver<PacketBatch>,
+    closed: UnboundedReceiver<String>,
+    writable: UnboundedReceiver<()>,
+}
+
+fn start(conn: DistConnection) -> Side {
+    let (ptx, packets) = mpsc::unbounded_channel();
+    let (ctx, closed) = mpsc::unbounded_channel();
+    let (wtx, writable) = mpsc::unbounded_channel();
+    conn.start(Arc::new(ChannelEvents {
+        packets: ptx,
+        closed: ctx,
+        writable: wtx,
+    }))
+    .expect("start connection");
+    Side {
+        conn,
+        packets,
+        closed,
+        writable,
+    }
+}
+
+async fn within<T>(rx: &mut UnboundedReceiver<T>, what: &str) -> T {
+    timeout(WAIT, rx.recv())
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+        .unwrap_or_else(|| panic!("channel of {what} closed"))
+}
+
+/// Asserts that nothing arrives on `rx` for a while.
+async fn stays_quiet<T: std::fmt::Debug>(rx: &mut UnboundedReceiver<T>, what: &str) {
+    if let Ok(got) = timeout(QUIET, rx.recv()).await {
+        panic!("unexpected {what}: {got:?}");
+    }
+}
+
+impl Side {
+    /// Frames `packets` with the connection's encoder and queues them as one send.
+    fn send_packets(&self, packets: &[&[u8]]) -> SendStatus {
+        let enc = self.conn.encoder();
+        let mut buf = BytesMut::new();
+        for p in packets {
+            enc.encode_packet(&[p], &mut buf).expect("encode packet");
+        }
+        self.conn
+            .send(buf.freeze(), packets.len() as u64)
+            .expect("send")
+    }
+
+    /// Receives exactly `n` packets (acknowledging them if `ack`); returns them and the number of
+    /// batches they came in. Checks each batch's byte count and size limits.
+    async fn recv_packets(&mut self, n: usize, ack: bool) -> (Vec<Bytes>, usize) {
+        let mut got = Vec::with_capacity(n);
+        let mut batches = 0;
+        while got.len() < n {
+            let batch = within(&mut self.packets, "packets").await;
+            check_batch(&batch);
+            batches += 1;
+            if ack {
+                self.conn.ack(batch.bytes);
+            }
+            got.extend(batch.packets);
+        }
+        assert_eq!(got.len(), n, "more packets than expected");
+        (got, batches)
+    }
+}
+
+fn check_batch(batch: &PacketBatch) {
+    assert!(!batch.packets.is_empty(), "empty batch delivered");
+    assert!(
+        batch.packets.len() <= RECV_BATCH_PACKETS,
+        "batch of {} packets",
+        batch.packets.len()
+    );
+    assert_eq!(
+        batch.bytes,
+        batch.packets.iter().map(Bytes::len).sum::<usize>(),
+        "batch byte count"
+    );
+    assert!(
+        batch.packets.iter().all(|p| !p.is_empty()),
+        "a zero-length frame (tick) was delivered"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Endpoints
+
+#[derive(Debug)]
+struct Server {
+    ep: DistEndpoint,
+    addr: SocketAddr,
+    accepted: UnboundedReceiver<DistConnection>,
+}
+
+fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+fn server(tls: &TlsMaterial, opts: TransportOptions) -> Server {
+    let ep = DistEndpoint::bind(
+        loopback(),
+        tls,
+        true,
+        opts,
+        tokio::runtime::Handle::current(),
+    )
+    .expect("bind server endpoint");
+    let addr = ep.local_addr().expect("server address");
+    let (tx, accepted) = mpsc::unbounded_channel();
+    ep.accept_loop(move |conn| {
+        let _ = tx.send(conn);
+    });
+    Server { ep, addr, accepted }
+}
+
+fn client(tls: &TlsMaterial, opts: TransportOptions) -> DistEndpoint {
+    DistEndpoint::bind(
+        loopback(),
+        tls,
+        false,
+        opts,
+        tokio::runtime::Handle::current(),
+    )
+    .expect("bind client endpoint")
+}
+
+#[derive(Debug)]
+struct Pair {
+    client: Side,
+    server: Side,
+    client_ep: DistEndpoint,
+    server_ep: Server,
+    client_tls: TlsMaterial,
+    server_tls: TlsMaterial,
+}
+
+/// Connects a client to a server and exchanges one `hello` packet client -> server (a QUIC peer
+/// only sees a stream once data flows on it, so the server delivers the connection then).
+/// The hello is acknowledged; counters therefore start at one packet.
+async fn pair(client_opts: TransportOptions, server_opts: TransportOptions) -> Pair {
+    init_tracing();
+    let pki = Pki::new("test ca");
+    let server_tls = pki.node(&good_names());
+    let client_tls = pki.node(&good_names());
+    let mut srv = server(&server_tls, server_opts);
+    let client_ep = client(&client_tls, client_opts);
+    let conn = client_ep.connect(srv.addr, HOST).await.expect("connect");
+    let client = start(conn);
+    assert_eq!(client.send_packets(&[b"hello"]), SendStatus::Ready);
+    let accepted = within(&mut srv.accepted, "accepted connection").await;
+    let mut server = start(accepted);
+    let (hello, _) = server.recv_packets(1, true).await;
+    assert_eq!(hello, vec![Bytes::from_static(b"hello")]);
+    Pair {
+        client,
+        server,
+        client_ep,
+        server_ep: srv,
+        client_tls,
+        server_tls,
+    }
+}
+
+/// A packet of `len` bytes (at least 8): its sequence number, then bytes derived from it.
+fn seq_packet(seq: u64, len: usize) -> Vec<u8> {
+    let mut p = vec![(seq % 251) as u8; len];
+    p[..8].copy_from_slice(&seq.to_be_bytes());
+    p
+}
+
+fn check_seq_packet(p: &[u8], seq: u64, len: usize) {
+    assert_eq!(p.len(), len, "length of packet {seq}");
+    let got = u64::from_be_bytes(p[..8].try_into().unwrap());
+    assert_eq!(got, seq, "packet out of order");
+    let fill = (seq % 251) as u8;
+    assert!(p[8..].iter().all(|&b| b == fill), "packet {seq} corrupted");
+}
+
+/// Pseudo-random bytes, so that any misplaced chunk shows.
+fn noise(len: usize, mut state: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+async fn wait_until_drained(conn: &DistConnection) {
+    timeout(WAIT, async {
+        while conn.stats().queued_bytes > 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("send queue never drained");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Exchange both ways; ticks counted but not delivered
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packets_flow_both_ways_in_order_and_ticks_are_counted_not_delivered() {
+    init_tracing();
+    let pki = Pki::new("test ca");
+    let mut srv = server(&pki.node(&good_names()), TransportOptions::default());
+    let client_ep = client(&pki.node(&good_names()), TransportOptions::default());
+    let mut c = start(client_ep.connect(srv.addr, HOST).await.expect("connect"));
+
+    // Client -> server: one send with packets and a tick among them, then another send.
+    let enc = c.conn.encoder();
+    let mut buf = BytesMut::new();
+    enc.encode_packet(&[b"c1"], &mut buf).unwrap();
+    enc.encode_tick(&mut buf);
+    enc.encode_packet(&[b"c", b"2"], &mut buf).unwrap(); // an I/O vector: one frame
+    enc.encode_packet(&[b"c3"], &mut buf).unwrap();
+    assert_eq!(c.conn.send(buf.freeze(), 4).unwrap(), SendStatus::Ready);
+    assert_eq!(c.send_packets(&[b"c4 is a bit longer"]), SendStatus::Ready);
+
+    let accepted = within(&mut srv.accepted, "accepted connection").await;
+    assert_eq!(accepted.remote_address(), client_ep.local_addr().unwrap());
+    let mut s = start(accepted);
+    let (got, _) = s.recv_packets(4, false).await;
+    assert_eq!(
+        got,
+        vec![
+            Bytes::from_static(b"c1"),
+            Bytes::from_static(b"c2"),
+            Bytes::from_static(b"c3"),
+            Bytes::from_static(b"c4 is a bit longer"),
+        ]
+    );
+    // The tick travelled before c2, so it has been counted by now; it was not delivered.
+    let st = s.conn.stats();
+    assert_eq!(st.packets_received, 5, "4 packets + 1 tick");
+    assert_eq!(
+        st.unacked_bytes,
+        2 + 2 + 2 + 18,
+        "delivered, not acknowledged"
+    );
+    s.conn.ack(st.unacked_bytes);
+    assert_eq!(s.conn.stats().unacked_bytes, 0);
+    assert_eq!(c.conn.stats().packets_sent, 5);
+
+    // Server -> client, with ticks through `tick()` (idle queue) and through the encoder.
+    assert_eq!(s.send_packets(&[b"s1", b"s2"]), SendStatus::Ready);
+    let (got, _) = c.recv_packets(2, true).await;
+    assert_eq!(
+        got,
+        vec![Bytes::from_static(b"s1"), Bytes::from_static(b"s2")]
+    );
+    wait_until_drained(&s.conn).await;
+    s.conn.tick().unwrap();
+    let mut buf = BytesMut::new();
+    enc.encode_tick(&mut buf);
+    enc.encode_tick(&mut buf);
+    s.conn.send(buf.freeze(), 2).unwrap();
+    assert_eq!(s.send_packets(&[b"s3"]), SendStatus::Ready);
+    let (got, _) = c.recv_packets(1, true).await;
+    assert_eq!(got, vec![Bytes::from_static(b"s3")]);
+    assert_eq!(c.conn.stats().packets_received, 6, "3 packets + 3 ticks");
+    assert_eq!(s.conn.stats().packets_sent, 6);
+    stays_quiet(&mut c.packets, "delivery (ticks must not be delivered)").await;
+
+    // And the client can still talk after receiving.
+    assert_eq!(c.send_packets(&[b"c5"]), SendStatus::Ready);
+    let (got, _) = s.recv_packets(1, true).await;
+    assert_eq!(got, vec![Bytes::from_static(b"c5")]);
+    assert_eq!(s.conn.stats().packets_received, 6);
+    assert!(c.closed.try_recv().is_err() && s.closed.try_recv().is_err());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Many small packets: complete, in order, batched
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_small_packets_arrive_complete_in_order_and_batched() {
+    const N: u64 = 100_000;
+    const LEN: usize = 100;
+    const PER_SEND: u64 = 1_000;
+    let mut p = pair(TransportOptions::default(), TransportOptions::default()).await;
+    let enc = p.client.conn.encoder();
+
+    let mut server = p.server;
+    let receiver = tokio::spawn(async move {
+        let (got, batches) = server.recv_packets(N as usize, true).await;
+        for (i, pkt) in got.iter().enumerate() {
+            check_seq_packet(pkt, i as u64, LEN);
+        }
+        (server, batches)
+    });
+
+    let mut busy = 0;
+    for first in (0..N).step_by(PER_SEND as usize) {
+        let mut buf = BytesMut::with_capacity(PER_SEND as usize * (LEN + 4));
+        for seq in first..first + PER_SEND {
+            enc.encode_packet(&[&seq_packet(seq, LEN)], &mut buf)
+                .unwrap();
+        }
+        if p.client.conn.send(buf.freeze(), PER_SEND).unwrap() == SendStatus::Busy {
+            busy += 1;
+            within(&mut p.client.writable, "writable").await;
+        }
+    }
+    let (server, batches) = timeout(Duration::from_secs(20), receiver)
+        .await
+        .expect("receiver timed out")
+        .expect("receiver panicked");
+    eprintln!("{N} packets in {batches} batches ({busy} busy)");
+    assert!(
+        batches * 2 <= N as usize,
+        "{batches} batches for {N} packets: not batched"
+    );
+    assert_eq!(server.conn.stats().packets_received, N + 1);
+    assert_eq!(server.conn.stats().unacked_bytes, 0);
+    assert_eq!(p.client.conn.stats().packets_sent, N + 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Large packets and the frame limit
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_4_mib_packet_arrives_intact() {
+    let mut p = pair(TransportOptions::default(), TransportOptions::default()).await;
+    let big = noise(4 * 1024 * 1024, 0x9e37_79b9_7f4a_7c15);
+    assert_eq!(p.client.send_packets(&[&big, b"after"]), SendStatus::Ready);
+    let (got, _) = p.server.recv_packets(2, true).await;
+    assert_eq!(got[0].len(), big.len());
+    assert!(got[0] == big, "4 MiB packet corrupted");
+    assert_eq!(got[1], Bytes::from_static(b"after"));
+
+    // And the other way round.
+    assert_eq!(p.server.send_packets(&[&big]), SendStatus::Ready);
+    let (got, _) = p.client.recv_packets(1, true).await;
+    assert!(got[0] == big, "4 MiB packet corrupted (server -> client)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packets_of_exactly_max_frame_pass_and_larger_ones_are_refused_by_the_encoder() {
+    const MAX: usize = 64 * 1024;
+    let opts = TransportOptions {
+        max_frame: MAX,
+        ..TransportOptions::default()
+    };
+    let mut p = pair(opts.clone(), opts).await;
+    let enc = p.client.conn.encoder();
+
+    let mut buf = BytesMut::new();
+    let too_big = vec![1u8; MAX + 1];
+    assert_eq!(
+        enc.encode_packet(&[&too_big], &mut buf),
+        Err(FrameError::Oversize {
+            len: MAX + 1,
+            max: MAX
+        })
+    );
+    assert_eq!(
+        enc.encode_packet(&[&too_big[..MAX], b"x"], &mut buf),
+        Err(FrameError::Oversize {
+            len: MAX + 1,
+            max: MAX
+        }),
+        "parts of an I/O vector count together"
+    );
+    assert!(buf.is_empty(), "a refused packet wrote something");
+
+    let packets: Vec<Vec<u8>> = (0..8).map(|i| noise(MAX, 1 + i)).collect();
+    for pkt in &packets {
+        enc.encode_packet(&[pkt], &mut buf).unwrap();
+    }
+    assert_eq!(
+        p.client.conn.send(buf.freeze(), 8).unwrap(),
+        SendStatus::Ready
+    );
+    let (got, _) = p.server.recv_packets(8, true).await;
+    for (g, want) in got.iter().zip(&packets) {
+        assert!(g == want, "max_frame packet corrupted");
+    }
+
+    // The server's encoder has the same limit, and its packets at the limit arrive too.
+    let mut buf = BytesMut::new();
+    let enc = p.server.conn.encoder();
+    assert!(enc.encode_packet(&[&too_big], &mut buf).is_err());
+    enc.encode_packet(&[&packets[3]], &mut buf).unwrap();
+    p.server.conn.send(buf.freeze(), 1).unwrap();
+    let (got, _) = p.client.recv_packets(1, true).await;
+    assert!(got[0] == packets[3]);
+    assert!(p.client.closed.try_recv().is_err() && p.server.closed.try_recv().is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_above_the_receivers_max_frame_closes_the_connection() {
+    const MAX: usize = 64 * 1024;
+    let server_opts = TransportOptions {
+        max_frame: MAX,
+        ..TransportOptions::default()
+    };
+    // The client allows larger frames than the server does.
+    let mut p = pair(TransportOptions::default(), server_opts).await;
+    let big = vec![3u8; MAX + 1];
+    p.client.send_packets(&[&big]);
+    let reason = within(&mut p.server.closed, "server closed").await;
+    assert!(reason.contains("protocol error"), "{reason}");
+    let reason = within(&mut p.client.closed, "client closed").await;
+    assert!(
+        reason.contains("peer") && reason.contains("framing"),
+        "{reason}"
+    );
+    assert!(
+        p.server.packets.try_recv().is_err(),
+        "oversize frame delivered"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Backpressure
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacknowledged_data_stops_the_reader_and_acks_resume_the_flow() {
+    // Not a divisor of the limit, so the reader's overshoot shows.
+    const LEN: usize = 100_000;
+    // Far above what the windows, the receiver limit and the send queue can hold together.
+    const MAX_PACKETS: u64 = (256 * 1024 * 1024 / LEN) as u64;
+    // How long a busy sender waits for `writable` before deciding the flow has stopped.
+    const STALL: Duration = Duration::from_secs(2);
+
+    let mut p = pair(TransportOptions::default(), TransportOptions::default()).await;
+    let enc = p.client.conn.encoder();
+    let send = |conn: &DistConnection, seq: u64| {
+        let mut buf = BytesMut::with_capacity(LEN + 4);
+        enc.encode_packet(&[&seq_packet(seq, LEN)], &mut buf)
+            .unwrap();
+        conn.send(buf.freeze(), 1).unwrap()
+    };
+
+    // The receiver never acks. Send until the sender is Busy and stays Busy (no `writable` for
+    // STALL) while the receiver holds at least the limit.
+    let mut seq = 0u64;
+    let mut busy = 0;
+    let mut delivered = Vec::new();
+    let mut delivered_bytes = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    'sending: loop {
+        assert!(seq < MAX_PACKETS, "sent {seq} packets and never got stuck");
+        let status = send(&p.client.conn, seq);
+        seq += 1;
+        if status == SendStatus::Ready {
+            continue;
+        }
+        busy += 1;
+        loop {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no stall: {delivered_bytes} bytes delivered after {seq} packets sent"
+            );
+            let woke = timeout(STALL, p.client.writable.recv()).await.is_ok();
+            while let Ok(batch) = p.server.packets.try_recv() {
+                check_batch(&batch);
+                delivered_bytes += batch.bytes;
+                delivered.extend(batch.packets);
+            }
+            if woke {
+                continue 'sending;
+            }
+            if delivered_bytes >= RECV_UNACKED_LIMIT {
+                break 'sending;
+            }
+        }
+    }
+    let stuck_at = seq;
+
+    // The receiver took just over the limit, then stopped.
+    eprintln!(
+        "stuck after {stuck_at} packets ({} MiB), {} delivered ({delivered_bytes} bytes), {busy} busy",
+        (stuck_at as usize * LEN) >> 20,
+        delivered.len()
+    );
+    assert!(
+        delivered_bytes >= RECV_UNACKED_LIMIT,
+        "reader stopped early: {delivered_bytes} bytes"
+    );
+    assert!(
+        delivered_bytes < RECV_UNACKED_LIMIT + RECV_BATCH_BYTES,
+        "reader went on past the limit: {delivered_bytes} bytes"
+    );
+    stays_quiet(
+        &mut p.server.packets,
+        "delivery while over the unacked limit",
+    )
+    .await;
+    assert_eq!(p.server.conn.stats().unacked_bytes, delivered_bytes);
+    assert!(p.client.conn.stats().queued_bytes > 0, "sender not blocked");
+    assert!(matches!(
+        p.client.writable.try_recv(),
+        Err(TryRecvError::Empty)
+    ));
+    for (i, pkt) in delivered.iter().enumerate() {
+        check_seq_packet(pkt, i as u64, LEN);
+    }
+
+    // Ack everything (and everything that follows): the sender becomes writable and the rest
+    // arrives.
+    let total = stuck_at + 128;
+    let first_missing = delivered.len() as u64;
+    let mut server = p.server;
+    server.conn.ack(delivered_bytes);
+    let receiver = tokio::spawn(async move {
+        let (got, _) = server
+            .recv_packets((total - first_missing) as usize, true)
+            .await;
+        for (i, pkt) in got.iter().enumerate() {
+            check_seq_packet(pkt, first_missing + i as u64, LEN);
+        }
+        server
+    });
+    within(&mut p.client.writable, "writable after the receiver acked").await;
+    while seq < total {
+        let status = send(&p.client.conn, seq);
+        seq += 1;
+        if status == SendStatus::Busy {
+            within(&mut p.client.writable, "writable").await;
+        }
+    }
+    let server = timeout(Duration::from_secs(20), receiver)
+        .await
+        .expect("rest of the data never arrived")
+        .expect("receiver panicked");
+    assert_eq!(server.conn.stats().packets_received, total + 1);
+    assert_eq!(server.conn.stats().unacked_bytes, 0);
+    assert!(p.client.closed.try_recv().is_err());
+}
+
+/// Sends 64 KiB packets until the receiver has been delivered at least the unacked limit
+/// (it never acks). Returns the bytes delivered.
+async fn stall_receiver(p: &mut Pair) -> usize {
+    const LEN: usize = 64 * 1024;
+    let packets = (RECV_UNACKED_LIMIT + RECV_BATCH_BYTES) / LEN + 1;
+    for seq in 0..packets as u64 {
+        // Busy is ignored on purpose: the queue takes the batch anyway.
+        let _ = p.client.send_packets(&[&seq_packet(seq, LEN)]);
+    }
+    let mut delivered = 0;
+    while delivered < RECV_UNACKED_LIMIT {
+        delivered += within(&mut p.server.packets, "packets").await.bytes;
+    }
+    stays_quiet(&mut p.server.packets, "delivery over the limit").await;
+    delivered
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_stalled_by_backpressure_still_learns_that_the_peer_closed() {
+    let mut p = pair(TransportOptions::default(), TransportOptions::default()).await;
+    stall_receiver(&mut p).await;
+    p.client.conn.close("bye while you were busy");
+    let reason = within(&mut p.server.closed, "closed on the stalled receiver").await;
+    assert!(
+        reason.contains("peer") && reason.contains("busy"),
+        "{reason}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_stalled_receiver_ends_its_tasks() {
+    let mut p = pair(TransportOptions::default(), TransportOptions::default()).await;
+    stall_receiver(&mut p).await;
+    let Side {
+        conn,
+        mut packets,
+        mut closed,
+        ..
+    } = p.server;
+    drop(conn);
+    let reason = within(&mut p.client.closed, "peer closed").await;
+    assert!(reason.contains("dropped"), "{reason}");
+    // The events object (and with it every sender of these channels) is released only when the
+    // connection's tasks have ended.
+    timeout(WAIT, async {
+        while packets.recv().await.is_some() {}
+        while closed.recv().await.is_some() {}
+    })
+    .await
+    .expect("the tasks of a dropped connection never ended");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Closing
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_is_reported_to_the_peer_with_the_reason() {
+    let mut p = pair(TransportOptions::default(), TransportOptions::default()).await;
+    p.client.conn.close("bye from the client");
+    let reason = within(&mut p.server.closed, "server closed").await;
+    assert!(reason.contains("peer"), "{reason}");
+    assert!(reason.contains("bye from the client"), "{reason}");
+    let local = within(&mut p.client.closed, "client closed").await;
+    assert!(local.contains("locally"), "{local}");
+    // `closed` is called once per connection.
+    stays_quiet(&mut p.server.closed, "second closed").await;
+    assert!(p.client.closed.try_recv().is_err());
+    // Nothing can be sent any more once the writer has stopped.
+    timeout(WAIT, async {
+        while p
+            .server
+            .conn
+            .send(Bytes::from_static(&[0, 0, 0, 0]), 1)
+            .is_ok()
+        {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("send still accepted long after close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_connection_closes_it() {
+    let p = pair(TransportOptions::default(), TransportOptions::default()).await;
+    let Pair {
+        client,
+        server: mut srv,
+        client_ep: _client_ep,
+        server_ep: _server_ep,
+        ..
+    } = p;
+    let Side {
+        conn,
+        closed: mut client_closed,
+        packets: mut client_packets,
+        ..
+    } = client;
+    drop(conn);
+    let reason = within(&mut srv.closed, "server closed").await;
+    assert!(reason.contains("peer"), "{reason}");
+    assert!(reason.contains("dropped"), "{reason}");
+    let local = within(&mut client_closed, "client closed").await;
+    assert!(local.contains("locally"), "{local}");
+    // The connection's tasks end, releasing the events object and its channel senders.
+    timeout(WAIT, async {
+        while client_packets.recv().await.is_some() {}
+    })
+    .await
+    .expect("the tasks of a dropped connection never ended");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_endpoint_closes_its_connections() {
+    let mut p = pair(TransportOptions::default(), TransportOptions::default()).await;
+    p.server_ep.ep.close("node stopping");
+    let reason = within(&mut p.client.closed, "client closed").await;
+    assert!(
+        reason.contains("peer") && reason.contains("node stopping"),
+        "{reason}"
+    );
+    within(&mut p.server.closed, "server closed").await;
+    // `wait_idle_blocking` blocks, so it is called off the runtime (as the NIF does).
+    let ep = p.server_ep.ep.clone();
+    timeout(
+        WAIT,
+        tokio::task::spawn_blocking(move || ep.wait_idle_blocking(WAIT)),
+    )
+    .await
+    .expect("wait_idle_blocking did not return")
+    .unwrap();
+    // A closed endpoint refuses new connections.
+    let err = p
+        .client_ep
+        .connect(p.server_ep.addr, HOST)
+        .await
+        .expect_err("connected to a closed endpoint");
+    eprintln!("connect to closed endpoint: {err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6, 7. Certificate checks
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_from_another_ca_is_refused_and_good_clients_still_get_in() {
+    init_tracing();
+    let pki = Pki::new("cluster ca");
+    let rogue = Pki::new("rogue ca");
+    let mut srv = server(&pki.node(&good_names()), TransportOptions::default());
+
+    // The rogue client trusts the cluster CA (so it accepts the server) but its own certificate
+    // comes from another CA.
+    let rogue_ep = client(
+        &rogue.node_trusting(&good_names(), &pki.ca),
+        TransportOptions::default(),
+    );
+    match rogue_ep.connect(srv.addr, HOST).await {
+        Err(e) => eprintln!("rogue connect refused: {e}"),
+        Ok(conn) => {
+            // TLS 1.3: the client finishes before the server has checked its certificate, so
+            // the refusal shows as the connection closing.
+            let mut side = start(conn);
+            let _ = side.conn.send(Bytes::from_static(b"\0\0\0\x05hello"), 1);
+            let reason = within(&mut side.closed, "rogue connection closed").await;
+            eprintln!("rogue connection closed: {reason}");
+            assert!(side.packets.try_recv().is_err());
+        }
+    }
+    stays_quiet(&mut srv.accepted, "accepted rogue connection").await;
+
+    // The server still accepts a good client.
+    let good_ep = client(&pki.node(&good_names()), TransportOptions::default());
+    let c = start(good_ep.connect(srv.addr, HOST).await.expect("good connect"));
+    c.send_packets(&[b"good"]);
+    let accepted = within(&mut srv.accepted, "good connection").await;
+    assert_eq!(accepted.remote_address(), good_ep.local_addr().unwrap());
+    let mut s = start(accepted);
+    let (got, _) = s.recv_packets(1, true).await;
+    assert_eq!(got, vec![Bytes::from_static(b"good")]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_certificate_not_naming_the_server_is_refused() {
+    init_tracing();
+    let pki = Pki::new("cluster ca");
+    let mut srv = server(&pki.node(&["otherhost"]), TransportOptions::default());
+    let ep = client(&pki.node(&good_names()), TransportOptions::default());
+
+    for name in [HOST, "127.0.0.1"] {
+        let err = ep
+            .connect(srv.addr, name)
+            .await
+            .expect_err("server certificate for another name accepted");
+        assert!(matches!(err, TransportError::Connection(_)), "{err:?}");
+        let msg = err.to_string().to_lowercase();
+        assert!(msg.contains("name"), "{name}: {msg}");
+    }
+    stays_quiet(&mut srv.accepted, "accepted connection").await;
+
+    // The same server is fine under the name its certificate carries.
+    let c = start(ep.connect(srv.addr, "otherhost").await.expect("connect"));
+    c.send_packets(&[b"ok"]);
+    within(&mut srv.accepted, "connection").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_from_an_untrusted_ca_is_refused() {
+    init_tracing();
+    let pki = Pki::new("cluster ca");
+    let rogue = Pki::new("rogue ca");
+    // The rogue server trusts the cluster CA, so only the client's check can refuse it.
+    let mut srv = server(
+        &rogue.node_trusting(&good_names(), &pki.ca),
+        TransportOptions::default(),
+    );
+    let ep = client(&pki.node(&good_names()), TransportOptions::default());
+    let err = ep
+        .connect(srv.addr, HOST)
+        .await
+        .expect_err("untrusted server accepted");
+    assert!(matches!(err, TransportError::Connection(_)), "{err:?}");
+    stays_quiet(&mut srv.accepted, "accepted connection").await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Connection info
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_reports_tls_parameters_and_peer_certificates_on_both_sides() {
+    let p = pair(TransportOptions::default(), TransportOptions::default()).await;
+    let ci = p.client.conn.info();
+    let si = p.server.conn.info();
+    for i in [&ci, &si] {
+        assert_eq!(i.cipher_suite, CIPHER_SUITE);
+        assert_eq!(i.tls_version, "TLSv1.3");
+        assert_eq!(i.alpn.as_deref(), Some(ALPN));
+        assert_eq!(i.peer_certificates.len(), 1);
+    }
+    assert_eq!(ci.peer_certificates[0], p.server_tls.chain[0]);
+    assert_eq!(si.peer_certificates[0], p.client_tls.chain[0]);
+    assert_eq!(ci.remote, p.server_ep.addr);
+    assert_eq!(si.remote, p.client_ep.local_addr().unwrap());
+    assert_eq!(si.server_name.as_deref(), Some(HOST));
+}

@@ -1,0 +1,413 @@
+%%% @doc Erlang distribution over QUIC: the carrier module for `-proto_dist quic'.
+%%%
+%%% Process design (one node, one endpoint, N connections):
+%%%
+%%% ```
+%%%  net_kernel ──listen/accept/setup──> quic_dist (this module, runs in callers)
+%%%      │
+%%%      ├── acceptor (max priority, linked to net_kernel)
+%%%      │     receives {quic_dist_incoming, Conn} from the NIF, starts the two
+%%%      │     connection processes and hands them to net_kernel.
+%%%      │
+%%%      └── per connection (quic_dist_conn):
+%%%            dist_util supervisor ── the handshake, then con_loop (ticks); never blocks:
+%%%              │                    ticks and stats are non-blocking NIF calls
+%%%              └─ controller (output handler, registered with the runtime)
+%%%                   drains dist_ctrl_get_data in batches, one NIF call per batch;
+%%%                   pauses on `busy' until the NIF says `quic_dist_writable'
+%%%                   └─ input handler: receives batches of packets from the NIF,
+%%%                      calls dist_ctrl_put_data, acknowledges consumed bytes
+%%%
+%%%  quic_dist_log (childspec, started before net_kernel): starts the NIF runtime and
+%%%  turns Rust `tracing' events into `logger' events.
+%%%
+%%%  NIF (Rust): one tokio runtime, one quinn endpoint (one UDP socket) per node;
+%%%  per connection a reader task and a writer task. Nothing in the NIF blocks a scheduler.
+%%% '''
+%%%
+%%% The "socket" that dist_util passes to our funs is the tuple
+%%% `{quic_dist, Controller, InputHandler, Conn}' built by quic_dist_conn.
+-module(quic_dist).
+
+%% Carrier callbacks called by net_kernel.
+-export([listen/1, listen/2, accept/1, accept_connection/5, setup/5, close/1,
+         select/1, address/0, is_node_name/1, setopts/2, getopts/2, childspecs/0]).
+
+%% User API.
+-export([info/1, info/0, connections/0]).
+
+-include_lib("kernel/include/net_address.hrl").
+-include_lib("kernel/include/dist_util.hrl").
+-include_lib("kernel/include/logger.hrl").
+
+-define(ENDPOINT_KEY, {?MODULE, endpoint}).
+-define(PROTOCOL, quic).
+-define(FAMILY, inet).
+
+%%% ------------------------------------------------------------------
+%%% Callbacks
+%%% ------------------------------------------------------------------
+
+%% @doc Children started under net_sup before epmd and net_kernel: the NIF runtime and logging.
+-spec childspecs() -> {ok, [supervisor:child_spec()]}.
+childspecs() ->
+    {ok, [#{id => quic_dist_log,
+            start => {quic_dist_log, start_link, []},
+            restart => permanent,
+            shutdown => 2000,
+            type => worker,
+            modules => [quic_dist_log]}]}.
+
+%% @doc Opens the node's UDP endpoint and registers its port with epmd (OTP < 23 entry point).
+-spec listen(atom()) -> {ok, {term(), #net_address{}, integer()}} | {error, term()}.
+listen(Name) ->
+    {ok, Host} = inet:gethostname(),
+    listen(Name, Host).
+
+%% @doc Opens the node's UDP endpoint and registers its port with epmd.
+-spec listen(atom(), string()) -> {ok, {term(), #net_address{}, integer()}} | {error, term()}.
+listen(Name, Host) ->
+    Opts = quic_dist_opts:get(),
+    quic_dist_log:ensure_started(Opts),
+    case open_listen_endpoint(Opts, port_candidates(Opts)) of
+        {ok, Ep, Ip} ->
+            Port = quic_dist_nif:endpoint_port(Ep),
+            case register_with_epmd(Name, Port) of
+                {ok, Creation} ->
+                    persistent_term:put(?ENDPOINT_KEY, Ep),
+                    ?LOG_INFO("quic_dist listening on udp ~s:~b (~ts)",
+                              [inet:ntoa(Ip), Port, quic_dist_opts:describe_mode(Opts)],
+                              #{domain => [quic_dist]}),
+                    {ok, {Ep, #net_address{address = {Ip, Port}, host = Host,
+                                           protocol = ?PROTOCOL, family = ?FAMILY},
+                          Creation}};
+                Error ->
+                    quic_dist_nif:endpoint_close(Ep, <<"epmd registration failed">>),
+                    Error
+            end;
+        {error, Reason} = Error ->
+            ?LOG_ERROR("quic_dist cannot listen: ~ts", [format_reason(Reason)],
+                       #{domain => [quic_dist]}),
+            Error
+    end.
+
+%% @doc Starts the acceptor, which hands incoming connections to net_kernel.
+-spec accept(term()) -> pid().
+accept(Ep) ->
+    Kernel = self(),
+    spawn_opt(fun() -> acceptor_init(Kernel, Ep) end, [link, {priority, max}]).
+
+%% @doc Runs the accepting side of the handshake in a new dist_util supervisor process.
+-spec accept_connection(pid(), pid(), node(), list(), non_neg_integer()) -> pid().
+accept_connection(AcceptorPid, Ctrl, MyNode, Allowed, SetupTime) ->
+    Kernel = self(),
+    spawn_opt(fun() ->
+                      do_accept(Kernel, AcceptorPid, Ctrl, MyNode, Allowed, SetupTime)
+              end, dist_util:net_ticker_spawn_options()).
+
+%% @doc Connects to Node and runs the initiating side of the handshake.
+-spec setup(node(), hidden | normal, node(), longnames | shortnames, non_neg_integer()) -> pid().
+setup(Node, Type, MyNode, LongOrShortNames, SetupTime) ->
+    Kernel = self(),
+    spawn_opt(fun() ->
+                      do_setup(Kernel, Node, Type, MyNode, LongOrShortNames, SetupTime)
+              end, dist_util:net_ticker_spawn_options()).
+
+%% @doc Closes the endpoint: every connection is closed and peers are told at once.
+-spec close(term()) -> ok.
+close(Ep) ->
+    _ = persistent_term:erase(?ENDPOINT_KEY),
+    quic_dist_nif:endpoint_close(Ep, <<"node stopping">>).
+
+%% @doc True if Node's host resolves to an address this carrier can reach.
+-spec select(node()) -> boolean().
+select(Node) ->
+    case dist_util:split_node(Node) of
+        {node, Name, Host} ->
+            case resolve(Name, Host) of
+                {ok, _} -> true;
+                _ -> false
+            end;
+        _ ->
+            false
+    end.
+
+%% @doc The address record of a node that does not listen (`-dist_listen false').
+-spec address() -> #net_address{}.
+address() ->
+    {ok, Host} = inet:gethostname(),
+    #net_address{host = Host, protocol = ?PROTOCOL, family = ?FAMILY}.
+
+%% @doc True if Node has the form Name@Host.
+-spec is_node_name(node()) -> boolean().
+is_node_name(Node) when is_atom(Node) ->
+    case dist_util:split_node(Node) of
+        {node, _, _} -> true;
+        _ -> false
+    end;
+is_node_name(_) ->
+    false.
+
+%% @doc Options for new connections: nothing to set on a UDP endpoint.
+-spec setopts(term(), list()) -> ok | {error, term()}.
+setopts(_Listen, []) -> ok;
+setopts(_Listen, Opts) -> {error, {unsupported_options, Opts}}.
+
+%% @doc Options of new connections: none.
+-spec getopts(term(), list()) -> {ok, list()}.
+getopts(_Listen, _Opts) -> {ok, []}.
+
+%%% ------------------------------------------------------------------
+%%% User API
+%%% ------------------------------------------------------------------
+
+%% @doc What the link to Node is: peer, TLS cipher and version, peer certificate, RTT, streams
+%% and counters. `{error, not_connected}' if Node has no quic_dist connection.
+-spec info(node()) -> {ok, map()} | {error, not_connected}.
+info(Node) ->
+    case lists:keyfind(Node, 1, erlang:system_info(dist_ctrl)) of
+        {Node, Ctrl} when is_pid(Ctrl) ->
+            try quic_dist_conn:info(Ctrl) of
+                Info -> {ok, Info#{node => Node}}
+            catch
+                exit:_ -> {error, not_connected}
+            end;
+        _ ->
+            {error, not_connected}
+    end.
+
+%% @doc info/1 of every connected node.
+-spec info() -> #{node() => map()}.
+info() ->
+    maps:from_list([{N, I} || {N, _} <- erlang:system_info(dist_ctrl),
+                              {ok, I} <- [info(N)]]).
+
+%% @doc Nodes connected over quic_dist.
+-spec connections() -> [node()].
+connections() ->
+    [N || {N, Ctrl} <- erlang:system_info(dist_ctrl), is_pid(Ctrl),
+          quic_dist_conn:is_controller(Ctrl)].
+
+%%% ------------------------------------------------------------------
+%%% Accepting side
+%%% ------------------------------------------------------------------
+
+%% Asks the NIF for incoming connections and hands each to net_kernel.
+acceptor_init(Kernel, Ep) ->
+    ok = quic_dist_nif:endpoint_accept(Ep, self()),
+    acceptor_loop(Kernel).
+
+acceptor_loop(Kernel) ->
+    receive
+        {quic_dist_incoming, Conn} ->
+            case quic_dist_conn:start(Conn) of
+                {ok, Ctrl} ->
+                    Kernel ! {accept, self(), Ctrl, ?FAMILY, ?PROTOCOL},
+                    receive
+                        {Kernel, controller, SupPid} ->
+                            ok = quic_dist_conn:set_supervisor(Ctrl, SupPid),
+                            SupPid ! {self(), controller};
+                        {Kernel, unsupported_protocol} ->
+                            exit(unsupported_protocol)
+                    end;
+                {error, Reason} ->
+                    ?LOG_WARNING("quic_dist dropped an incoming connection: ~ts",
+                                 [format_reason(Reason)], #{domain => [quic_dist]})
+            end,
+            acceptor_loop(Kernel)
+    end.
+
+%% The dist_util supervisor of an accepted connection.
+do_accept(Kernel, AcceptorPid, Ctrl, MyNode, Allowed, SetupTime) ->
+    %% The acceptor tells us once the controller is linked to this process.
+    receive
+        {AcceptorPid, controller} -> ok
+    end,
+    Timer = dist_util:start_timer(SetupTime),
+    Socket = quic_dist_conn:socket(Ctrl),
+    HSData = (hs_data(Kernel, MyNode, Socket, Timer))#hs_data{allowed = Allowed},
+    dist_util:handshake_other_started(HSData).
+
+%%% ------------------------------------------------------------------
+%%% Initiating side
+%%% ------------------------------------------------------------------
+
+%% The dist_util supervisor of an outgoing connection.
+do_setup(Kernel, Node, Type, MyNode, LongOrShortNames, SetupTime) ->
+    Timer = dist_util:start_timer(SetupTime),
+    [Name, Host] = split_node_checked(Node, LongOrShortNames),
+    Ip = case resolve(Name, Host) of
+             {ok, Addr} -> Addr;
+             {error, R1} ->
+                 ?LOG_INFO("quic_dist cannot resolve ~ts: ~p", [Host, R1],
+                           #{domain => [quic_dist]}),
+                 ?shutdown2(Node, {resolve_failed, Host, R1})
+         end,
+    dist_util:reset_timer(Timer),
+    Port = case port_please(Name, Ip) of
+               {port, P, _Version} -> P;
+               Other ->
+                   ?shutdown2(Node, {epmd_no_port, Name, Other})
+           end,
+    dist_util:reset_timer(Timer),
+    Ep = case endpoint() of
+             {ok, E} -> E;
+             {error, R2} -> ?shutdown2(Node, {no_endpoint, R2})
+         end,
+    Ref = make_ref(),
+    ok = quic_dist_nif:connect(Ep, Ip, Port, list_to_binary(Host), self(), Ref),
+    Conn = receive
+               {quic_dist_connected, Ref, {ok, C}} -> C;
+               {quic_dist_connected, Ref, {error, R3}} ->
+                   ?LOG_WARNING("quic_dist cannot connect to ~p at ~s:~b: ~ts",
+                                [Node, inet:ntoa(Ip), Port, R3], #{domain => [quic_dist]}),
+                   ?shutdown2(Node, {connect_failed, R3})
+           end,
+    dist_util:reset_timer(Timer),
+    {ok, Ctrl} = quic_dist_conn:start(Conn),
+    ok = quic_dist_conn:set_supervisor(Ctrl, self()),
+    Socket = quic_dist_conn:socket(Ctrl),
+    HSData = (hs_data(Kernel, MyNode, Socket, Timer))#hs_data{other_node = Node,
+                                                              request_type = Type},
+    dist_util:handshake_we_started(HSData).
+
+%% The node's endpoint: the listening one, or a client-only one created on first use
+%% (`-dist_listen false').
+endpoint() ->
+    case persistent_term:get(?ENDPOINT_KEY, undefined) of
+        undefined ->
+            Opts = quic_dist_opts:get(),
+            quic_dist_log:ensure_started(Opts),
+            case quic_dist_nif:endpoint_open(maps:get(ip, Opts, {0, 0, 0, 0}), 0, false,
+                                             quic_dist_opts:tls(Opts),
+                                             quic_dist_opts:transport(Opts)) of
+                {ok, Ep} ->
+                    persistent_term:put(?ENDPOINT_KEY, Ep),
+                    {ok, Ep};
+                Error ->
+                    Error
+            end;
+        Ep ->
+            {ok, Ep}
+    end.
+
+%%% ------------------------------------------------------------------
+%%% Handshake data shared by both sides
+%%% ------------------------------------------------------------------
+
+%% The hs_data record: every fun works on the {quic_dist, Ctrl, Input, Conn} socket.
+hs_data(Kernel, MyNode, Socket, Timer) ->
+    #hs_data{kernel_pid = Kernel,
+             this_node = MyNode,
+             socket = Socket,
+             timer = Timer,
+             this_flags = 0,
+             f_send = fun quic_dist_conn:hs_send/2,
+             f_recv = fun quic_dist_conn:hs_recv/3,
+             f_setopts_pre_nodeup = fun(_) -> ok end,
+             f_setopts_post_nodeup = fun(_) -> ok end,
+             f_getll = fun quic_dist_conn:getll/1,
+             f_address = fun net_address/2,
+             f_handshake_complete = fun quic_dist_conn:handshake_complete/3,
+             mf_tick = fun quic_dist_conn:tick/1,
+             mf_getstat = fun quic_dist_conn:getstat/1,
+             mf_setopts = fun(_Socket, _Opts) -> ok end,
+             mf_getopts = fun(_Socket, _Opts) -> {ok, []} end}.
+
+%% The #net_address{} of a connected peer.
+net_address(Socket, Node) ->
+    {Ip, Port} = quic_dist_conn:remote_address(Socket),
+    Host = case dist_util:split_node(Node) of
+               {node, _, H} -> H;
+               _ -> inet:ntoa(Ip)
+           end,
+    #net_address{address = {Ip, Port}, host = Host, protocol = ?PROTOCOL, family = ?FAMILY}.
+
+%%% ------------------------------------------------------------------
+%%% Helpers
+%%% ------------------------------------------------------------------
+
+%% Ports to try, in order: `port' option, inet_dist_listen_min..max, or any.
+port_candidates(Opts) ->
+    case maps:find(port, Opts) of
+        {ok, Port} -> [Port];
+        error ->
+            case {application:get_env(kernel, inet_dist_listen_min),
+                  application:get_env(kernel, inet_dist_listen_max)} of
+                {{ok, Min}, {ok, Max}} when Max >= Min -> lists:seq(Min, Max);
+                {{ok, Min}, _} -> [Min];
+                _ -> [0]
+            end
+    end.
+
+open_listen_endpoint(Opts, Ports) ->
+    Ip = maps:get(ip, Opts, listen_ip()),
+    open_listen_endpoint(Opts, Ip, Ports, {error, no_port}).
+
+open_listen_endpoint(_Opts, _Ip, [], LastError) ->
+    LastError;
+open_listen_endpoint(Opts, Ip, [Port | Rest], _LastError) ->
+    case quic_dist_nif:endpoint_open(Ip, Port, true, quic_dist_opts:tls(Opts),
+                                     quic_dist_opts:transport(Opts)) of
+        {ok, Ep} -> {ok, Ep, Ip};
+        {error, _} = Error -> open_listen_endpoint(Opts, Ip, Rest, Error)
+    end.
+
+listen_ip() ->
+    case application:get_env(kernel, inet_dist_use_interface) of
+        {ok, Ip} when tuple_size(Ip) =:= 4 -> Ip;
+        _ -> {0, 0, 0, 0}
+    end.
+
+register_with_epmd(Name, Port) ->
+    Mod = net_kernel:epmd_module(),
+    _ = code:ensure_loaded(Mod),
+    case erlang:function_exported(Mod, register_node, 3) of
+        true -> Mod:register_node(Name, Port, inet_tcp);
+        false -> Mod:register_node(Name, Port)
+    end.
+
+resolve(Name, Host) ->
+    Mod = net_kernel:epmd_module(),
+    _ = code:ensure_loaded(Mod),
+    Result = case erlang:function_exported(Mod, address_please, 3) of
+                 true -> Mod:address_please(Name, Host, ?FAMILY);
+                 false -> inet:getaddr(Host, ?FAMILY)
+             end,
+    case Result of
+        {ok, Ip} -> {ok, Ip};
+        {ok, Ip, _Port, _Version} -> {ok, Ip};
+        Error -> Error
+    end.
+
+port_please(Name, Ip) ->
+    Mod = net_kernel:epmd_module(),
+    _ = code:ensure_loaded(Mod),
+    case erlang:function_exported(Mod, port_please, 3) of
+        true -> Mod:port_please(Name, Ip, 5000);
+        false -> Mod:port_please(Name, Ip)
+    end.
+
+%% Name and host of Node, refusing names that do not fit -name / -sname.
+split_node_checked(Node, LongOrShortNames) ->
+    case dist_util:split_node(Node) of
+        {node, Name, Host} ->
+            case {LongOrShortNames, lists:member($., Host), inet:parse_address(Host)} of
+                {longnames, false, {error, _}} ->
+                    ?LOG_ERROR("quic_dist: ~p is not a long node name (-name needs a "
+                               "fully qualified host or an IP address)", [Node],
+                               #{domain => [quic_dist]}),
+                    ?shutdown2(Node, {illegal_node_name, Node});
+                {shortnames, true, _} ->
+                    ?LOG_ERROR("quic_dist: ~p is not a short node name", [Node],
+                               #{domain => [quic_dist]}),
+                    ?shutdown2(Node, {illegal_node_name, Node});
+                _ ->
+                    [Name, Host]
+            end;
+        _ ->
+            ?shutdown2(Node, {illegal_node_name, Node})
+    end.
+
+format_reason(R) when is_binary(R) -> R;
+format_reason(R) -> io_lib:format("~p", [R]).

@@ -1,0 +1,334 @@
+%%% @doc The processes of one quic_dist connection, in the style of OTP's gen_tcp_dist.
+%%%
+%%% ```
+%%%   dist_util supervisor ──link── controller ──link── input handler
+%%%   (handshake, ticks)            (output)            (input)
+%%% '''
+%%%
+%%% - The controller is what `f_getll' returns and what the runtime registers for the node.
+%%%   During the handshake it runs at max priority and answers synchronous calls; afterwards
+%%%   it drains `dist_ctrl_get_data/1' in batches (up to ?BATCH_PACKETS packets or
+%%%   ?BATCH_BYTES bytes) and hands each batch to the NIF in one call. When the NIF says
+%%%   `busy' it stops pulling until `quic_dist_writable': the runtime's queue then fills up and
+%%%   senders are suspended (busy_dist_port), which is the end-to-end backpressure.
+%%% - The input handler receives the NIF's batches of packets. During the handshake it queues
+%%%   them and serves `hs_recv'; after `handshake_complete' it calls `dist_ctrl_put_data/2'
+%%%   for each packet, in order, and acknowledges the bytes so the NIF reads more.
+%%% - The supervisor never blocks: ticks and stats are non-blocking NIF calls.
+%%%
+%%% Any of the three dying takes the others down through the links: that is nodedown.
+%%% The NIF connection resource closes the QUIC connection when the last of them is gone.
+-module(quic_dist_conn).
+
+-export([start/1, set_supervisor/2, socket/1, info/1, is_controller/1]).
+-export([hs_send/2, hs_recv/3, getll/1, handshake_complete/3, tick/1, getstat/1,
+         remote_address/1]).
+
+-include_lib("kernel/include/logger.hrl").
+
+-define(BATCH_PACKETS, 256).
+-define(BATCH_BYTES, (1024 * 1024)).
+-define(SPAWN_OPTS, [{message_queue_data, off_heap}, {fullsweep_after, 0}]).
+-define(SUPERVISOR_WAIT_MS, 120000).
+
+-type socket() :: {quic_dist, Ctrl :: pid(), Input :: pid(), Conn :: reference() | term()}.
+-export_type([socket/0]).
+
+%%% ------------------------------------------------------------------
+%%% API used by quic_dist
+%%% ------------------------------------------------------------------
+
+%% @doc Starts the controller and input handler of a new QUIC connection.
+-spec start(term()) -> {ok, pid()} | {error, term()}.
+start(Conn) ->
+    Starter = self(),
+    Ctrl = spawn_opt(fun() -> controller_init(Starter, Conn) end,
+                     [{priority, max} | ?SPAWN_OPTS]),
+    Mon = monitor(process, Ctrl),
+    receive
+        {Ctrl, started, ok} ->
+            demonitor(Mon, [flush]),
+            {ok, Ctrl};
+        {Ctrl, started, {error, _} = Error} ->
+            demonitor(Mon, [flush]),
+            Error;
+        {'DOWN', Mon, process, Ctrl, Reason} ->
+            {error, Reason}
+    end.
+
+%% @doc Links the controller to its dist_util supervisor.
+-spec set_supervisor(pid(), pid()) -> ok.
+set_supervisor(Ctrl, Sup) ->
+    call(Ctrl, {set_supervisor, Sup}).
+
+%% @doc The socket tuple that dist_util passes to the hs_data funs.
+-spec socket(pid()) -> socket().
+socket(Ctrl) ->
+    call(Ctrl, socket).
+
+%% @doc TLS, peer and transport details of the connection (see quic_dist:info/1).
+-spec info(pid()) -> map().
+info(Ctrl) ->
+    call(Ctrl, info).
+
+%% @doc True if Pid is a quic_dist controller.
+-spec is_controller(pid()) -> boolean().
+is_controller(Pid) when node(Pid) =:= node() ->
+    case erlang:process_info(Pid, dictionary) of
+        {dictionary, Dict} -> lists:member({quic_dist, controller}, Dict);
+        undefined -> false
+    end;
+is_controller(_) ->
+    false.
+
+%%% ------------------------------------------------------------------
+%%% hs_data funs (called by the dist_util supervisor)
+%%% ------------------------------------------------------------------
+
+%% @doc f_send: one handshake message as one frame.
+-spec hs_send(socket(), iodata()) -> ok | {error, term()}.
+hs_send({quic_dist, _Ctrl, _Input, Conn}, Data) ->
+    case quic_dist_nif:conn_send(Conn, [Data]) of
+        ok -> ok;
+        busy -> ok;
+        {error, _} = Error -> Error
+    end.
+
+%% @doc f_recv (arity 3): the next handshake message, as a byte list.
+-spec hs_recv(socket(), non_neg_integer(), timeout()) -> {ok, [byte()]} | {error, term()}.
+hs_recv({quic_dist, _Ctrl, Input, _Conn}, _Length, Timeout) ->
+    Mon = monitor(process, Input),
+    Input ! {hs_recv, self(), Mon},
+    receive
+        {Mon, Reply} ->
+            demonitor(Mon, [flush]),
+            Reply;
+        {'DOWN', Mon, process, Input, Reason} ->
+            {error, {closed, Reason}}
+    after Timeout ->
+            demonitor(Mon, [flush]),
+            {error, timeout}
+    end.
+
+%% @doc f_getll: the controller is the distribution "port".
+-spec getll(socket()) -> {ok, pid()}.
+getll({quic_dist, Ctrl, _Input, _Conn}) ->
+    {ok, Ctrl}.
+
+%% @doc f_handshake_complete: switch the controller and input handler to data mode.
+-spec handshake_complete(socket(), node(), term()) -> ok.
+handshake_complete({quic_dist, Ctrl, _Input, _Conn}, Node, DHandle) ->
+    call(Ctrl, {handshake_complete, Node, DHandle}).
+
+%% @doc mf_tick: queue a tick; never blocks.
+-spec tick(socket()) -> ok.
+tick({quic_dist, _Ctrl, _Input, Conn}) ->
+    quic_dist_nif:conn_tick(Conn).
+
+%% @doc mf_getstat: received counts UDP datagrams, so any QUIC activity is liveness.
+-spec getstat(socket()) -> {ok, non_neg_integer(), non_neg_integer(), non_neg_integer()}.
+getstat({quic_dist, _Ctrl, _Input, Conn}) ->
+    quic_dist_nif:conn_getstat(Conn).
+
+%% @doc The peer's {Ip, Port}.
+-spec remote_address(socket()) -> {inet:ip_address(), inet:port_number()}.
+remote_address({quic_dist, _Ctrl, _Input, Conn}) ->
+    maps:get(remote, quic_dist_nif:conn_info(Conn)).
+
+%%% ------------------------------------------------------------------
+%%% Controller
+%%% ------------------------------------------------------------------
+
+-record(ctrl, {conn, input, dhandle, node}).
+
+%% Spawns the input handler, starts the NIF connection, then serves the handshake.
+controller_init(Starter, Conn) ->
+    put(quic_dist, controller),
+    Self = self(),
+    Input = spawn_opt(fun() -> input_init(Self, Conn) end, [link | ?SPAWN_OPTS]),
+    case quic_dist_nif:conn_start(Conn, Input, Self) of
+        ok ->
+            Starter ! {Self, started, ok},
+            StarterMon = monitor(process, Starter),
+            handshake_loop(#ctrl{conn = Conn, input = Input}, StarterMon);
+        {error, _} = Error ->
+            Starter ! {Self, started, Error},
+            exit(normal)
+    end.
+
+%% Handshake phase: until the supervisor is known, the starter's death ends us.
+handshake_loop(S, StarterMon) ->
+    Timeout = case StarterMon of
+                  undefined -> infinity;
+                  _ -> ?SUPERVISOR_WAIT_MS
+              end,
+    receive
+        {From, Ref, {set_supervisor, Sup}} ->
+            link(Sup),
+            demonitor(StarterMon, [flush]),
+            From ! {Ref, ok},
+            handshake_loop(S, undefined);
+        {From, Ref, {handshake_complete, Node, DHandle}} ->
+            From ! {Ref, ok},
+            start_data_mode(S#ctrl{dhandle = DHandle, node = Node});
+        {From, Ref, Request} ->
+            From ! {Ref, handle_request(Request, S)},
+            handshake_loop(S, StarterMon);
+        {'DOWN', StarterMon, process, _, Reason} ->
+            exit({starter_down, Reason})
+    after Timeout ->
+            exit(no_supervisor)
+    end.
+
+%% Registers the input handler, hands it the DHandle, and starts pulling data.
+start_data_mode(#ctrl{dhandle = DH, input = Input, node = Node} = S) ->
+    ok = erlang:dist_ctrl_input_handler(DH, Input),
+    Input ! {handshake_complete, Node, DH},
+    false = erlang:dist_ctrl_set_opt(DH, get_size, true),
+    process_flag(priority, normal),
+    output_drain(S).
+
+%% Waits for data to send or a request.
+output_loop(S) ->
+    receive
+        dist_data -> output_drain(S);
+        quic_dist_writable -> output_drain(S);
+        {From, Ref, Request} ->
+            From ! {Ref, handle_request(Request, S)},
+            output_loop(S)
+    end.
+
+%% Sends everything the runtime has queued, one NIF call per batch.
+output_drain(#ctrl{dhandle = DH, conn = Conn} = S) ->
+    case collect(DH, [], 0, 0) of
+        {[], _More} ->
+            ok = erlang:dist_ctrl_get_data_notification(DH),
+            output_loop(S);
+        {Batch, More} ->
+            case quic_dist_nif:conn_send(Conn, lists:reverse(Batch)) of
+                ok when More -> output_drain(S);
+                ok ->
+                    ok = erlang:dist_ctrl_get_data_notification(DH),
+                    output_loop(S);
+                busy -> output_busy(S);
+                {error, Reason} -> exit({send_failed, Reason})
+            end
+    end.
+
+%% Pulls packets until the queue is empty (More = false) or the batch is full.
+collect(_DH, Acc, Packets, Bytes) when Packets >= ?BATCH_PACKETS; Bytes >= ?BATCH_BYTES ->
+    {Acc, true};
+collect(DH, Acc, Packets, Bytes) ->
+    case erlang:dist_ctrl_get_data(DH) of
+        none -> {Acc, false};
+        {Size, Data} -> collect(DH, [Data | Acc], Packets + 1, Bytes + Size)
+    end.
+
+%% The NIF's queue is full: pull nothing until it drains.
+output_busy(S) ->
+    receive
+        quic_dist_writable -> output_drain(S);
+        {From, Ref, Request} ->
+            From ! {Ref, handle_request(Request, S)},
+            output_busy(S)
+    end.
+
+handle_request(socket, #ctrl{conn = Conn, input = Input}) ->
+    {quic_dist, self(), Input, Conn};
+handle_request(info, #ctrl{conn = Conn}) ->
+    connection_info(Conn);
+handle_request(Other, _S) ->
+    {error, {unknown_request, Other}}.
+
+%% The connection as quic_dist:info/1 shows it.
+connection_info(Conn) ->
+    Info = quic_dist_nif:conn_info(Conn),
+    Stats = quic_dist_nif:conn_stats(Conn),
+    Certs = maps:get(peer_certificates, Info),
+    Peer = case Certs of
+               [Leaf | _] -> quic_dist_cert_info:summary(Leaf);
+               [] -> undefined
+           end,
+    maps:merge(maps:without([peer_certificates], Info),
+               #{peer_certificate => Peer, stats => Stats,
+                 rtt_us => maps:get(rtt_us, Stats), streams => maps:get(streams, Stats)}).
+
+%%% ------------------------------------------------------------------
+%%% Input handler
+%%% ------------------------------------------------------------------
+
+%% Handshake phase: queue packets, serve hs_recv, wait for the DHandle.
+input_init(Ctrl, Conn) ->
+    input_handshake(Ctrl, Conn, queue:new(), undefined).
+
+input_handshake(Ctrl, Conn, Queue, Waiting) ->
+    receive
+        {quic_dist_data, Packets, Bytes} ->
+            ok = quic_dist_nif:conn_ack(Conn, Bytes),
+            Queue1 = lists:foldl(fun queue:in/2, Queue, Packets),
+            {Queue2, Waiting1} = serve_recv(Queue1, Waiting),
+            input_handshake(Ctrl, Conn, Queue2, Waiting1);
+        {hs_recv, From, Ref} ->
+            {Queue1, Waiting1} = serve_recv(Queue, {From, Ref}),
+            input_handshake(Ctrl, Conn, Queue1, Waiting1);
+        {handshake_complete, Node, DH} ->
+            put_queue(DH, Queue),
+            input_loop(DH, Conn, Node);
+        {quic_dist_closed, Reason} ->
+            case Waiting of
+                {From, Ref} -> From ! {Ref, {error, {closed, Reason}}};
+                undefined -> ok
+            end,
+            ?LOG_INFO("quic_dist connection closed during handshake: ~ts", [Reason],
+                      #{domain => [quic_dist]}),
+            exit({connection_closed, Reason})
+    end.
+
+serve_recv(Queue, undefined) ->
+    {Queue, undefined};
+serve_recv(Queue, {From, Ref} = Waiting) ->
+    case queue:out(Queue) of
+        {{value, Packet}, Rest} ->
+            From ! {Ref, {ok, binary_to_list(Packet)}},
+            {Rest, undefined};
+        {empty, _} ->
+            {Queue, Waiting}
+    end.
+
+put_queue(DH, Queue) ->
+    lists:foreach(fun(P) -> erlang:dist_ctrl_put_data(DH, P) end, queue:to_list(Queue)).
+
+%% Data phase: every packet to the runtime, in order, then acknowledge the bytes.
+input_loop(DH, Conn, Node) ->
+    receive
+        {quic_dist_data, Packets, Bytes} ->
+            put_packets(DH, Packets),
+            ok = quic_dist_nif:conn_ack(Conn, Bytes),
+            input_loop(DH, Conn, Node);
+        {quic_dist_closed, Reason} ->
+            ?LOG_INFO("quic_dist connection to ~p closed: ~ts", [Node, Reason],
+                      #{domain => [quic_dist]}),
+            exit({connection_closed, Reason})
+    end.
+
+put_packets(DH, [P | Ps]) ->
+    erlang:dist_ctrl_put_data(DH, P),
+    put_packets(DH, Ps);
+put_packets(_DH, []) ->
+    ok.
+
+%%% ------------------------------------------------------------------
+%%% Helpers
+%%% ------------------------------------------------------------------
+
+%% A synchronous call to the controller, failing if it dies.
+call(Ctrl, Request) ->
+    Mon = monitor(process, Ctrl),
+    Ctrl ! {self(), Mon, Request},
+    receive
+        {Mon, Reply} ->
+            demonitor(Mon, [flush]),
+            Reply;
+        {'DOWN', Mon, process, Ctrl, Reason} ->
+            exit({quic_dist_controller_down, Reason})
+    end.

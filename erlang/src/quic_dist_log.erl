@@ -1,0 +1,64 @@
+%%% @doc Starts the NIF runtime and forwards the Rust side's `tracing' events to `logger'.
+%%%
+%%% Started by quic_dist:childspecs/0 under net_sup, before net_kernel, so the runtime exists
+%%% when net_kernel calls listen. A crash here would restart all of distribution
+%%% (net_sup is one_for_all with intensity 0), so the loop only formats and logs.
+-module(quic_dist_log).
+
+-export([start_link/0, ensure_started/1]).
+
+-include_lib("kernel/include/logger.hrl").
+
+-define(DEFAULT_FILTER, "quic_dist_transport=info,quic_dist_nif=info,quinn=warn,quinn_proto=warn").
+
+%% @doc Starts the registered log process and the NIF runtime.
+-spec start_link() -> {ok, pid()} | {error, term()}.
+start_link() ->
+    start([link]).
+
+%% @doc Makes sure the runtime runs (distribution started without our childspec).
+-spec ensure_started(map()) -> ok.
+ensure_started(_Opts) ->
+    case whereis(?MODULE) of
+        undefined -> {ok, _} = start([]), ok;
+        _ -> ok
+    end.
+
+start(SpawnOpts) ->
+    Parent = self(),
+    Pid = proc_lib:spawn_opt(fun() -> init(Parent) end, SpawnOpts),
+    Mon = monitor(process, Pid),
+    receive
+        {Pid, started} -> demonitor(Mon, [flush]), {ok, Pid};
+        {Pid, {error, _} = Error} -> demonitor(Mon, [flush]), Error;
+        {'DOWN', Mon, process, Pid, Reason} -> {error, Reason}
+    end.
+
+init(Parent) ->
+    case catch register(?MODULE, self()) of
+        true ->
+            Opts = quic_dist_opts:get(),
+            Threads = maps:get(threads, Opts, 2),
+            Filter = unicode:characters_to_binary(maps:get(log_filter, Opts, ?DEFAULT_FILTER)),
+            case quic_dist_nif:runtime_init(Threads, self(), Filter) of
+                ok ->
+                    Parent ! {self(), started},
+                    loop();
+                {error, _} = Error ->
+                    ?LOG_ERROR("quic_dist cannot start its runtime: ~ts", [element(2, Error)],
+                               #{domain => [quic_dist]}),
+                    Parent ! {self(), Error}
+            end;
+        _ ->
+            %% Another instance won the race; it owns the runtime and logging.
+            Parent ! {self(), started}
+    end.
+
+loop() ->
+    receive
+        {quic_dist_log, Level, Target, Message} ->
+            ?LOG(Level, "~ts: ~ts", [Target, Message], #{domain => [quic_dist, rust]}),
+            loop();
+        _Other ->
+            loop()
+    end.

@@ -1,0 +1,89 @@
+%%% @doc The Rust NIF: stubs replaced at load time. See crates/quic_dist_nif.
+%%%
+%%% The library is looked up next to this module (../priv/quic_dist_nif.so), so that it loads
+%%% during boot, when distribution starts and before code:priv_dir/1 can be relied on.
+-module(quic_dist_nif).
+
+-export([runtime_init/3,
+         endpoint_open/5, endpoint_port/1, endpoint_accept/2, endpoint_close/2, connect/6,
+         conn_start/3, conn_send/2, conn_tick/1, conn_ack/2, conn_getstat/1, conn_stats/1,
+         conn_info/1, conn_close/2,
+         unix_now/0, gen_ca/3, gen_node_cert/6]).
+
+-on_load(load/0).
+
+-define(NOT_LOADED, erlang:nif_error({not_loaded, ?MODULE})).
+
+%% Loads priv/quic_dist_nif.so.
+load() ->
+    Lib = filename:join(priv_dir(), "quic_dist_nif"),
+    case erlang:load_nif(Lib, 0) of
+        ok -> ok;
+        {error, {Reason, Text}} ->
+            error_logger:error_msg("quic_dist: cannot load NIF ~ts: ~p ~ts~n", [Lib, Reason, Text]),
+            {error, Reason}
+    end.
+
+priv_dir() ->
+    case code:which(?MODULE) of
+        Beam when is_list(Beam) ->
+            filename:join(filename:dirname(filename:dirname(Beam)), "priv");
+        _ ->
+            case code:priv_dir(quic_dist) of
+                Dir when is_list(Dir) -> Dir;
+                _ -> "priv"
+            end
+    end.
+
+-spec runtime_init(pos_integer(), pid(), binary()) -> ok | {error, binary()}.
+runtime_init(_Threads, _LogPid, _LogFilter) -> ?NOT_LOADED.
+
+-spec endpoint_open(inet:ip_address(), inet:port_number(), boolean(), map(), map()) ->
+          {ok, reference()} | {error, binary()}.
+endpoint_open(_Ip, _Port, _Listen, _Tls, _Opts) -> ?NOT_LOADED.
+
+-spec endpoint_port(reference()) -> inet:port_number().
+endpoint_port(_Ep) -> ?NOT_LOADED.
+
+-spec endpoint_accept(reference(), pid()) -> ok.
+endpoint_accept(_Ep, _Acceptor) -> ?NOT_LOADED.
+
+-spec endpoint_close(reference(), binary()) -> ok.
+endpoint_close(_Ep, _Reason) -> ?NOT_LOADED.
+
+-spec connect(reference(), inet:ip_address(), inet:port_number(), binary(), pid(), reference()) -> ok.
+connect(_Ep, _Ip, _Port, _ServerName, _Owner, _Ref) -> ?NOT_LOADED.
+
+-spec conn_start(reference(), pid(), pid()) -> ok | {error, binary()}.
+conn_start(_Conn, _Input, _Controller) -> ?NOT_LOADED.
+
+-spec conn_send(reference(), [iodata()]) -> ok | busy | {error, binary()}.
+conn_send(_Conn, _Packets) -> ?NOT_LOADED.
+
+-spec conn_tick(reference()) -> ok.
+conn_tick(_Conn) -> ?NOT_LOADED.
+
+-spec conn_ack(reference(), non_neg_integer()) -> ok.
+conn_ack(_Conn, _Bytes) -> ?NOT_LOADED.
+
+-spec conn_getstat(reference()) -> {ok, non_neg_integer(), non_neg_integer(), non_neg_integer()}.
+conn_getstat(_Conn) -> ?NOT_LOADED.
+
+-spec conn_stats(reference()) -> map().
+conn_stats(_Conn) -> ?NOT_LOADED.
+
+-spec conn_info(reference()) -> map().
+conn_info(_Conn) -> ?NOT_LOADED.
+
+-spec conn_close(reference(), binary()) -> ok.
+conn_close(_Conn, _Reason) -> ?NOT_LOADED.
+
+-spec unix_now() -> integer().
+unix_now() -> ?NOT_LOADED.
+
+-spec gen_ca(binary(), integer(), integer()) -> {ok, {binary(), binary()}} | {error, binary()}.
+gen_ca(_CommonName, _NotBefore, _NotAfter) -> ?NOT_LOADED.
+
+-spec gen_node_cert(binary(), binary(), binary(), [binary()], integer(), integer()) ->
+          {ok, {binary(), binary()}} | {error, binary()}.
+gen_node_cert(_CaCert, _CaKey, _CommonName, _Names, _NotBefore, _NotAfter) -> ?NOT_LOADED.
