@@ -21,6 +21,8 @@ pub struct TransportOptions {
     pub handshake_timeout: Duration,
     /// Largest distribution packet accepted.
     pub max_frame: usize,
+    /// Kernel buffer asked for the UDP socket, each direction, in bytes.
+    pub socket_buffer: usize,
 }
 
 impl Default for TransportOptions {
@@ -32,6 +34,7 @@ impl Default for TransportOptions {
             idle_timeout: Duration::from_secs(300),
             handshake_timeout: Duration::from_secs(10),
             max_frame: DEFAULT_MAX_FRAME,
+            socket_buffer: 4 * 1024 * 1024,
         }
     }
 }
@@ -43,7 +46,9 @@ impl TransportOptions {
         t.stream_receive_window(quinn::VarInt::from_u32(self.stream_window))
             .receive_window(quinn::VarInt::from_u32(self.connection_window))
             .send_window(self.send_window)
-            .max_concurrent_bidi_streams(quinn::VarInt::from_u32(8))
+            // One stream carries the connection; extra streams from a peer would only eat the
+            // connection window.
+            .max_concurrent_bidi_streams(quinn::VarInt::from_u32(1))
             .max_concurrent_uni_streams(quinn::VarInt::from_u32(0))
             .keep_alive_interval(None);
         let idle = quinn::IdleTimeout::try_from(self.idle_timeout)

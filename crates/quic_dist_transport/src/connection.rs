@@ -338,6 +338,11 @@ async fn write_loop(
         }
         let n: usize = bufs.iter().map(Bytes::len).sum();
         if let Err(e) = send.write_all_chunks(&mut bufs).await {
+            // A stopped stream leaves the connection open: close it, the stream is the link.
+            conn.close(
+                quinn::VarInt::from_u32(CLOSE_PROTOCOL_ERROR),
+                b"distribution stream failed",
+            );
             shared.report_closed(format!("write failed: {e}"));
             return;
         }
@@ -389,6 +394,10 @@ async fn read_loop(
                     Some(r) => describe_close(&r),
                     None => format!("read failed: {e}"),
                 };
+                conn.close(
+                    quinn::VarInt::from_u32(CLOSE_PROTOCOL_ERROR),
+                    b"distribution stream failed",
+                );
                 shared.report_closed(reason);
                 return;
             }

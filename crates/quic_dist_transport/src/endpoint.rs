@@ -10,6 +10,25 @@ use crate::connection::DistConnection;
 use crate::error::TransportError;
 use crate::tls::TlsMaterial;
 
+/// Binds the UDP socket with large kernel buffers: bursts of full-size datagrams overflow
+/// the default ones on loopback, and every drop costs a QUIC loss recovery. The kernel caps the
+/// sizes at `net.core.rmem_max`/`wmem_max`.
+fn bind_udp(addr: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    if let Err(e) = socket.set_recv_buffer_size(buffer) {
+        debug!(error = %e, "cannot enlarge the udp receive buffer");
+    }
+    if let Err(e) = socket.set_send_buffer_size(buffer) {
+        debug!(error = %e, "cannot enlarge the udp send buffer");
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
 /// A quinn endpoint with the node's TLS configuration.
 #[derive(Debug, Clone)]
 pub struct DistEndpoint {
@@ -33,7 +52,7 @@ impl DistEndpoint {
         } else {
             None
         };
-        let socket = std::net::UdpSocket::bind(addr)
+        let socket = bind_udp(addr, opts.socket_buffer)
             .map_err(|source| TransportError::Bind { addr, source })?;
         let mut endpoint = quinn::Endpoint::new(
             quinn::EndpointConfig::default(),
