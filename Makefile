@@ -4,6 +4,7 @@
 #   make bench  - QUIC vs TCP vs TLS distribution, side by side
 #   make certs  - a cluster CA and node certificates (CERTS_DIR, NODES="name host1,host2 ...")
 #   make -s print-erl-flags - erl flags that make any erl/iex use the freshly built carrier
+#                             (default mode: trust derived from the cookie, no certificates)
 
 SHELL := /bin/bash
 ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
@@ -14,7 +15,6 @@ APP := $(BUILD)/quic_dist
 EBIN := $(APP)/ebin
 PRIV := $(APP)/priv
 TEST_EBIN := $(BUILD)/test/ebin
-DEV_CERTS := $(BUILD)/dev-certs
 NIF_SO := $(ROOT)/target/release/libquic_dist_nif.so
 CERTS_DIR ?= $(ROOT)/certs
 NODES ?=
@@ -31,7 +31,7 @@ all: build
 deps:
 	@$(ROOT)/scripts/install-deps.sh
 
-build: $(PRIV)/quic_dist_nif.so $(BEAMS) $(EBIN)/quic_dist.app $(DEV_CERTS)/node.pem
+build: $(PRIV)/quic_dist_nif.so $(BEAMS) $(EBIN)/quic_dist.app
 
 $(NIF_SO): $(RUST_SRCS)
 	@cd $(ROOT) && cargo build --release -p quic_dist_nif >&2
@@ -50,15 +50,11 @@ $(EBIN)/quic_dist.app: $(ROOT)/erlang/src/quic_dist.app.src $(ERL_SRCS)
 	@mods=$$(ls $(ROOT)/erlang/src/*.erl | xargs -n1 basename | sed 's/\.erl$$//' | paste -sd, -); \
 	  sed "s/{modules, \[\]}/{modules, [$$mods]}/" $< > $@
 
-# Certificates for local development, shared by every node on this machine. Generated, never committed.
-$(DEV_CERTS)/node.pem: | $(BEAMS) $(PRIV)/quic_dist_nif.so
-	@erl -noshell -pa $(EBIN) -run quic_dist_certs main $(DEV_CERTS) >&2
-
 certs: build
 	@erl -noshell -pa $(EBIN) -run quic_dist_certs main $(CERTS_DIR) $(NODES)
 
 print-erl-flags: build
-	@echo "-pa $(EBIN) -proto_dist quic -quic_dist_opt certfile $(DEV_CERTS)/node.pem keyfile $(DEV_CERTS)/node_key.pem cacertfile $(DEV_CERTS)/ca.pem"
+	@echo "-pa $(EBIN) -proto_dist quic"
 
 demo: deps build
 	@$(ROOT)/scripts/demo.sh

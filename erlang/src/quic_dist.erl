@@ -41,6 +41,7 @@
 -include_lib("kernel/include/logger.hrl").
 
 -define(ENDPOINT_KEY, {?MODULE, endpoint}).
+-define(OPTS_KEY, {?MODULE, opts}).
 -define(PROTOCOL, quic).
 -define(FAMILY, inet).
 
@@ -69,15 +70,15 @@ listen(Name) ->
 listen(Name, Host) ->
     Opts = quic_dist_opts:get(),
     quic_dist_log:ensure_started(Opts),
-    case open_listen_endpoint(Opts, port_candidates(Opts)) of
+    case open_listen_endpoint(Opts, Host, port_candidates(Opts)) of
         {ok, Ep, Ip} ->
             Port = quic_dist_nif:endpoint_port(Ep),
             case register_with_epmd(Name, Port) of
                 {ok, Creation} ->
                     persistent_term:put(?ENDPOINT_KEY, Ep),
-                    ?LOG_INFO("quic_dist listening on udp ~s:~b (~ts)",
-                              [inet:ntoa(Ip), Port, quic_dist_opts:describe_mode(Opts)],
-                              #{domain => [quic_dist]}),
+                    persistent_term:put(?OPTS_KEY, Opts),
+                    log_mode(io_lib:format("listening on udp ~s:~b", [inet:ntoa(Ip), Port]),
+                             Opts),
                     {ok, {Ep, #net_address{address = {Ip, Port}, host = Host,
                                            protocol = ?PROTOCOL, family = ?FAMILY},
                           Creation}};
@@ -87,7 +88,7 @@ listen(Name, Host) ->
             end;
         {error, Reason} = Error ->
             ?LOG_ERROR("quic_dist cannot listen: ~ts", [format_reason(Reason)],
-                       #{domain => [quic_dist]}),
+                       #{}),
             Error
     end.
 
@@ -168,7 +169,13 @@ info(Node) ->
     case lists:keyfind(Node, 1, erlang:system_info(dist_ctrl)) of
         {Node, Ctrl} when is_pid(Ctrl) ->
             try quic_dist_conn:info(Ctrl) of
-                Info -> {ok, Info#{node => Node}}
+                Info ->
+                    Opts = opts(),
+                    Mode = case maps:get(insecure, Opts, false) of
+                               true -> insecure;
+                               _ -> quic_dist_opts:mode(Opts)
+                           end,
+                    {ok, Info#{node => Node, mode => Mode}}
             catch
                 exit:_ -> {error, not_connected}
             end;
@@ -212,7 +219,7 @@ acceptor_loop(Kernel) ->
                     end;
                 {error, Reason} ->
                     ?LOG_WARNING("quic_dist dropped an incoming connection: ~ts",
-                                 [format_reason(Reason)], #{domain => [quic_dist]})
+                                 [format_reason(Reason)])
             end,
             acceptor_loop(Kernel)
     end.
@@ -225,8 +232,34 @@ do_accept(Kernel, AcceptorPid, Ctrl, MyNode, Allowed, SetupTime) ->
     end,
     Timer = dist_util:start_timer(SetupTime),
     Socket = quic_dist_conn:socket(Ctrl),
-    HSData = (hs_data(Kernel, MyNode, Socket, Timer))#hs_data{allowed = Allowed},
+    HSData0 = hs_data(Kernel, MyNode, Socket, Timer),
+    HSData = HSData0#hs_data{allowed = Allowed, f_recv = fun checked_first_recv/3},
     dist_util:handshake_other_started(HSData).
+
+%% f_recv of the accepting side: the first message carries the node name the peer claims,
+%% which its certificate must back (quic_dist_identity).
+checked_first_recv({quic_dist, _, _, Conn} = Socket, Length, Timeout) ->
+    case quic_dist_conn:hs_recv(Socket, Length, Timeout) of
+        {ok, Message} = Ok ->
+            case get(quic_dist_identity_checked) of
+                true -> Ok;
+                _ ->
+                    put(quic_dist_identity_checked, true),
+                    Info = quic_dist_nif:conn_info(Conn),
+                    Opts = opts(),
+                    case quic_dist_identity:check_subject(Info, Opts) of
+                        ok ->
+                            case quic_dist_identity:check_claimed_name(Info, Message, Opts) of
+                                ok -> Ok;
+                                Error -> Error
+                            end;
+                        Error ->
+                            Error
+                    end
+            end;
+        Error ->
+            Error
+    end.
 
 %%% ------------------------------------------------------------------
 %%% Initiating side
@@ -240,7 +273,7 @@ do_setup(Kernel, Node, Type, MyNode, LongOrShortNames, SetupTime) ->
              {ok, Addr} -> Addr;
              {error, R1} ->
                  ?LOG_INFO("quic_dist cannot resolve ~ts: ~p", [Host, R1],
-                           #{domain => [quic_dist]}),
+                           #{}),
                  ?shutdown2(Node, {resolve_failed, Host, R1})
          end,
     dist_util:reset_timer(Timer),
@@ -260,10 +293,14 @@ do_setup(Kernel, Node, Type, MyNode, LongOrShortNames, SetupTime) ->
                {quic_dist_connected, Ref, {ok, C}} -> C;
                {quic_dist_connected, Ref, {error, R3}} ->
                    ?LOG_WARNING("quic_dist cannot connect to ~p at ~s:~b: ~ts",
-                                [Node, inet:ntoa(Ip), Port, R3], #{domain => [quic_dist]}),
+                                [Node, inet:ntoa(Ip), Port, R3]),
                    ?shutdown2(Node, {connect_failed, R3})
            end,
     dist_util:reset_timer(Timer),
+    case quic_dist_identity:check_subject(quic_dist_nif:conn_info(Conn), opts()) of
+        ok -> ok;
+        {error, R4} -> ?shutdown2(Node, R4)
+    end,
     {ok, Ctrl} = quic_dist_conn:start(Conn),
     ok = quic_dist_conn:set_supervisor(Ctrl, self()),
     Socket = quic_dist_conn:socket(Ctrl),
@@ -278,11 +315,17 @@ endpoint() ->
         undefined ->
             Opts = quic_dist_opts:get(),
             quic_dist_log:ensure_started(Opts),
+            Host = case dist_util:split_node(node()) of
+                       {node, _, H} -> H;
+                       _ -> element(2, inet:gethostname())
+                   end,
             case quic_dist_nif:endpoint_open(maps:get(ip, Opts, {0, 0, 0, 0}), 0, false,
-                                             quic_dist_opts:tls(Opts),
+                                             quic_dist_opts:tls(Opts, Host),
                                              quic_dist_opts:transport(Opts)) of
                 {ok, Ep} ->
                     persistent_term:put(?ENDPOINT_KEY, Ep),
+                    persistent_term:put(?OPTS_KEY, Opts),
+                    log_mode("client only (not listening)", Opts),
                     {ok, Ep};
                 Error ->
                     Error
@@ -340,18 +383,33 @@ port_candidates(Opts) ->
             end
     end.
 
-open_listen_endpoint(Opts, Ports) ->
+open_listen_endpoint(Opts, Host, Ports) ->
     Ip = maps:get(ip, Opts, listen_ip()),
-    open_listen_endpoint(Opts, Ip, Ports, {error, no_port}).
-
-open_listen_endpoint(_Opts, _Ip, [], LastError) ->
-    LastError;
-open_listen_endpoint(Opts, Ip, [Port | Rest], _LastError) ->
-    case quic_dist_nif:endpoint_open(Ip, Port, true, quic_dist_opts:tls(Opts),
-                                     quic_dist_opts:transport(Opts)) of
-        {ok, Ep} -> {ok, Ep, Ip};
-        {error, _} = Error -> open_listen_endpoint(Opts, Ip, Rest, Error)
+    try quic_dist_opts:tls(Opts, Host) of
+        Tls -> open_listen_endpoint(Opts, Tls, Ip, Ports, {error, no_port})
+    catch
+        error:Reason -> {error, Reason}
     end.
+
+open_listen_endpoint(_Opts, _Tls, _Ip, [], LastError) ->
+    LastError;
+open_listen_endpoint(Opts, Tls, Ip, [Port | Rest], _LastError) ->
+    case quic_dist_nif:endpoint_open(Ip, Port, true, Tls, quic_dist_opts:transport(Opts)) of
+        {ok, Ep} -> {ok, Ep, Ip};
+        {error, _} = Error -> open_listen_endpoint(Opts, Tls, Ip, Rest, Error)
+    end.
+
+%% Says once, visibly, which trust mode the node uses.
+log_mode(What, Opts) ->
+    Mode = quic_dist_opts:describe_mode(Opts),
+    case maps:get(insecure, Opts, false) of
+        true -> ?LOG_WARNING("quic_dist ~ts; ~ts", [What, Mode]);
+        _ -> ?LOG_NOTICE("quic_dist ~ts; ~ts", [What, Mode])
+    end.
+
+%% Options in force (set when the endpoint was opened).
+opts() ->
+    persistent_term:get(?OPTS_KEY, #{}).
 
 listen_ip() ->
     case application:get_env(kernel, inet_dist_use_interface) of
@@ -396,11 +454,11 @@ split_node_checked(Node, LongOrShortNames) ->
                 {longnames, false, {error, _}} ->
                     ?LOG_ERROR("quic_dist: ~p is not a long node name (-name needs a "
                                "fully qualified host or an IP address)", [Node],
-                               #{domain => [quic_dist]}),
+                               #{}),
                     ?shutdown2(Node, {illegal_node_name, Node});
                 {shortnames, true, _} ->
                     ?LOG_ERROR("quic_dist: ~p is not a short node name", [Node],
-                               #{domain => [quic_dist]}),
+                               #{}),
                     ?shutdown2(Node, {illegal_node_name, Node});
                 _ ->
                     [Name, Host]

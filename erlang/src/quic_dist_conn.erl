@@ -280,7 +280,7 @@ input_handshake(Ctrl, Conn, Queue, Waiting) ->
                 undefined -> ok
             end,
             ?LOG_INFO("quic_dist connection closed during handshake: ~ts", [Reason],
-                      #{domain => [quic_dist]}),
+                      #{}),
             exit({connection_closed, Reason})
     end.
 
@@ -307,7 +307,7 @@ input_loop(DH, Conn, Node) ->
             input_loop(DH, Conn, Node);
         {quic_dist_closed, Reason} ->
             ?LOG_INFO("quic_dist connection to ~p closed: ~ts", [Node, Reason],
-                      #{domain => [quic_dist]}),
+                      #{}),
             exit({connection_closed, Reason})
     end.
 

@@ -46,7 +46,7 @@ init(Parent) ->
                     loop();
                 {error, _} = Error ->
                     ?LOG_ERROR("quic_dist cannot start its runtime: ~ts", [element(2, Error)],
-                               #{domain => [quic_dist]}),
+                               #{}),
                     Parent ! {self(), Error}
             end;
         _ ->
@@ -57,7 +57,7 @@ init(Parent) ->
 loop() ->
     receive
         {quic_dist_log, Level, Target, Message} ->
-            ?LOG(Level, "~ts: ~ts", [Target, Message], #{domain => [quic_dist, rust]}),
+            ?LOG(Level, "~ts: ~ts", [Target, Message], #{quic_dist => rust, rust_target => Target}),
             loop();
         _Other ->
             loop()

@@ -4,9 +4,10 @@
 %%% Read during boot, before the file server runs: files are read with prim_file.
 -module(quic_dist_opts).
 
--export([get/0, tls/1, transport/1, describe_mode/1, parse_pairs/1]).
+-export([get/0, tls/2, transport/1, mode/1, describe_mode/1, parse_pairs/1]).
 
--define(KEYS, [certfile, keyfile, cacertfile, port, ip, threads, log_filter,
+-define(KEYS, [certfile, keyfile, cacertfile, password, verify_node_name, allowed_subjects,
+               insecure, port, ip, threads, log_filter,
                idle_timeout_ms, handshake_timeout_ms, max_frame,
                stream_window, connection_window]).
 
@@ -18,12 +19,59 @@
 get() ->
     lists:foldl(fun maps:merge/2, #{}, [app_env(), optfile(), command_line()]).
 
-%% @doc The TLS part, as the NIF takes it.
--spec tls(opts()) -> map().
-tls(Opts) ->
+%% @doc The TLS part, as the NIF takes it, for a node whose host name is Host.
+%%
+%% With `certfile': the files (an encrypted key is decrypted here with public_key and
+%% passed in memory). Without: cookie mode, a CA derived from the cookie and a leaf certificate
+%% naming Host and the loopback names.
+-spec tls(opts(), string()) -> map().
+tls(Opts, Host) ->
+    Base = case mode(Opts) of
+               certificates -> certificate_files(Opts);
+               cookie -> cookie_identity(Host)
+           end,
+    Base#{insecure => maps:get(insecure, Opts, false) =:= true}.
+
+%% @doc `certificates' when certificate files are configured, else `cookie'.
+-spec mode(opts()) -> certificates | cookie.
+mode(#{certfile := _}) -> certificates;
+mode(_) -> cookie.
+
+certificate_files(#{certfile := Cert, password := Password} = Opts) ->
+    #{cert_pem => read(Cert),
+      key_pem => decrypt_key(read(maps:get(keyfile, Opts, Cert)), Password),
+      ca_pem => read(maps:get(cacertfile, Opts, missing_cacertfile))};
+certificate_files(Opts) ->
     maps:from_list([{K, unicode:characters_to_binary(V)}
                     || K <- [certfile, keyfile, cacertfile],
                        V <- [maps:get(K, Opts, undefined)], V =/= undefined]).
+
+cookie_identity(Host) ->
+    Names = lists:usort([Host, "localhost", "127.0.0.1", "::1"]),
+    #{cookie => atom_to_binary(erlang:get_cookie(), utf8),
+      names => [unicode:characters_to_binary(N) || N <- Names],
+      common_name => unicode:characters_to_binary(Host)}.
+
+read(missing_cacertfile) ->
+    error({quic_dist_option_missing, cacertfile});
+read(File) ->
+    case prim_file:read_file(File) of
+        {ok, Bin} -> Bin;
+        {error, Reason} -> error({cannot_read, File, Reason})
+    end.
+
+%% An encrypted PEM private key, decrypted with Password and re-encoded unencrypted,
+%% to be handed to the NIF in memory only.
+decrypt_key(Pem, Password) ->
+    Pass = unicode:characters_to_list(Password),
+    case [E || {T, _, _} = E <- public_key:pem_decode(Pem),
+               lists:member(T, ['PrivateKeyInfo', 'RSAPrivateKey', 'ECPrivateKey'])] of
+        [Entry | _] ->
+            Key = public_key:pem_entry_decode(Entry, Pass),
+            public_key:pem_encode([public_key:pem_entry_encode(element(1, Entry), Key)]);
+        [] ->
+            error({no_private_key_in_keyfile})
+    end.
 
 %% @doc The transport part, as the NIF takes it.
 -spec transport(opts()) -> map().
@@ -33,10 +81,16 @@ transport(Opts) ->
 
 %% @doc One line saying where the node's TLS identity comes from.
 -spec describe_mode(opts()) -> iolist().
-describe_mode(#{certfile := C, cacertfile := A}) ->
-    io_lib:format("certificates: ~ts, trusted ca: ~ts", [C, A]);
+describe_mode(#{insecure := true} = Opts) ->
+    ["INSECURE: peer certificates are NOT verified (option insecure); ",
+     describe_mode(maps:remove(insecure, Opts))];
+describe_mode(#{certfile := C} = Opts) ->
+    io_lib:format("mode certificates: ~ts, trusted ca: ~ts, node names verified: ~p",
+                  [C, maps:get(cacertfile, Opts, "none"),
+                   maps:get(verify_node_name, Opts, true)]);
 describe_mode(_) ->
-    "no certificates configured".
+    "mode cookie: trust derived from the cookie (development; as strong as the cookie; "
+        "use certificates in production)".
 
 %% @doc Options from `Key Value' string pairs, as given to -quic_dist_opt.
 -spec parse_pairs([string()]) -> opts().
@@ -106,5 +160,9 @@ convert(Key, V) when Key =:= port; Key =:= threads; Key =:= idle_timeout_ms;
 convert(ip, V) ->
     {ok, Ip} = inet:parse_address(V),
     Ip;
+convert(Key, V) when Key =:= verify_node_name; Key =:= insecure ->
+    list_to_existing_atom(V) =:= true;
+convert(allowed_subjects, V) ->
+    string:lexemes(V, ";");
 convert(_Key, V) ->
     V.

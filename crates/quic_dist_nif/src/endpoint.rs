@@ -4,7 +4,13 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use quic_dist_transport::certs::Validity;
+use quic_dist_transport::cookie_trust::cookie_material;
 use quic_dist_transport::{DistEndpoint, TlsMaterial, TransportOptions};
+
+/// Validity of the leaf certificate a node issues itself in cookie mode. It lives only in
+/// memory and is renewed at every start; long enough that a running node never outlives it.
+const COOKIE_LEAF_DAYS: u32 = 3650;
 use rustler::{
     Atom, Decoder, Encoder, Env, LocalPid, NifResult, OwnedEnv, Resource, ResourceArc, Term,
 };
@@ -30,6 +36,14 @@ fn get<'a, T: Decoder<'a>>(map: Term<'a>, key: Atom) -> NifResult<Option<T>> {
 }
 
 fn tls_material(tls: Term) -> NifResult<Result<TlsMaterial, String>> {
+    let insecure = get::<bool>(tls, atoms::insecure())?.unwrap_or(false);
+    Ok(select_material(tls)?.map(|mut m| {
+        m.verify_peer = !insecure;
+        m
+    }))
+}
+
+fn select_material(tls: Term) -> NifResult<Result<TlsMaterial, String>> {
     if let (Some(c), Some(k), Some(a)) = (
         get::<String>(tls, atoms::certfile())?,
         get::<String>(tls, atoms::keyfile())?,
@@ -47,6 +61,15 @@ fn tls_material(tls: Term) -> NifResult<Result<TlsMaterial, String>> {
     ) {
         return Ok(
             TlsMaterial::from_pem(c.as_slice(), k.as_slice(), a.as_slice())
+                .map_err(|e| e.to_string()),
+        );
+    }
+    if let Some(cookie) = get::<rustler::Binary>(tls, atoms::cookie())? {
+        let names = get::<Vec<String>>(tls, atoms::names())?.unwrap_or_default();
+        let common_name = get::<String>(tls, atoms::common_name())?.unwrap_or_default();
+        let validity = Validity::days_from_now(COOKIE_LEAF_DAYS);
+        return Ok(
+            cookie_material(cookie.as_slice(), &common_name, &names, validity)
                 .map_err(|e| e.to_string()),
         );
     }

@@ -16,8 +16,10 @@
 pub mod certs;
 pub mod config;
 pub mod connection;
+pub mod cookie_trust;
 pub mod endpoint;
 pub mod error;
+mod insecure;
 pub mod tls;
 
 pub use config::TransportOptions;

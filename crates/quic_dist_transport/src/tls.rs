@@ -13,6 +13,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::TransportOptions;
 use crate::error::TransportError;
+use crate::insecure::AcceptAnyPeer;
 
 /// ALPN protocol name: a QUIC client speaking anything else is refused during the handshake.
 pub const ALPN: &[u8] = b"quic-dist/1";
@@ -30,6 +31,8 @@ pub struct TlsMaterial {
     pub key: PrivateKeyDer<'static>,
     /// Trust anchors: peers must present a chain ending at one of these.
     pub roots: Vec<CertificateDer<'static>>,
+    /// Verify the peer's certificate (always, unless the user asked for `insecure`).
+    pub verify_peer: bool,
 }
 
 impl Clone for TlsMaterial {
@@ -38,6 +41,7 @@ impl Clone for TlsMaterial {
             chain: self.chain.clone(),
             key: self.key.clone_key(),
             roots: self.roots.clone(),
+            verify_peer: self.verify_peer,
         }
     }
 }
@@ -79,7 +83,12 @@ impl TlsMaterial {
         if roots.is_empty() {
             return Err(pem_error("ca certificate", "no certificate found"));
         }
-        Ok(Self { chain, key, roots })
+        Ok(Self {
+            chain,
+            key,
+            roots,
+            verify_peer: true,
+        })
     }
 
     fn provider() -> Arc<CryptoProvider> {
@@ -105,10 +114,13 @@ impl TlsMaterial {
         opts: &TransportOptions,
     ) -> Result<quinn::ServerConfig, TransportError> {
         let provider = Self::provider();
-        let verifier =
+        let verifier: Arc<dyn rustls::server::danger::ClientCertVerifier> = if self.verify_peer {
             WebPkiClientVerifier::builder_with_provider(self.root_store()?, provider.clone())
                 .build()
-                .map_err(|e| pem_error("client verifier", e))?;
+                .map_err(|e| pem_error("client verifier", e))?
+        } else {
+            AcceptAnyPeer::new(provider.clone())
+        };
         let mut tls = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
@@ -128,10 +140,17 @@ impl TlsMaterial {
         &self,
         opts: &TransportOptions,
     ) -> Result<quinn::ClientConfig, TransportError> {
-        let mut tls = rustls::ClientConfig::builder_with_provider(Self::provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_root_certificates(self.root_store()?)
-            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
+        let provider = Self::provider();
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])?;
+        let builder = if self.verify_peer {
+            builder.with_root_certificates(self.root_store()?)
+        } else {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(AcceptAnyPeer::new(provider))
+        };
+        let mut tls = builder.with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
         tls.alpn_protocols = vec![ALPN.to_vec()];
         let crypto = QuicClientConfig::try_from(tls).map_err(|e| pem_error("quic client", e))?;
         let mut client = quinn::ClientConfig::new(Arc::new(crypto));

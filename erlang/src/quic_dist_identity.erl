@@ -1,0 +1,109 @@
+%%% @doc Node identity: is the peer's certificate allowed to speak for the node it claims to be?
+%%%
+%%% The connecting side gets this from TLS itself: the server name it verifies is the host part
+%%% of the node name it dials. The accepting side learns the peer's node name only from the
+%%% first distribution handshake message, so it checks it here, before the cookie challenge:
+%%% the certificate must name the host part of the claimed node name (DNS or IP SAN).
+%%% An optional allow-list of certificate subjects applies on both sides.
+-module(quic_dist_identity).
+
+-export([check_claimed_name/3, check_subject/2, handshake_node_name/1, host_matches/2]).
+
+-include_lib("kernel/include/logger.hrl").
+
+%% @doc Accepting side: checks the node name in the peer's first handshake message against the
+%% peer certificate. `ok' or `{error, Reason}' (logged).
+-spec check_claimed_name(map(), [byte()], quic_dist_opts:opts()) -> ok | {error, term()}.
+check_claimed_name(ConnInfo, NameMessage, Opts) ->
+    Enabled = maps:get(verify_node_name, Opts, true) =:= true
+        andalso maps:get(insecure, Opts, false) =/= true,
+    case {Enabled, handshake_node_name(NameMessage)} of
+        {false, _} -> ok;
+        {true, {ok, Node}} -> check_node(ConnInfo, Node);
+        {true, error} -> ok   % not a name message: dist_util refuses it itself
+    end.
+
+%% @doc Both sides: the peer certificate's subject must be in `allowed_subjects' if set.
+-spec check_subject(map(), quic_dist_opts:opts()) -> ok | {error, term()}.
+check_subject(ConnInfo, #{allowed_subjects := Allowed}) when is_list(Allowed), Allowed =/= [] ->
+    #{subject := Subject} = Summary = leaf_summary(ConnInfo),
+    Cn = common_name(Subject),
+    Wanted = [unicode:characters_to_binary(A) || A <- Allowed],
+    case lists:member(Subject, Wanted) orelse lists:member(Cn, Wanted) of
+        true -> ok;
+        false ->
+            ?LOG_WARNING("quic_dist refused ~s: certificate subject ~ts is not in "
+                         "allowed_subjects", [peer(ConnInfo), maps:get(subject, Summary)],
+                         #{}),
+            {error, {subject_not_allowed, Subject}}
+    end;
+check_subject(_ConnInfo, _Opts) ->
+    ok.
+
+%% @doc The node name in a handshake name message (`N' of OTP 23+ or the older `n').
+-spec handshake_node_name([byte()]) -> {ok, binary()} | error.
+handshake_node_name([$N | Rest]) ->
+    case list_to_binary(Rest) of
+        <<_Flags:64, _Creation:32, Len:16, Name:Len/binary, _/binary>> -> {ok, Name};
+        _ -> error
+    end;
+handshake_node_name([$n | Rest]) ->
+    case list_to_binary(Rest) of
+        <<_Version:16, _Flags:32, Name/binary>> -> {ok, Name};
+        _ -> error
+    end;
+handshake_node_name(_) ->
+    error.
+
+%% @doc True if a certificate with these subject alternative names may serve Host.
+-spec host_matches(string() | binary(), [{dns, binary()} | {ip, tuple()} | term()]) -> boolean().
+host_matches(Host0, Sans) ->
+    Host = string:lowercase(unicode:characters_to_list(Host0)),
+    case inet:parse_address(Host) of
+        {ok, Ip} -> lists:member({ip, Ip}, Sans);
+        {error, _} ->
+            lists:any(fun({dns, Name}) -> dns_matches(Host, string:lowercase(binary_to_list(Name)));
+                         (_) -> false
+                      end, Sans)
+    end.
+
+%%% Internal
+
+check_node(ConnInfo, Node) ->
+    case binary:split(Node, <<"@">>) of
+        [_Name, Host] ->
+            #{subject_alt_names := Sans} = Summary = leaf_summary(ConnInfo),
+            case host_matches(Host, Sans) of
+                true -> ok;
+                false ->
+                    ?LOG_WARNING("quic_dist refused ~s claiming to be ~ts: its certificate (~ts) "
+                                 "names ~p, not ~ts (option verify_node_name)",
+                                 [peer(ConnInfo), Node, maps:get(subject, Summary),
+                                  Sans, Host]),
+                    {error, {node_name_not_in_certificate, Node}}
+            end;
+        _ ->
+            {error, {bad_node_name, Node}}
+    end.
+
+leaf_summary(#{peer_certificates := [Leaf | _]}) ->
+    quic_dist_cert_info:summary(Leaf);
+leaf_summary(_) ->
+    #{subject => <<>>, subject_alt_names => []}.
+
+common_name(Subject) ->
+    case [V || <<"CN=", V/binary>> <- binary:split(Subject, <<",">>, [global])] of
+        [Cn | _] -> Cn;
+        [] -> undefined
+    end.
+
+dns_matches(Host, [$*, $. | Domain]) ->
+    case string:split(Host, ".") of
+        [_Label, Rest] -> Rest =:= Domain;
+        _ -> false
+    end;
+dns_matches(Host, Name) ->
+    Host =:= Name.
+
+peer(#{remote := {Ip, Port}}) -> io_lib:format("~s:~b", [inet:ntoa(Ip), Port]);
+peer(_) -> "peer".
