@@ -23,7 +23,7 @@ ERL_SRCS := $(wildcard $(ROOT)/erlang/src/*.erl)
 BEAMS := $(patsubst $(ROOT)/erlang/src/%.erl,$(EBIN)/%.beam,$(ERL_SRCS))
 RUST_SRCS := $(shell find $(ROOT)/crates -name '*.rs' -o -name Cargo.toml) $(ROOT)/Cargo.toml
 
-.PHONY: all deps build nif erlang dev-certs certs demo test test-rust test-erlang bench \
+.PHONY: all deps build certs demo test test-rust test-erlang bench \
         print-erl-flags clean fmt lint
 
 all: build

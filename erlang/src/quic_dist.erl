@@ -402,10 +402,11 @@ open_listen_endpoint(Opts, Tls, Ip, [Port | Rest], _LastError) ->
 %% Says once, visibly, which trust mode the node uses.
 log_mode(What, Opts) ->
     Mode = quic_dist_opts:describe_mode(Opts),
-    case maps:get(insecure, Opts, false) of
-        true -> ?LOG_WARNING("quic_dist ~ts; ~ts", [What, Mode]);
-        _ -> ?LOG_NOTICE("quic_dist ~ts; ~ts", [What, Mode])
-    end.
+    Level = case maps:get(insecure, Opts, false) of
+                true -> warning;
+                _ -> notice
+            end,
+    quic_dist_log:log_when_ready(Level, "quic_dist ~ts; ~ts", [What, Mode]).
 
 %% Options in force (set when the endpoint was opened).
 opts() ->

@@ -5,7 +5,7 @@
 %%% (net_sup is one_for_all with intensity 0), so the loop only formats and logs.
 -module(quic_dist_log).
 
--export([start_link/0, ensure_started/1]).
+-export([start_link/0, ensure_started/1, log_when_ready/3]).
 
 -include_lib("kernel/include/logger.hrl").
 
@@ -15,6 +15,17 @@
 -spec start_link() -> {ok, pid()} | {error, term()}.
 start_link() ->
     start([link]).
+
+%% @doc Logs once the boot-time `simple' logger handler is gone. Events logged while the kernel
+%% starts (distribution starts inside it) are printed by that handler and again when it replays
+%% them to the default handler: this prints them once.
+-spec log_when_ready(logger:level(), io:format(), [term()]) -> ok.
+log_when_ready(Level, Format, Args) ->
+    case whereis(?MODULE) of
+        undefined -> ?LOG(Level, Format, Args);
+        Pid -> Pid ! {log_when_ready, Level, Format, Args}
+    end,
+    ok.
 
 %% @doc Makes sure the runtime runs (distribution started without our childspec).
 -spec ensure_started(map()) -> ok.
@@ -58,6 +69,12 @@ loop() ->
     receive
         {quic_dist_log, Level, Target, Message} ->
             ?LOG(Level, "~ts: ~ts", [Target, Message], #{quic_dist => rust, rust_target => Target}),
+            loop();
+        {log_when_ready, Level, Format, Args} = Msg ->
+            case lists:member(simple, logger:get_handler_ids()) of
+                true -> erlang:send_after(100, self(), Msg);
+                false -> ?LOG(Level, Format, Args)
+            end,
             loop();
         _Other ->
             loop()
