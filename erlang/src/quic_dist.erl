@@ -245,11 +245,10 @@ checked_first_recv({quic_dist, _, _, Conn} = Socket, Length, Timeout) ->
                 true -> Ok;
                 _ ->
                     put(quic_dist_identity_checked, true),
-                    Info = quic_dist_nif:conn_info(Conn),
                     Opts = opts(),
-                    case quic_dist_identity:check_subject(Info, Opts) of
+                    case quic_dist_identity:check_subject(Conn, Opts) of
                         ok ->
-                            case quic_dist_identity:check_claimed_name(Info, Message, Opts) of
+                            case quic_dist_identity:check_claimed_name(Conn, Message, Opts) of
                                 ok -> Ok;
                                 Error -> Error
                             end;
@@ -297,7 +296,7 @@ do_setup(Kernel, Node, Type, MyNode, LongOrShortNames, SetupTime) ->
                    ?shutdown2(Node, {connect_failed, R3})
            end,
     dist_util:reset_timer(Timer),
-    case quic_dist_identity:check_subject(quic_dist_nif:conn_info(Conn), opts()) of
+    case quic_dist_identity:check_subject(Conn, opts()) of
         ok -> ok;
         {error, R4} -> ?shutdown2(Node, R4)
     end,

@@ -145,6 +145,7 @@ remote_address({quic_dist, _Ctrl, _Input, Conn}) ->
 controller_init(Starter, Conn) ->
     put(quic_dist, controller),
     Self = self(),
+    _ = spawn(fun() -> close_when_down(Self, Conn) end),
     Input = spawn_opt(fun() -> input_init(Self, Conn) end, [link | ?SPAWN_OPTS]),
     case quic_dist_nif:conn_start(Conn, Input, Self) of
         ok ->
@@ -154,6 +155,23 @@ controller_init(Starter, Conn) ->
         {error, _} = Error ->
             Starter ! {Self, started, Error},
             exit(normal)
+    end.
+
+%% Closes the QUIC connection, telling the peer at once, when the controller is gone (nodedown
+%% on this side: disconnect_node/1, tick timeout, a crash). Waiting for the connection resource
+%% to be dropped is not enough: a stale reference can stay for long in the heap of a live process
+%% (the acceptor's, until its next garbage collection), and the peer would then only notice at
+%% its own tick timeout.
+close_when_down(Ctrl, Conn) ->
+    Mon = monitor(process, Ctrl),
+    receive
+        {'DOWN', Mon, process, Ctrl, Reason} ->
+            Why = case Reason of
+                      A when is_atom(A) -> atom_to_binary(A);
+                      T when is_tuple(T), is_atom(element(1, T)) -> atom_to_binary(element(1, T));
+                      _ -> <<"error">>
+                  end,
+            quic_dist_nif:conn_close(Conn, <<"distribution connection down: ", Why/binary>>)
     end.
 
 %% Handshake phase: until the supervisor is known, the starter's death ends us.

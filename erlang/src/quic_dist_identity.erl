@@ -7,25 +7,27 @@
 %%% An optional allow-list of certificate subjects applies on both sides.
 -module(quic_dist_identity).
 
--export([check_claimed_name/3, check_subject/2, handshake_node_name/1, host_matches/2]).
+-export([check_claimed_name/3, check_subject/2, handshake_node_name/1]).
 
 -include_lib("kernel/include/logger.hrl").
 
 %% @doc Accepting side: checks the node name in the peer's first handshake message against the
-%% peer certificate. `ok' or `{error, Reason}' (logged).
--spec check_claimed_name(map(), [byte()], quic_dist_opts:opts()) -> ok | {error, term()}.
-check_claimed_name(ConnInfo, NameMessage, Opts) ->
+%% peer certificate (by TLS's server-name rules, in the NIF: webpki). `ok' or `{error, Reason}'
+%% (logged).
+-spec check_claimed_name(term(), [byte()], quic_dist_opts:opts()) -> ok | {error, term()}.
+check_claimed_name(Conn, NameMessage, Opts) ->
     Enabled = maps:get(verify_node_name, Opts, true) =:= true
         andalso maps:get(insecure, Opts, false) =/= true,
     case {Enabled, handshake_node_name(NameMessage)} of
         {false, _} -> ok;
-        {true, {ok, Node}} -> check_node(ConnInfo, Node);
+        {true, {ok, Node}} -> check_node(Conn, Node);
         {true, error} -> ok   % not a name message: dist_util refuses it itself
     end.
 
 %% @doc Both sides: the peer certificate's subject must be in `allowed_subjects' if set.
--spec check_subject(map(), quic_dist_opts:opts()) -> ok | {error, term()}.
-check_subject(ConnInfo, #{allowed_subjects := Allowed}) when is_list(Allowed), Allowed =/= [] ->
+-spec check_subject(term(), quic_dist_opts:opts()) -> ok | {error, term()}.
+check_subject(Conn, #{allowed_subjects := Allowed}) when is_list(Allowed), Allowed =/= [] ->
+    ConnInfo = quic_dist_nif:conn_info(Conn),
     #{subject := Subject} = Summary = leaf_summary(ConnInfo),
     Cn = common_name(Subject),
     Wanted = [unicode:characters_to_binary(A) || A <- Allowed],
@@ -37,7 +39,7 @@ check_subject(ConnInfo, #{allowed_subjects := Allowed}) when is_list(Allowed), A
                          #{}),
             {error, {subject_not_allowed, Subject}}
     end;
-check_subject(_ConnInfo, _Opts) ->
+check_subject(_Conn, _Opts) ->
     ok.
 
 %% @doc The node name in a handshake name message (`N' of OTP 23+ or the older `n').
@@ -55,27 +57,16 @@ handshake_node_name([$n | Rest]) ->
 handshake_node_name(_) ->
     error.
 
-%% @doc True if a certificate with these subject alternative names may serve Host.
--spec host_matches(string() | binary(), [{dns, binary()} | {ip, tuple()} | term()]) -> boolean().
-host_matches(Host0, Sans) ->
-    Host = string:lowercase(unicode:characters_to_list(Host0)),
-    case inet:parse_address(Host) of
-        {ok, Ip} -> lists:member({ip, Ip}, Sans);
-        {error, _} ->
-            lists:any(fun({dns, Name}) -> dns_matches(Host, string:lowercase(binary_to_list(Name)));
-                         (_) -> false
-                      end, Sans)
-    end.
-
 %%% Internal
 
-check_node(ConnInfo, Node) ->
+check_node(Conn, Node) ->
     case binary:split(Node, <<"@">>) of
         [_Name, Host] ->
-            #{subject_alt_names := Sans} = Summary = leaf_summary(ConnInfo),
-            case host_matches(Host, Sans) of
+            case quic_dist_nif:conn_peer_names(Conn, Host) of
                 true -> ok;
                 false ->
+                    ConnInfo = quic_dist_nif:conn_info(Conn),
+                    #{subject_alt_names := Sans} = Summary = leaf_summary(ConnInfo),
                     ?LOG_WARNING("quic_dist refused ~s claiming to be ~ts: its certificate (~ts) "
                                  "names ~p, not ~ts (option verify_node_name)",
                                  [peer(ConnInfo), Node, maps:get(subject, Summary),
@@ -96,14 +87,6 @@ common_name(Subject) ->
         [Cn | _] -> Cn;
         [] -> undefined
     end.
-
-dns_matches(Host, [$*, $. | Domain]) ->
-    case string:split(Host, ".") of
-        [_Label, Rest] -> Rest =:= Domain;
-        _ -> false
-    end;
-dns_matches(Host, Name) ->
-    Host =:= Name.
 
 peer(#{remote := {Ip, Port}}) -> io_lib:format("~s:~b", [inet:ntoa(Ip), Port]);
 peer(_) -> "peer".

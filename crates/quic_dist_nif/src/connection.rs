@@ -248,6 +248,12 @@ fn conn_info<'a>(env: Env<'a>, conn: ResourceArc<ConnRes>) -> NifResult<Term<'a>
     Term::map_from_pairs(env, &pairs)
 }
 
+/// True if the peer's certificate is valid for `host` (DNS name or IP address, TLS rules).
+#[rustler::nif]
+fn conn_peer_names(conn: ResourceArc<ConnRes>, host: String) -> bool {
+    conn.conn.peer_certificate_names(&host)
+}
+
 /// Closes the connection now, telling the peer `reason`.
 #[rustler::nif]
 fn conn_close(conn: ResourceArc<ConnRes>, reason: String) -> Atom {

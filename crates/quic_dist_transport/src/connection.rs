@@ -297,6 +297,27 @@ impl DistConnection {
         }
     }
 
+    /// True if the peer's certificate is valid for `host` (a DNS name or an IP address), by
+    /// the same rules TLS uses for server names (webpki). False without a peer certificate.
+    pub fn peer_certificate_names(&self, host: &str) -> bool {
+        let Some(certs) = self
+            .conn
+            .peer_identity()
+            .and_then(|p| p.downcast::<Vec<CertificateDer<'static>>>().ok())
+        else {
+            return false;
+        };
+        let Some(leaf) = certs.first() else {
+            return false;
+        };
+        let Ok(name) = rustls_pki_types::ServerName::try_from(host) else {
+            return false;
+        };
+        webpki::EndEntityCert::try_from(leaf)
+            .and_then(|cert| cert.verify_is_valid_for_subject_name(&name))
+            .is_ok()
+    }
+
     /// The peer's UDP address.
     pub fn remote_address(&self) -> SocketAddr {
         self.conn.remote_address()
