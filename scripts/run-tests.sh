@@ -9,7 +9,7 @@ mkdir -p "$OUT"
 epmd -daemon >/dev/null 2>&1 || true
 
 status=0
-for suite in rust erlang elixir; do
+for suite in rust erlang elixir mix; do
   echo "=== $suite tests ==="
   start=$(date +%s)
   if ! "$ROOT/scripts/run-$suite-tests.sh"; then status=1; fi
@@ -18,7 +18,7 @@ for suite in rust erlang elixir; do
 done
 
 total_p=0; total_f=0; total_s=0; parts=()
-for suite in rust erlang elixir; do
+for suite in rust erlang elixir mix; do
   read -r p f s < "$OUT/$suite.counts"
   total_p=$((total_p + p)); total_f=$((total_f + f)); total_s=$((total_s + s))
   parts+=("$suite $p/$f/$s")

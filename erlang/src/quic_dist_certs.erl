@@ -18,6 +18,7 @@ generate(Dir, Nodes) ->
 -spec generate(file:filename(), [{string(), [string()]}], map()) -> ok | {error, term()}.
 generate(Dir, Nodes, Opts) ->
     ok = filelib:ensure_dir(filename:join(Dir, "x")),
+    ok = quic_dist_nif:load(),
     Now = quic_dist_nif:unix_now(),
     NotBefore = maps:get(not_before, Opts, Now - 3600),
     NotAfter = maps:get(not_after, Opts, Now + maps:get(days, Opts, 365) * ?DAY),

@@ -51,7 +51,7 @@ init(Parent) ->
             Opts = quic_dist_opts:get(),
             Threads = maps:get(threads, Opts, 2),
             Filter = unicode:characters_to_binary(maps:get(log_filter, Opts, ?DEFAULT_FILTER)),
-            case quic_dist_nif:runtime_init(Threads, self(), Filter) of
+            case load_and_init(Threads, Filter) of
                 ok ->
                     Parent ! {self(), started},
                     loop();
@@ -63,6 +63,12 @@ init(Parent) ->
         _ ->
             %% Another instance won the race; it owns the runtime and logging.
             Parent ! {self(), started}
+    end.
+
+load_and_init(Threads, Filter) ->
+    case quic_dist_nif:load() of
+        ok -> quic_dist_nif:runtime_init(Threads, self(), Filter);
+        {error, Reason} -> {error, io_lib:format("cannot load the NIF: ~p", [Reason])}
     end.
 
 loop() ->

@@ -2,26 +2,43 @@
 %%%
 %%% The library is looked up next to this module (../priv/quic_dist_nif.so), so that it loads
 %%% during boot, when distribution starts and before code:priv_dir/1 can be relied on.
+%%%
+%%% No `-on_load': in an embedded release the boot script loads modules first and runs their
+%%% on_load functions only after the kernel (and so distribution) has started. Callers load
+%%% the library explicitly with load/0, which is idempotent.
 -module(quic_dist_nif).
 
+-export([load/0]).
 -export([runtime_init/3,
          endpoint_open/5, endpoint_port/1, endpoint_accept/2, endpoint_close/2, connect/6,
          conn_start/3, conn_send/2, conn_tick/1, conn_ack/2, conn_getstat/1, conn_stats/1,
          conn_info/1, conn_peer_names/2, conn_close/2,
          unix_now/0, gen_ca/3, gen_node_cert/6]).
 
--on_load(load/0).
-
 -define(NOT_LOADED, erlang:nif_error({not_loaded, ?MODULE})).
 
-%% Loads priv/quic_dist_nif.so.
+%% @doc Loads priv/quic_dist_nif.so unless it is loaded already.
+-spec load() -> ok | {error, term()}.
 load() ->
-    Lib = filename:join(priv_dir(), "quic_dist_nif"),
-    case erlang:load_nif(Lib, 0) of
-        ok -> ok;
-        {error, {Reason, Text}} ->
-            error_logger:error_msg("quic_dist: cannot load NIF ~ts: ~p ~ts~n", [Lib, Reason, Text]),
-            {error, Reason}
+    case erlang:module_loaded(?MODULE) andalso loaded() of
+        true -> ok;
+        false ->
+            Lib = filename:join(priv_dir(), "quic_dist_nif"),
+            case erlang:load_nif(Lib, 0) of
+                ok -> ok;
+                {error, {reload, _}} -> ok;
+                {error, {Reason, Text}} ->
+                    error_logger:error_msg("quic_dist: cannot load NIF ~ts: ~p ~ts~n",
+                                           [Lib, Reason, Text]),
+                    {error, {Reason, Text}}
+            end
+    end.
+
+loaded() ->
+    try unix_now() of
+        _ -> true
+    catch
+        error:{not_loaded, ?MODULE} -> false
     end.
 
 priv_dir() ->

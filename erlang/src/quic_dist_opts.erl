@@ -105,6 +105,9 @@ parse_pairs([]) ->
 %%% Sources
 
 app_env() ->
+    %% Outside a release nothing loads the application, and `erl -config F' keeps the
+    %% environment of unloaded applications out of reach: load it (the .app is on the path).
+    _ = application:load(quic_dist),
     maps:from_list([{K, V} || K <- ?KEYS, {ok, V} <- [application:get_env(quic_dist, K)]]).
 
 command_line() ->
