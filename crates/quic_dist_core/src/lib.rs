@@ -5,6 +5,7 @@
 //! memory bounded per connection ([`limits`]).
 #![warn(missing_docs)]
 
+pub mod dist_header;
 pub mod error;
 pub mod framing;
 pub mod limits;
