@@ -30,6 +30,9 @@
 -define(BATCH_BYTES, (1024 * 1024)).
 -define(SPAWN_OPTS, [{message_queue_data, off_heap}, {fullsweep_after, 0}]).
 -define(SUPERVISOR_WAIT_MS, 120000).
+%% How long a connection whose handshake failed stays open before it is closed (see
+%% close_when_down/3).
+-define(HANDSHAKE_LINGER_MS, 500).
 
 -type socket() :: {quic_dist, Ctrl :: pid(), Input :: pid(), Conn :: reference() | term()}.
 -export_type([socket/0]).
@@ -139,38 +142,48 @@ remote_address({quic_dist, _Ctrl, _Input, Conn}) ->
 %%% Controller
 %%% ------------------------------------------------------------------
 
--record(ctrl, {conn, input, dhandle, node}).
+-record(ctrl, {conn, input, dhandle, node, closer}).
 
 %% Spawns the input handler, starts the NIF connection, then serves the handshake.
 controller_init(Starter, Conn) ->
     put(quic_dist, controller),
     Self = self(),
-    _ = spawn(fun() -> close_when_down(Self, Conn) end),
+    Closer = spawn(fun() -> close_when_down(Self, Conn, ?HANDSHAKE_LINGER_MS) end),
     Input = spawn_opt(fun() -> input_init(Self, Conn) end, [link | ?SPAWN_OPTS]),
     case quic_dist_nif:conn_start(Conn, Input, Self) of
         ok ->
             Starter ! {Self, started, ok},
             StarterMon = monitor(process, Starter),
-            handshake_loop(#ctrl{conn = Conn, input = Input}, StarterMon);
+            handshake_loop(#ctrl{conn = Conn, input = Input, closer = Closer}, StarterMon);
         {error, _} = Error ->
             Starter ! {Self, started, Error},
             exit(normal)
     end.
 
-%% Closes the QUIC connection, telling the peer at once, when the controller is gone (nodedown
-%% on this side: disconnect_node/1, tick timeout, a crash). Waiting for the connection resource
-%% to be dropped is not enough: a stale reference can stay for long in the heap of a live process
-%% (the acceptor's, until its next garbage collection), and the peer would then only notice at
-%% its own tick timeout.
-close_when_down(Ctrl, Conn) ->
+%% Closes the QUIC connection when the controller is gone (nodedown on this side:
+%% disconnect_node/1, tick timeout, a crash; or a failed handshake), telling the peer at once.
+%% Waiting for the connection resource to be dropped is not enough: a stale reference can stay
+%% for long in the heap of a live process (the acceptor's, until its next garbage collection),
+%% and the peer would then only notice at its own tick timeout.
+%% During the handshake the close lingers for Linger ms: a QUIC close discards data not yet
+%% sent, and the last handshake message must reach the peer, above all the `nok' status that
+%% settles simultaneous connects (the peer then waits to be killed by its net_kernel). Once the
+%% connection is established (`established'), the close is immediate.
+close_when_down(Ctrl, Conn, Linger) ->
     Mon = monitor(process, Ctrl),
+    close_when_down(Ctrl, Conn, Mon, Linger).
+
+close_when_down(Ctrl, Conn, Mon, Linger) ->
     receive
+        established ->
+            close_when_down(Ctrl, Conn, Mon, 0);
         {'DOWN', Mon, process, Ctrl, Reason} ->
             Why = case Reason of
                       A when is_atom(A) -> atom_to_binary(A);
                       T when is_tuple(T), is_atom(element(1, T)) -> atom_to_binary(element(1, T));
                       _ -> <<"error">>
                   end,
+            receive after Linger -> ok end,
             quic_dist_nif:conn_close(Conn, <<"distribution connection down: ", Why/binary>>)
     end.
 
@@ -199,7 +212,8 @@ handshake_loop(S, StarterMon) ->
     end.
 
 %% Registers the input handler, hands it the DHandle, and starts pulling data.
-start_data_mode(#ctrl{dhandle = DH, input = Input, node = Node} = S) ->
+start_data_mode(#ctrl{dhandle = DH, input = Input, node = Node, closer = Closer} = S) ->
+    Closer ! established,
     ok = erlang:dist_ctrl_input_handler(DH, Input),
     Input ! {handshake_complete, Node, DH},
     false = erlang:dist_ctrl_set_opt(DH, get_size, true),
@@ -293,13 +307,18 @@ input_handshake(Ctrl, Conn, Queue, Waiting) ->
             put_queue(DH, Queue),
             input_loop(DH, Conn, Node);
         {quic_dist_closed, Reason} ->
+            %% Log before answering: the answer makes the handshake fail, and its process
+            %% takes this one down through the links, possibly before a later log call.
+            ?LOG_INFO("quic_dist connection closed during handshake: ~ts", [Reason],
+                      #{}),
             case Waiting of
                 {From, Ref} -> From ! {Ref, {error, {closed, Reason}}};
                 undefined -> ok
             end,
-            ?LOG_INFO("quic_dist connection closed during handshake: ~ts", [Reason],
-                      #{}),
-            exit({connection_closed, Reason})
+            %% `normal': the handshake learns of the close from its hs_recv (or f_send), and
+            %% the link must not kill it: after a `nok' status it waits to be killed by
+            %% net_kernel, which then hands the node to the simultaneous connection.
+            exit(normal)
     end.
 
 serve_recv(Queue, undefined) ->

@@ -18,7 +18,7 @@ use rustler::{
 use crate::atoms;
 use crate::connection::ConnRes;
 use crate::terms::{decode_ip, error_tuple};
-use crate::{logging, runtime};
+use crate::{halt, logging, runtime};
 
 /// The node's QUIC endpoint, held by the Erlang side as a resource.
 pub struct EndpointRes {
@@ -133,7 +133,10 @@ fn endpoint_open<'a>(
     let opts = transport_options(opts)?;
     Ok(
         match DistEndpoint::bind(addr, &material, listen, opts, runtime::handle()) {
-            Ok(ep) => (atoms::ok(), ResourceArc::new(EndpointRes { ep })).encode(env),
+            Ok(ep) => {
+                halt::register(&ep);
+                (atoms::ok(), ResourceArc::new(EndpointRes { ep })).encode(env)
+            }
             Err(e) => error_tuple(env, e),
         },
     )
@@ -164,6 +167,7 @@ fn endpoint_accept(ep: ResourceArc<EndpointRes>, acceptor: LocalPid) -> Atom {
 /// notifications are out, so a stopping node's peers see nodedown at once.
 #[rustler::nif(schedule = "DirtyIo")]
 fn endpoint_close(ep: ResourceArc<EndpointRes>, reason: String) -> Atom {
+    halt::unregister(&ep.ep);
     ep.ep.close(&reason);
     ep.ep.wait_idle_blocking(Duration::from_millis(500));
     atoms::ok()

@@ -9,6 +9,7 @@ mod atoms;
 mod certs;
 mod connection;
 mod endpoint;
+mod halt;
 mod logging;
 mod runtime;
 mod terms;

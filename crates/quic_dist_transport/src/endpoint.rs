@@ -162,6 +162,14 @@ impl DistEndpoint {
         });
     }
 
+    /// True if both handles are the same endpoint (the same UDP socket).
+    pub fn same_endpoint(&self, other: &DistEndpoint) -> bool {
+        match (self.endpoint.local_addr(), other.endpoint.local_addr()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        }
+    }
+
     /// Closes every connection (peers are told at once) and stops accepting.
     pub fn close(&self, reason: &str) {
         self.endpoint
