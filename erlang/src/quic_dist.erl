@@ -212,7 +212,14 @@ acceptor_loop(Kernel) ->
                     Kernel ! {accept, self(), Ctrl, ?FAMILY, ?PROTOCOL},
                     receive
                         {Kernel, controller, SupPid} ->
-                            ok = quic_dist_conn:set_supervisor(Ctrl, SupPid),
+                            %% The connection may be gone already (the peer closed it or broke
+                            %% the framing at once): its controller is dead and this call
+                            %% exits. The supervisor then fails on its own first call and
+                            %% net_kernel cleans up. The acceptor must not die: net_kernel
+                            %% would start another one, whose endpoint_accept adds a second
+                            %% accept loop while the first keeps sending connections to the
+                            %% dead acceptor, where they are dropped.
+                            _ = catch quic_dist_conn:set_supervisor(Ctrl, SupPid),
                             SupPid ! {self(), controller};
                         {Kernel, unsupported_protocol} ->
                             exit(unsupported_protocol)

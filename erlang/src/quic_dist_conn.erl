@@ -30,9 +30,6 @@
 -define(BATCH_BYTES, (1024 * 1024)).
 -define(SPAWN_OPTS, [{message_queue_data, off_heap}, {fullsweep_after, 0}]).
 -define(SUPERVISOR_WAIT_MS, 120000).
-%% How long a connection whose handshake failed stays open before it is closed (see
-%% close_when_down/3).
--define(HANDSHAKE_LINGER_MS, 500).
 
 -type socket() :: {quic_dist, Ctrl :: pid(), Input :: pid(), Conn :: reference() | term()}.
 -export_type([socket/0]).
@@ -148,7 +145,7 @@ remote_address({quic_dist, _Ctrl, _Input, Conn}) ->
 controller_init(Starter, Conn) ->
     put(quic_dist, controller),
     Self = self(),
-    Closer = spawn(fun() -> close_when_down(Self, Conn, ?HANDSHAKE_LINGER_MS) end),
+    Closer = spawn(fun() -> close_when_down(Self, Conn) end),
     Input = spawn_opt(fun() -> input_init(Self, Conn) end, [link | ?SPAWN_OPTS]),
     case quic_dist_nif:conn_start(Conn, Input, Self) of
         ok ->
@@ -160,31 +157,23 @@ controller_init(Starter, Conn) ->
             exit(normal)
     end.
 
-%% Closes the QUIC connection when the controller is gone (nodedown on this side:
-%% disconnect_node/1, tick timeout, a crash; or a failed handshake), telling the peer at once.
-%% Waiting for the connection resource to be dropped is not enough: a stale reference can stay
-%% for long in the heap of a live process (the acceptor's, until its next garbage collection),
-%% and the peer would then only notice at its own tick timeout.
-%% During the handshake the close lingers for Linger ms: a QUIC close discards data not yet
-%% sent, and the last handshake message must reach the peer, above all the `nok' status that
-%% settles simultaneous connects (the peer then waits to be killed by its net_kernel). Once the
-%% connection is established (`established'), the close is immediate.
-close_when_down(Ctrl, Conn, Linger) ->
+%% Ends the QUIC connection when the controller is gone (nodedown on this side:
+%% disconnect_node/1, tick timeout, a crash; or a failed handshake). Waiting for the connection
+%% resource to be dropped is not enough: a stale reference can stay for long in the heap of a
+%% live process (the acceptor's, until its next garbage collection), and the peer would then only
+%% notice at its own tick timeout. The shutdown is graceful, like a TCP close: what was queued
+%% still reaches the peer (above all the `nok' status that settles simultaneous connects, after
+%% which the peer waits to be killed by its net_kernel), then the connection closes.
+close_when_down(Ctrl, Conn) ->
     Mon = monitor(process, Ctrl),
-    close_when_down(Ctrl, Conn, Mon, Linger).
-
-close_when_down(Ctrl, Conn, Mon, Linger) ->
     receive
-        established ->
-            close_when_down(Ctrl, Conn, Mon, 0);
         {'DOWN', Mon, process, Ctrl, Reason} ->
             Why = case Reason of
                       A when is_atom(A) -> atom_to_binary(A);
                       T when is_tuple(T), is_atom(element(1, T)) -> atom_to_binary(element(1, T));
                       _ -> <<"error">>
                   end,
-            receive after Linger -> ok end,
-            quic_dist_nif:conn_close(Conn, <<"distribution connection down: ", Why/binary>>)
+            quic_dist_nif:conn_shutdown(Conn, <<"distribution connection down: ", Why/binary>>)
     end.
 
 %% Handshake phase: until the supervisor is known, the starter's death ends us.
@@ -212,8 +201,7 @@ handshake_loop(S, StarterMon) ->
     end.
 
 %% Registers the input handler, hands it the DHandle, and starts pulling data.
-start_data_mode(#ctrl{dhandle = DH, input = Input, node = Node, closer = Closer} = S) ->
-    Closer ! established,
+start_data_mode(#ctrl{dhandle = DH, input = Input, node = Node} = S) ->
     ok = erlang:dist_ctrl_input_handler(DH, Input),
     Input ! {handshake_complete, Node, DH},
     false = erlang:dist_ctrl_set_opt(DH, get_size, true),

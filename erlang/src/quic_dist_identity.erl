@@ -19,9 +19,16 @@ check_claimed_name(Conn, NameMessage, Opts) ->
     Enabled = maps:get(verify_node_name, Opts, true) =:= true
         andalso maps:get(insecure, Opts, false) =/= true,
     case {Enabled, handshake_node_name(NameMessage)} of
+        {_, error} ->
+            %% Not a (complete) name message: dist_util would refuse it without a word, or crash
+            %% on a name length that lies (badarg in lists:split/2). Refuse it here, visibly.
+            ?LOG_WARNING("quic_dist refused ~s: its first handshake message is not a valid "
+                         "node name message (~b bytes, first byte ~p)",
+                         [peer(quic_dist_nif:conn_info(Conn)), length(NameMessage),
+                          hd(NameMessage ++ [none])]),
+            {error, bad_name_message};
         {false, _} -> ok;
-        {true, {ok, Node}} -> check_node(Conn, Node);
-        {true, error} -> ok   % not a name message: dist_util refuses it itself
+        {true, {ok, Node}} -> check_node(Conn, Node)
     end.
 
 %% @doc Both sides: the peer certificate's subject must be in `allowed_subjects' if set.

@@ -926,11 +926,10 @@ defmodule QuicDistTest.IexQuicTest do
            "Node.connect/1 returned false in rounds (round, b->c, c->b): #{inspect(failed)}"
   end
 
-  @tag :known_issue
   test "a node that halts (System.halt, or the end of an `elixir -e` script) is reported down promptly, as over TCP" do
     # Over TCP the OS closes the halted node's sockets and nodedown comes within milliseconds.
-    # Over QUIC nothing tells the peers (erlang:halt/1 does not call the carrier's close/1 and
-    # a closed UDP socket sends nothing), so nodedown waits for net_ticktime (about 60-75 s).
+    # erlang:halt/1 does not call the carrier's close/1 and a closed UDP socket sends nothing:
+    # the NIF's exit hook closes the QUIC connections so peers need not wait for net_ticktime.
     {node, os} = start_node(:elixir, "ex_halt")
     connect!(node)
     assert Node.monitor(node, true) == true

@@ -254,6 +254,14 @@ fn conn_peer_names(conn: ResourceArc<ConnRes>, host: String) -> bool {
     conn.conn.peer_certificate_names(&host)
 }
 
+/// Closes gracefully: queued packets still go, then the stream ends and the connection closes
+/// once the peer acknowledged it (bounded). Never blocks.
+#[rustler::nif]
+fn conn_shutdown(conn: ResourceArc<ConnRes>, reason: String) -> Atom {
+    conn.conn.shutdown(&reason);
+    atoms::ok()
+}
+
 /// Closes the connection now, telling the peer `reason`.
 #[rustler::nif]
 fn conn_close(conn: ResourceArc<ConnRes>, reason: String) -> Atom {

@@ -26,11 +26,26 @@ extern "C" fn close_all_on_exit() {
         Ok(mut open) => std::mem::take(&mut *open),
         Err(_) => return,
     };
-    for ep in &endpoints {
-        ep.close("node halted");
+    if endpoints.is_empty() {
+        return;
     }
-    for ep in &endpoints {
-        ep.wait_idle_blocking(HALT_GRACE);
+    // The exiting thread may be a scheduler whose thread-locals are already destroyed, and
+    // tokio needs them: do the work on a fresh thread, and never wait past the grace period.
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("quic_dist_halt".into())
+        .spawn(move || {
+            // A panic here ends this thread only; the halting thread stops waiting.
+            for ep in &endpoints {
+                ep.close("node halted");
+            }
+            for ep in &endpoints {
+                ep.wait_idle_blocking(HALT_GRACE);
+            }
+            let _ = done_tx.send(());
+        });
+    if spawned.is_ok() {
+        let _ = done_rx.recv_timeout(HALT_GRACE * 2);
     }
 }
 

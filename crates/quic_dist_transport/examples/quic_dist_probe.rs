@@ -177,14 +177,18 @@ fn garbage(addr: SocketAddr, count: usize) -> Outcome {
     let started = Instant::now();
     for i in 0..count {
         let len = if i % 3 == 0 {
-            // Looks like a QUIC v1 Initial: long header, fixed bit, type Initial, version 1,
-            // 8-byte connection ids, random "encrypted" rest, padded to >= 1200 bytes.
+            // A well-formed QUIC v1 Initial header (long header, type Initial, version 1,
+            // 8-byte connection ids, no token, a correct length) over a random payload that
+            // cannot decrypt, padded to >= 1200 bytes: it gets as far as packet decryption.
             let len = 1200 + junk.below(301) as usize;
             junk.fill(&mut buf[..len]);
-            buf[0] = 0xc0 | (buf[0] & 0x0f);
+            buf[0] = 0xc0 | (buf[0] & 0x03);
             buf[1..5].copy_from_slice(&1u32.to_be_bytes());
             buf[5] = 8;
             buf[14] = 8;
+            buf[23] = 0; // token length
+            let rest = (len - 26) as u16; // 2-byte varint length of packet number + payload
+            buf[24..26].copy_from_slice(&(0x4000 | rest).to_be_bytes());
             len
         } else {
             let len = 1 + junk.below(1500) as usize;
@@ -224,8 +228,12 @@ fn garbage(addr: SocketAddr, count: usize) -> Outcome {
     while let Ok((_, _)) = socket.recv_from(&mut reply) {
         replies += 1;
     }
+    let local = socket
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     let msg = format!(
-        "garbage: sent {sent} datagrams ({bytes} bytes) in {} ms, {dropped_sends} send errors, {replies} datagrams came back",
+        "garbage local={local}: sent {sent} datagrams ({bytes} bytes) in {} ms, {dropped_sends} send errors, {replies} datagrams came back",
         started.elapsed().as_millis()
     );
     if sent == count {
@@ -307,6 +315,13 @@ fn client_endpoint(addr: SocketAddr) -> Result<quinn::Endpoint, String> {
     quinn::Endpoint::client(bind).map_err(|e| format!("cannot bind: {e}"))
 }
 
+fn local_addr(endpoint: &quinn::Endpoint) -> String {
+    endpoint
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default()
+}
+
 fn server_name_for(addr: SocketAddr) -> String {
     addr.ip().to_string()
 }
@@ -357,7 +372,11 @@ async fn alpn_probe(addr: SocketAddr, alpn: Vec<u8>) -> Outcome {
         Ok(c) => c,
         Err(e) => return Outcome::ProbeFailed(e),
     };
-    let label = format!("alpn {:?}", String::from_utf8_lossy(&alpn));
+    let label = format!(
+        "alpn {:?} local={}",
+        String::from_utf8_lossy(&alpn),
+        local_addr(&endpoint)
+    );
     let connecting = match endpoint.connect_with(config, addr, &server_name_for(addr)) {
         Ok(c) => c,
         Err(e) => return Outcome::ProbeFailed(format!("{label}: {e}")),
@@ -394,20 +413,21 @@ async fn nocert(addr: SocketAddr) -> Outcome {
         Ok(c) => c,
         Err(e) => return Outcome::ProbeFailed(e),
     };
+    let label = format!("nocert local={}", local_addr(&endpoint));
     let connecting = match endpoint.connect_with(config, addr, &server_name_for(addr)) {
         Ok(c) => c,
-        Err(e) => return Outcome::ProbeFailed(format!("nocert: {e}")),
+        Err(e) => return Outcome::ProbeFailed(format!("{label}: {e}")),
     };
     let result = match tokio::time::timeout(wait_limit(), connecting).await {
-        Err(_) => Outcome::Accepted("nocert: no answer from the server".into()),
-        Ok(Err(e)) => Outcome::Refused(format!("nocert: handshake failed: {}", describe(&e))),
+        Err(_) => Outcome::Accepted(format!("{label}: no answer from the server")),
+        Ok(Err(e)) => Outcome::Refused(format!("{label}: handshake failed: {}", describe(&e))),
         Ok(Ok(conn)) => {
             // TLS 1.3: the client finishes before the server has checked its (absent)
             // certificate. Open the stream as a real node would, then see what the server does.
             if let Ok((mut send, _recv)) = conn.open_bi().await {
                 let _ = send.write_all(&0u32.to_be_bytes()).await;
             }
-            wait_for_close(&conn, "nocert").await
+            wait_for_close(&conn, &label).await
         }
     };
     endpoint.close(0u32.into(), b"probe done");
@@ -459,6 +479,7 @@ async fn frames(
         Ok(e) => e,
         Err(e) => return Outcome::ProbeFailed(e),
     };
+    let label = format!("frames {mode} local={}", local_addr(&endpoint));
     let connecting = match endpoint.connect_with(config, addr, server_name) {
         Ok(c) => c,
         Err(e) => return Outcome::ProbeFailed(format!("frames: {e}")),
@@ -493,12 +514,12 @@ async fn frames(
         // The server may already have closed: that is the refusal we look for.
         if let Some(reason) = conn.close_reason() {
             endpoint.close(0u32.into(), b"probe done");
-            return Outcome::Refused(format!("frames {mode}: {}", describe(&reason)));
+            return Outcome::Refused(format!("{label}: {}", describe(&reason)));
         }
-        return Outcome::ProbeFailed(format!("frames {mode}: write failed: {e}"));
+        return Outcome::ProbeFailed(format!("{label}: write failed: {e}"));
     }
     let started = Instant::now();
-    let result = match wait_for_close(&conn, &format!("frames {mode}")).await {
+    let result = match wait_for_close(&conn, &label).await {
         Outcome::Refused(m) => {
             Outcome::Refused(format!("{m} after {} ms", started.elapsed().as_millis()))
         }

@@ -109,8 +109,19 @@ pub struct ConnectionInfo {
     pub peer_certificates: Vec<CertificateDer<'static>>,
 }
 
+/// What the writer task receives, in order.
+enum Outgoing {
+    /// Framed packets.
+    Data(Bytes),
+    /// Send what is queued, end the stream, wait (bounded) for the peer to acknowledge it, close.
+    Shutdown(String),
+}
+
+/// Longest a graceful shutdown waits for the peer to acknowledge the end of the stream.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
 struct Shared {
-    tx: mpsc::UnboundedSender<Bytes>,
+    tx: mpsc::UnboundedSender<Outgoing>,
     queued: AtomicUsize,
     paused: AtomicBool,
     unacked: AtomicUsize,
@@ -118,6 +129,7 @@ struct Shared {
     packets_sent: AtomicU64,
     packets_received: AtomicU64,
     closed_reported: AtomicBool,
+    peer_error_logged: AtomicBool,
     events: OnceLock<Arc<dyn ConnectionEvents>>,
 }
 
@@ -139,7 +151,7 @@ pub struct DistConnection {
         Option<(
             quinn::SendStream,
             quinn::RecvStream,
-            mpsc::UnboundedReceiver<Bytes>,
+            mpsc::UnboundedReceiver<Outgoing>,
         )>,
     >,
     runtime: tokio::runtime::Handle,
@@ -175,6 +187,7 @@ impl DistConnection {
                 packets_sent: AtomicU64::new(0),
                 packets_received: AtomicU64::new(0),
                 closed_reported: AtomicBool::new(false),
+                peer_error_logged: AtomicBool::new(false),
                 events: OnceLock::new(),
             }),
             unstarted: Mutex::new(Some((send, recv, rx))),
@@ -215,7 +228,7 @@ impl DistConnection {
     pub fn send(&self, framed: Bytes, packets: u64) -> Result<SendStatus, TransportError> {
         let len = framed.len();
         let queued = self.shared.queued.fetch_add(len, SeqCst) + len;
-        if self.shared.tx.send(framed).is_err() {
+        if self.shared.tx.send(Outgoing::Data(framed)).is_err() {
             self.shared.queued.fetch_sub(len, SeqCst);
             return Err(TransportError::Closed);
         }
@@ -328,43 +341,66 @@ impl DistConnection {
         self.conn
             .close(quinn::VarInt::from_u32(CLOSE_NORMAL), reason.as_bytes());
     }
+
+    /// Closes gracefully: what is queued is still sent, the stream is ended, and the connection
+    /// closes once the peer has acknowledged it (at most [`SHUTDOWN_GRACE`] later). Never blocks.
+    pub fn shutdown(&self, reason: &str) {
+        if self.unstarted.lock().map(|u| u.is_some()).unwrap_or(false) {
+            // No writer runs yet: nothing can be queued behind us.
+            self.close(reason);
+        } else if self
+            .shared
+            .tx
+            .send(Outgoing::Shutdown(reason.to_string()))
+            .is_err()
+        {
+            self.close(reason);
+        }
+    }
 }
 
 impl Drop for DistConnection {
     fn drop(&mut self) {
-        // The tasks hold clones of the quinn connection, so close it explicitly.
-        self.close("connection dropped");
+        // The tasks hold clones of the quinn connection, so end it explicitly, but gracefully:
+        // what the owner queued last (e.g. a handshake refusal) must still reach the peer.
+        self.shutdown("connection dropped");
     }
 }
 
 async fn write_loop(
     conn: quinn::Connection,
     mut send: quinn::SendStream,
-    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
     shared: Arc<Shared>,
 ) {
     let mut bufs: Vec<Bytes> = Vec::with_capacity(64);
+    let mut shutdown = None;
     loop {
         let first = tokio::select! {
             b = rx.recv() => b,
             e = conn.closed() => { debug!(error = %e, "writer stops: connection closed"); return; }
         };
-        let Some(first) = first else { return };
-        bufs.push(first);
-        while bufs.len() < 64 {
+        match first {
+            None => return,
+            Some(Outgoing::Data(b)) => bufs.push(b),
+            Some(Outgoing::Shutdown(reason)) => shutdown = Some(reason),
+        }
+        while bufs.len() < 64 && shutdown.is_none() {
             match rx.try_recv() {
-                Ok(b) => bufs.push(b),
+                Ok(Outgoing::Data(b)) => bufs.push(b),
+                Ok(Outgoing::Shutdown(reason)) => shutdown = Some(reason),
                 Err(_) => break,
             }
         }
         let n: usize = bufs.iter().map(Bytes::len).sum();
         if let Err(e) = send.write_all_chunks(&mut bufs).await {
+            let reason = closed_reason(&conn, &shared, format!("write failed: {e}"));
             // A stopped stream leaves the connection open: close it, the stream is the link.
             conn.close(
                 quinn::VarInt::from_u32(CLOSE_PROTOCOL_ERROR),
                 b"distribution stream failed",
             );
-            shared.report_closed(format!("write failed: {e}"));
+            shared.report_closed(reason);
             return;
         }
         bufs.clear();
@@ -374,7 +410,21 @@ async fn write_loop(
                 ev.writable();
             }
         }
+        if let Some(reason) = shutdown.take() {
+            finish_and_close(&conn, &mut send, &reason).await;
+            return;
+        }
     }
+}
+
+/// Ends the stream after everything written so far, waits until the peer has acknowledged
+/// it (or closed, or [`SHUTDOWN_GRACE`] passed), then closes the connection. Like a TCP close,
+/// the last packets (a `nok` handshake status, the final messages) reach the peer.
+async fn finish_and_close(conn: &quinn::Connection, send: &mut quinn::SendStream, reason: &str) {
+    if send.finish().is_ok() {
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, send.stopped()).await;
+    }
+    conn.close(quinn::VarInt::from_u32(CLOSE_NORMAL), reason.as_bytes());
 }
 
 async fn read_loop(
@@ -403,7 +453,14 @@ async fn read_loop(
             Ok(Some(n)) => n,
             Ok(None) => {
                 let reason = match decoder.finish() {
-                    Ok(()) => "peer finished its stream".to_string(),
+                    Ok(()) => {
+                        // A graceful shutdown: the peer closes once we acknowledged the end of
+                        // the stream, with its reason; wait for it (bounded) to report that.
+                        match tokio::time::timeout(SHUTDOWN_GRACE, conn.closed()).await {
+                            Ok(e) => describe_close(&e),
+                            Err(_) => "peer finished its stream".to_string(),
+                        }
+                    }
                     Err(e) => format!("peer finished its stream mid-frame: {e}"),
                 };
                 conn.close(quinn::VarInt::from_u32(CLOSE_NORMAL), b"stream finished");
@@ -411,10 +468,7 @@ async fn read_loop(
                 return;
             }
             Err(e) => {
-                let reason = match conn.close_reason() {
-                    Some(r) => describe_close(&r),
-                    None => format!("read failed: {e}"),
-                };
+                let reason = closed_reason(&conn, &shared, format!("read failed: {e}"));
                 conn.close(
                     quinn::VarInt::from_u32(CLOSE_PROTOCOL_ERROR),
                     b"distribution stream failed",
@@ -466,6 +520,24 @@ fn deliver(shared: &Shared, batch: &mut PacketBatch) {
     if let Some(ev) = shared.events.get() {
         ev.packets(b);
     }
+}
+
+/// Why the connection is gone: QUIC's close reason if it has one, else `fallback`.
+///
+/// A transport-level close by the peer (typically a TLS alert: the peer refused our certificate)
+/// is logged, once per connection: with TLS 1.3 a client learns of it only after its own side of
+/// the handshake, and the Erlang side may be gone before it could log it.
+fn closed_reason(conn: &quinn::Connection, shared: &Shared, fallback: String) -> String {
+    let Some(close) = conn.close_reason() else {
+        return fallback;
+    };
+    let reason = describe_close(&close);
+    if matches!(close, quinn::ConnectionError::ConnectionClosed(_))
+        && !shared.peer_error_logged.swap(true, SeqCst)
+    {
+        warn!(remote = %conn.remote_address(), error = %reason, "peer closed the connection with an error");
+    }
+    reason
 }
 
 /// A readable account of why a connection closed.

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Erlang suites (EUnit): quic_dist_unit_tests (no distribution) and quic_dist_multinode_tests
+# (real BEAM nodes started with `peer', talking over QUIC; the runner VM itself is not
+# distributed). Compiles tests/erlang/*.erl into _build/test/ebin, prints EUnit's verbose
+# output, exits non-zero on failure and writes _build/test-results/erlang.counts as
+# "PASSED FAILED SKIPPED" (cancelled tests and timeouts count as failed).
+set -uo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+OUT="$ROOT/_build/test-results"
+COUNTS="$OUT/erlang.counts"
+TEST_EBIN="$ROOT/_build/test/ebin"
+mkdir -p "$OUT" "$TEST_EBIN"
+rm -f "$COUNTS"
+
+fail() { echo "run-erlang-tests: $*" >&2; echo "0 1 0" > "$COUNTS"; exit 1; }
+
+command -v erl >/dev/null 2>&1 || fail "erl not found (make deps installs it)"
+
+# Builds the carrier if needed (cargo/erlc output goes to stderr); the flags are the last line.
+FLAGS="$(make -s --no-print-directory -C "$ROOT" print-erl-flags | tail -n 1)" \
+  || fail "make print-erl-flags failed"
+[ -n "$FLAGS" ] || fail "make print-erl-flags printed nothing"
+EBIN="$(awk '{ for (i = 1; i < NF; i++) if ($i == "-pa") { print $(i + 1); exit } }' <<<"$FLAGS")"
+[ -d "$EBIN" ] || fail "no carrier ebin in the flags: $FLAGS"
+
+rm -f "$TEST_EBIN"/*.beam
+erlc +debug_info -pa "$EBIN" -o "$TEST_EBIN" "$ROOT"/tests/erlang/*.erl \
+  || fail "compiling tests/erlang failed"
+
+epmd -daemon >/dev/null 2>&1 || true
+
+export QUIC_DIST_ERL_FLAGS="$FLAGS"
+export QUIC_DIST_TEST_COUNTS="$COUNTS"
+# The modules to run (space-separated); override to run some only, e.g.
+# QUIC_DIST_ERLANG_TESTS=quic_dist_unit_tests scripts/run-erlang-tests.sh
+export QUIC_DIST_ERLANG_TESTS="${QUIC_DIST_ERLANG_TESTS:-quic_dist_unit_tests quic_dist_multinode_tests quic_dist_security_tests}"
+
+cd "$ROOT"
+start=$(date +%s)
+# The bound is a guard only (the suite takes a few minutes at most). Peer nodes halt when
+# their control pipe closes, so a killed run leaves no node behind.
+timeout --kill-after=10 900 \
+  erl -noshell -pa "$EBIN" -pa "$TEST_EBIN" -eval '
+    Counts = os:getenv("QUIC_DIST_TEST_COUNTS"),
+    Modules = [list_to_atom(M) || M <- string:lexemes(os:getenv("QUIC_DIST_ERLANG_TESTS"), " ")],
+    Result = eunit:test(Modules,
+                        [verbose, {report, {quic_dist_test_peers, [{counts_file, Counts}]}}]),
+    halt(case Result of ok -> 0; _ -> 1 end).'
+rc=$?
+echo "run-erlang-tests: exit status $rc after $(( $(date +%s) - start )) s"
+
+if [ ! -s "$COUNTS" ]; then
+  echo "run-erlang-tests: the suite did not finish (no counts written)" >&2
+  echo "0 1 0" > "$COUNTS"
+  [ "$rc" -ne 0 ] || rc=1
+fi
+read -r _passed failed _skipped < "$COUNTS"
+if [ "$rc" -eq 0 ] && [ "$failed" -ne 0 ]; then rc=1; fi
+exit "$rc"

@@ -1,0 +1,751 @@
+%%% @doc Multi-node tests of the quic_dist carrier: real BEAM nodes (started with `peer',
+%%% see quic_dist_test_peers) talking to each other over QUIC. The test runner itself is not
+%%% distributed: it drives the nodes over their standard I/O, and every cross-node action
+%%% happens between the nodes, in the helper functions at the end of this module (which the
+%%% nodes load from the test ebin).
+%%%
+%%% Synchronisation is by messages and monitors only; `receive ... after' appears only as a
+%%% bound on how long a failure may take.
+-module(quic_dist_multinode_tests).
+
+-include_lib("eunit/include/eunit.hrl").
+
+%% Run on the nodes.
+-export([start_echo/0, echo_binary/3, echo_term/3, deep_term/0, roundtrip_identities/1,
+         count_existing_atoms/1, send_atoms/2, send_sequence/2, send_sequences/3,
+         seq_receiver/3, multi_seq_receiver/4, exit_on_request/0, trap_link_report/3,
+         monitor_report/3, link_checks/1, monitor_checks/1, start_global_service/1,
+         global_hello/1, double/1]).
+
+-define(P, quic_dist_test_peers).
+-define(WATCHER, qdt_watcher).
+
+%%% ------------------------------------------------------------------
+%%% Test generators
+%%% ------------------------------------------------------------------
+
+%% Two fresh nodes per test (not connected yet).
+pair_test_() ->
+    {foreach, fun pair_setup/0, fun pair_cleanup/1,
+     [pair("connect_node, ping, nodes(), disconnect and reconnect", 60, fun t_connect/1),
+      pair("rpc:call and erpc:call", 60, fun t_rpc/1),
+      pair("binary of 0 B", 60, fun(C) -> t_binary(C, 0) end),
+      pair("binary of 1 KiB", 60, fun(C) -> t_binary(C, 1024) end),
+      pair("binary of 1 MiB", 60, fun(C) -> t_binary(C, 1024 * 1024) end),
+      pair("binary of 64 MiB", 120, fun(C) -> t_binary(C, 64 * 1024 * 1024) end),
+      pair("deep and varied terms", 60, fun t_deep_terms/1),
+      pair("pids, refs, aliases, ports and funs round-trip", 60, fun t_identities/1),
+      pair("5000 fresh atoms in one message (atom cache)", 60, fun t_atoms/1),
+      pair("100 000 messages arrive complete and in order", 90, fun t_ordered/1),
+      pair("4 senders x 25 000 messages, each in order", 90, fun t_ordered_multi/1),
+      pair("links across nodes", 60, fun t_links/1),
+      pair("monitors across nodes", 60, fun t_monitors/1)]}.
+
+%% Tests that start their own nodes.
+lifecycle_test_() ->
+    [isolated("nodedown at once when the peer stops normally (net_ticktime 60)", 90,
+              fun t_nodedown_on_stop/1),
+     isolated("nodedown after kill -9 within net_ticktime (4 s)", 120,
+              fun t_nodedown_on_kill/1),
+     isolated("reconnect to a restarted node after kill -9", 120,
+              fun t_reconnect_after_kill/1),
+     isolated("three nodes: full mesh and global names", 90, fun t_mesh_global/1),
+     isolated("hidden node with -dist_listen false", 60, fun t_hidden/1),
+     isolated("wrong cookie is refused", 60, fun t_wrong_cookie/1)].
+
+pair(Title, Secs, Fun) ->
+    fun(Ctx) -> {Title, {timeout, Secs, fun() -> Fun(Ctx) end}} end.
+
+isolated(Title, Secs, Fun) ->
+    {Title, {setup, fun ?P:new_registry/0, fun ?P:cleanup/1,
+             fun(Reg) -> {timeout, Secs, fun() -> Fun(Reg) end} end}}.
+
+pair_setup() ->
+    Reg = ?P:new_registry(),
+    try ?P:start_many(Reg, [#{prefix => "a"}, #{prefix => "b"}]) of
+        [A, B] -> #{reg => Reg, a => A, b => B}
+    catch
+        Class:Reason:Stack ->
+            ?P:cleanup(Reg),
+            erlang:raise(Class, Reason, Stack)
+    end.
+
+pair_cleanup(#{reg := Reg}) ->
+    ?P:cleanup(Reg).
+
+%%% ------------------------------------------------------------------
+%%% Two nodes
+%%% ------------------------------------------------------------------
+
+t_connect(#{a := A, b := B}) ->
+    NA = ?P:nodename(A),
+    NB = ?P:nodename(B),
+    ?assertEqual([], call(A, erlang, nodes, [connected])),
+    ?assertEqual(true, call(A, net_kernel, connect_node, [NB])),
+    ?assertEqual([NB], call(A, erlang, nodes, [])),
+    ?assertEqual([NA], call(B, erlang, nodes, [])),
+    ?assertEqual([NB], call(A, quic_dist, connections, [])),
+    ?assertEqual([NA], call(B, quic_dist, connections, [])),
+    ?assertEqual(pong, call(A, net_adm, ping, [NB])),
+    ?assertEqual(pong, call(B, net_adm, ping, [NA])),
+    %% The link is QUIC with TLS 1.3, and the peer presented a certificate.
+    {ok, Info} = call(A, quic_dist, info, [NB]),
+    ?assertMatch(#{node := NB, tls_version := <<"TLSv1.3">>, alpn := <<"quic-dist/1">>,
+                   remote := {{127, 0, 0, 1}, _}}, Info),
+    %% The peer's certificate names the host part of its node name.
+    #{subject_alt_names := Sans} = maps:get(peer_certificate, Info),
+    ?assert(lists:member({ip, {127, 0, 0, 1}}, Sans)),
+    %% Disconnect: both sides see it at once; then B connects back with net_adm:ping.
+    _ = call(A, ?P, watch, [?WATCHER, [{monitor_node, NB}]]),
+    ?assertEqual(true, call(A, erlang, disconnect_node, [NB])),
+    ?assertMatch({ok, {nodedown, NB}, _}, call(A, ?P, wait_event, [?WATCHER, {nodedown, NB}, 10000])),
+    ?assertEqual(ok, call(B, ?P, wait_disconnected, [NA, 10000])),
+    ?assertEqual([], call(B, erlang, nodes, [])),
+    ?assertEqual(pong, call(B, net_adm, ping, [NA])),
+    ?assertEqual([NA], call(B, erlang, nodes, [])),
+    ?assertEqual(ok, call(A, ?P, wait_connected, [NB, 10000])),
+    ?assertEqual([NB], call(A, erlang, nodes, [])),
+    %% Now A is the accepting side: its disconnect must reach B at once too (not at B's tick
+    %% timeout, 45-75 s away).
+    ?assertEqual(true, call(A, erlang, disconnect_node, [NB])),
+    ?assertEqual(ok, call(B, ?P, wait_disconnected, [NA, 10000])),
+    ?assertEqual(true, call(A, net_kernel, connect_node, [NB])),
+    %% A node that does not exist: pang, and the existing link is untouched.
+    ?assertEqual(pang, call(A, net_adm, ping, ['qdt_no_such_node@127.0.0.1'])),
+    ?assertEqual([NB], call(A, erlang, nodes, [])).
+
+t_rpc(#{a := A, b := B}) ->
+    NA = ?P:nodename(A),
+    NB = ?P:nodename(B),
+    connect(A, B),
+    ?assertEqual(NB, call(A, rpc, call, [NB, erlang, node, []])),
+    ?assertEqual(?P:os_pid(B), call(A, rpc, call, [NB, os, getpid, []])),
+    ?assertEqual(lists:seq(1000, 1, -1), call(A, rpc, call, [NB, lists, reverse, [lists:seq(1, 1000)]])),
+    ?assertMatch({badrpc, {'EXIT', {badarith, _}}}, call(A, rpc, call, [NB, erlang, '/', [1, 0]])),
+    ?assertEqual(NA, call(B, erpc, call, [NA, erlang, node, []])),
+    ?assertEqual({NB, 6}, call(A, erpc, call, [NB, ?MODULE, double, [{NB, 3}]])),
+    %% Concurrent calls from many processes on one connection.
+    ?assertEqual([2 * I || I <- lists:seq(1, 300)],
+                 call(A, rpc, pmap, [{?MODULE, double}, [], lists:seq(1, 300)])).
+
+t_binary(#{a := A, b := B}, Size) ->
+    connect(A, B),
+    Echo = call(B, ?MODULE, start_echo, []),
+    {RemoteSize, RemoteMd5Ok, BackOk, Ms} =
+        call(A, ?MODULE, echo_binary, [Echo, Size, 100000], 110000),
+    ?assertEqual(Size, RemoteSize),
+    ?assertEqual(true, RemoteMd5Ok),
+    ?assertEqual(true, BackOk),
+    Size >= 1024 * 1024 andalso
+        io:format(user, "~n    ~b MiB there and back in ~b ms ", [Size bsr 20, Ms]),
+    ok.
+
+t_deep_terms(#{a := A, b := B}) ->
+    connect(A, B),
+    Echo = call(B, ?MODULE, start_echo, []),
+    ?assertEqual({true, true}, call(A, ?MODULE, echo_term, [Echo, deep_term, 30000])).
+
+t_identities(#{a := A, b := B}) ->
+    connect(A, B),
+    Echo = call(B, ?MODULE, start_echo, []),
+    Result = call(A, ?MODULE, roundtrip_identities, [Echo]),
+    NA = ?P:nodename(A),
+    ?assertMatch(#{echo_identical := true,
+                   via_pid := true, via_alias := true, spawned_pong := true,
+                   seen_on_b := #{pid_node := NA, ref_node := NA, port_node := NA,
+                                  spawned_node := NA, closure := 42, ext_fun := [3, 2, 1],
+                                  mod_fun := 10, fun_info_module := ?MODULE},
+                   b_identities_local_again := true}, Result).
+
+t_atoms(#{a := A, b := B}) ->
+    connect(A, B),
+    Prefix = ?P:unique_name("atom") ++ "_",
+    Names = [Prefix ++ integer_to_list(I) || I <- lists:seq(1, 5000)],
+    %% Fresh: neither node has any of them.
+    ?assertEqual(0, call(A, ?MODULE, count_existing_atoms, [Names])),
+    ?assertEqual(0, call(B, ?MODULE, count_existing_atoms, [Names])),
+    Echo = call(B, ?MODULE, start_echo, []),
+    ?assertEqual(#{one_message => {true, true},
+                   again => {true, true},
+                   small_messages => lists:duplicate(50, {true, true})},
+                 call(A, ?MODULE, send_atoms, [Echo, Names])),
+    ?assertEqual(5000, call(B, ?MODULE, count_existing_atoms, [Names])).
+
+t_ordered(#{a := A, b := B}) ->
+    connect(A, B),
+    N = 100000,
+    {Result, Ms} = call(A, ?MODULE, send_sequence, [?P:nodename(B), N], 80000),
+    ?assertEqual({done, N}, Result),
+    io:format(user, "~n    ~b messages in ~b ms ", [N, Ms]).
+
+t_ordered_multi(#{a := A, b := B}) ->
+    connect(A, B),
+    {Result, _Ms} = call(A, ?MODULE, send_sequences, [?P:nodename(B), 4, 25000], 80000),
+    ?assertEqual({done, #{1 => 25000, 2 => 25000, 3 => 25000, 4 => 25000}}, Result).
+
+t_links(#{a := A, b := B}) ->
+    connect(A, B),
+    R = call(A, ?MODULE, link_checks, [?P:nodename(B)]),
+    ?assertMatch(#{trapped_remote_exit := {custom_reason, _},
+                   killed_by_remote_exit := boom,
+                   remote_trapped_local_exit := {true, {local_reason, 42}},
+                   link_to_dead_remote := noproc,
+                   after_unlink := no_exit_signal,
+                   local_exit_kills_remote := {local_death, 7}}, R).
+
+t_monitors(#{a := A, b := B}) ->
+    connect(A, B),
+    NB = ?P:nodename(B),
+    R = call(A, ?MODULE, monitor_checks, [NB]),
+    ?assertMatch(#{custom := {custom, _},
+                   killed := killed,
+                   normal := normal,
+                   already_dead := noproc,
+                   registered_name := {{_, NB}, {named, 5}},
+                   demonitored := no_down,
+                   remote_monitors_local := {local_reason, 9}}, R).
+
+%%% ------------------------------------------------------------------
+%%% Node lifecycle
+%%% ------------------------------------------------------------------
+
+t_nodedown_on_stop(Reg) ->
+    [A, B] = ?P:start_many(Reg, [#{prefix => "a", ticktime => 60},
+                                 #{prefix => "b", ticktime => 60}]),
+    NB = ?P:nodename(B),
+    ?assertEqual(60, call(A, net_kernel, get_net_ticktime, [])),
+    connect(A, B),
+    call(A, ?P, watch, [?WATCHER, [{monitor_node, NB}, monitor_nodes]]),
+    ok = ?P:cast(B, init, stop, []),
+    %% A tick timeout would take 45-75 s: 15 s proves the carrier reported the close.
+    {ok, {nodedown, NB}, Ms} =
+        call(A, ?P, wait_event, [?WATCHER, {nodedown, NB}, 15000], 20000),
+    {ok, {nodedown, NB, Info}, _} =
+        call(A, ?P, wait_event, [?WATCHER, {nodedown, NB, '_'}, 15000], 20000),
+    Reason = proplists:get_value(nodedown_reason, Info),
+    ?assertNotEqual(net_tick_timeout, Reason),
+    ?assertEqual([], call(A, erlang, nodes, [])),
+    io:format(user, "~n    nodedown after ~b ms (~p) ", [Ms, Reason]).
+
+t_nodedown_on_kill(Reg) ->
+    [A, B] = ?P:start_many(Reg, [#{prefix => "a", ticktime => 4},
+                                 #{prefix => "b", ticktime => 4}]),
+    NB = ?P:nodename(B),
+    ?assertEqual(4, call(A, net_kernel, get_net_ticktime, [])),
+    connect(A, B),
+    call(A, ?P, watch, [?WATCHER, [{monitor_node, NB}, monitor_nodes]]),
+    ok = ?P:kill(B),
+    {ok, {nodedown, NB}, Ms} =
+        call(A, ?P, wait_event, [?WATCHER, {nodedown, NB}, 20000], 25000),
+    {ok, {nodedown, NB, Info}, _} =
+        call(A, ?P, wait_event, [?WATCHER, {nodedown, NB, '_'}, 20000], 25000),
+    ?assertEqual([], call(A, erlang, nodes, [])),
+    io:format(user, "~n    nodedown after ~b ms (~p) ",
+              [Ms, proplists:get_value(nodedown_reason, Info)]).
+
+t_reconnect_after_kill(Reg) ->
+    [A, B] = ?P:start_many(Reg, [#{prefix => "a", ticktime => 4},
+                                 #{prefix => "b", ticktime => 4}]),
+    NA = ?P:nodename(A),
+    NB = ?P:nodename(B),
+    connect(A, B),
+    call(A, ?P, watch, [?WATCHER, [monitor_nodes]]),
+    ok = ?P:kill(B),
+    ?assertMatch({ok, {nodedown, NB, _}, _},
+                 call(A, ?P, wait_event, [?WATCHER, {nodedown, NB, '_'}, 20000], 25000)),
+    %% Same name, new OS process, new UDP port.
+    B2 = ?P:start(Reg, #{name => maps:get(name, B), ticktime => 4}),
+    ?assertEqual(NB, ?P:nodename(B2)),
+    ?assertNotEqual(?P:os_pid(B), ?P:os_pid(B2)),
+    ?assertEqual(true, call(A, net_kernel, connect_node, [NB])),
+    ?assertEqual(?P:os_pid(B2), call(A, rpc, call, [NB, os, getpid, []])),
+    ?assertEqual(NA, call(B2, rpc, call, [NA, erlang, node, []])),
+    ?assertEqual([NB], call(A, erlang, nodes, [])),
+    ?assertMatch({ok, {nodeup, NB, _}, _},
+                 call(A, ?P, wait_event, [?WATCHER, {nodeup, NB, '_'}, 1000])),
+    {ok, Info} = call(A, quic_dist, info, [NB]),
+    ?assertMatch(#{tls_version := <<"TLSv1.3">>}, Info).
+
+t_mesh_global(Reg) ->
+    [A, B, C] = ?P:start_many(Reg, [#{prefix => "a"}, #{prefix => "b"}, #{prefix => "c"}]),
+    [NA, NB, NC] = Nodes = [?P:nodename(P) || P <- [A, B, C]],
+    connect(A, B),
+    connect(A, C),
+    %% global connects B and C by itself.
+    ?assertEqual(ok, call(B, ?P, wait_connected, [NC, 20000])),
+    ?assertEqual(ok, call(C, ?P, wait_connected, [NB, 20000])),
+    [?assertEqual(lists:sort(Nodes -- [?P:nodename(P)]), lists:sort(call(P, erlang, nodes, [])))
+     || P <- [A, B, C]],
+    [?assertEqual(ok, call(P, global, sync, [])) || P <- [A, B, C]],
+    Name = {qdt_global_service, erlang:unique_integer([positive])},
+    Pid = call(B, ?MODULE, start_global_service, [Name]),
+    ?assertEqual(NB, node(Pid)),
+    [?assertEqual(Pid, call(P, global, whereis_name, [Name])) || P <- [A, B, C]],
+    ?assertEqual(NB, call(C, ?MODULE, global_hello, [Name])),
+    ?assertEqual(NB, call(A, ?MODULE, global_hello, [Name])),
+    %% The B-C link really is QUIC too.
+    ?assertEqual(lists:sort([NA, NC]), lists:sort(call(B, quic_dist, connections, []))).
+
+t_hidden(Reg) ->
+    [A, H] = ?P:start_many(Reg, [#{prefix => "a"},
+                                 #{prefix => "h", args => ["-dist_listen", "false", "-hidden"]}]),
+    NA = ?P:nodename(A),
+    NH = ?P:nodename(H),
+    ?assertEqual(true, call(H, net_kernel, connect_node, [NA])),
+    ?assertEqual(NA, call(H, rpc, call, [NA, erlang, node, []])),
+    ?assertEqual(NH, call(A, rpc, call, [NH, erlang, node, []])),
+    ?assertEqual([], call(A, erlang, nodes, [])),
+    ?assertEqual([NH], call(A, erlang, nodes, [hidden])),
+    ?assertEqual([], call(H, erlang, nodes, [])),
+    ?assertEqual([NA], call(H, erlang, nodes, [hidden])),
+    ?assertEqual([NA], call(H, quic_dist, connections, [])),
+    %% H listens nowhere: epmd does not know it, and A cannot dial it.
+    {ok, Names} = call(A, net_adm, names, ["127.0.0.1"]),
+    ?assert(lists:keymember(maps:get(name, A), 1, Names)),
+    ?assertNot(lists:keymember(maps:get(name, H), 1, Names)),
+    ?assertEqual(true, call(A, erlang, disconnect_node, [NH])),
+    ?assertEqual(ok, call(A, ?P, wait_disconnected, [NH, 10000])),
+    ?assertEqual(false, call(A, net_kernel, connect_node, [NH])),
+    %% ... while H can come back.
+    ?assertEqual(ok, call(H, ?P, wait_disconnected, [NA, 10000])),
+    ?assertEqual(true, call(H, net_kernel, connect_node, [NA])),
+    ?assertEqual([NH], call(A, erlang, nodes, [hidden])).
+
+t_wrong_cookie(Reg) ->
+    Right = ?P:default_cookie() ++ "_right",
+    Wrong = ?P:default_cookie() ++ "_wrong",
+    [A, B, C, D] = ?P:start_many(Reg, [#{prefix => "a", cookie => Right},
+                                       #{prefix => "b", cookie => Wrong},
+                                       #{prefix => "c", cookie => Right},
+                                       #{prefix => "d", cookie => Wrong}]),
+    [NA, NB, NC, ND] = [?P:nodename(P) || P <- [A, B, C, D]],
+    ?assertEqual(false, call(B, net_kernel, connect_node, [NA])),
+    ?assertEqual(false, call(A, net_kernel, connect_node, [NB])),
+    ?assertEqual(pang, call(B, net_adm, ping, [NA])),
+    ?assertEqual([], call(A, erlang, nodes, [connected])),
+    ?assertEqual([], call(B, erlang, nodes, [connected])),
+    %% Both keep running and connect to nodes that share their cookie.
+    ?assertEqual(NB, call(B, erlang, node, [])),
+    ?assertEqual(true, call(B, net_kernel, connect_node, [ND])),
+    ?assertEqual(ND, call(B, rpc, call, [ND, erlang, node, []])),
+    ?assertEqual(true, call(A, net_kernel, connect_node, [NC])),
+    ?assertEqual(NC, call(A, rpc, call, [NC, erlang, node, []])),
+    ?assertEqual([NC], call(A, erlang, nodes, [])),
+    ?assertEqual([ND], call(B, erlang, nodes, [])).
+
+%%% ------------------------------------------------------------------
+%%% Runner-side helpers
+%%% ------------------------------------------------------------------
+
+call(Peer, M, F, A) -> ?P:call(Peer, M, F, A).
+call(Peer, M, F, A, Timeout) -> ?P:call(Peer, M, F, A, Timeout).
+
+connect(From, To) ->
+    ?assertEqual(true, call(From, net_kernel, connect_node, [?P:nodename(To)])).
+
+%%% ------------------------------------------------------------------
+%%% Run on the nodes
+%%% ------------------------------------------------------------------
+
+%% @doc A process that sends back what it gets, with a digest computed on its side.
+start_echo() ->
+    spawn(fun echo_loop/0).
+
+echo_loop() ->
+    receive
+        {echo_bin, From, Ref, Bin} ->
+            From ! {Ref, byte_size(Bin), erlang:md5(Bin), Bin};
+        {echo, From, Ref, Term} ->
+            From ! {Ref, digest(Term), Term};
+        {use, From, Ref, Identities} ->
+            From ! {Ref, use_identities(Identities, Ref)};
+        {identities, From, Ref} ->
+            %% B's own pid and ref go to A and must come back as B-local ones.
+            MyRef = make_ref(),
+            From ! {Ref, self(), MyRef},
+            receive
+                {Ref, back, {Pid, R}} ->
+                    From ! {Ref, Pid =:= self() andalso R =:= MyRef andalso
+                                 node(Pid) =:= node() andalso node(R) =:= node()}
+            after 10000 ->
+                    From ! {Ref, timeout}
+            end
+    end,
+    echo_loop().
+
+digest(Term) ->
+    erlang:md5(term_to_binary(Term, [deterministic])).
+
+%% @doc Sends Size random bytes to Echo and checks what comes back.
+%% Returns {SizeSeenByEcho, Md5SeenByEchoOk, EchoedBinaryOk, Ms}.
+echo_binary(Echo, Size, Timeout) ->
+    Bin = crypto:strong_rand_bytes(Size),
+    Md5 = erlang:md5(Bin),
+    Ref = make_ref(),
+    T0 = erlang:monotonic_time(millisecond),
+    Echo ! {echo_bin, self(), Ref, Bin},
+    receive
+        {Ref, RemoteSize, RemoteMd5, Back} ->
+            Ms = erlang:monotonic_time(millisecond) - T0,
+            {RemoteSize, RemoteMd5 =:= Md5, erlang:md5(Back) =:= Md5 andalso Back =:= Bin, Ms}
+    after Timeout ->
+            error({echo_timeout, Size})
+    end.
+
+%% @doc Sends ?MODULE:Maker() to Echo: {same digest on the other side, identical echo}.
+echo_term(Echo, Maker, Timeout) ->
+    Term = ?MODULE:Maker(),
+    Ref = make_ref(),
+    Echo ! {echo, self(), Ref, Term},
+    receive
+        {Ref, RemoteDigest, Back} -> {RemoteDigest =:= digest(Term), Back =:= Term}
+    after Timeout ->
+            error(echo_timeout)
+    end.
+
+%% @doc Deeply nested and varied terms.
+deep_term() ->
+    Big = crypto:strong_rand_bytes(200000),
+    #{nested => lists:foldl(fun(I, Acc) -> [I, {Acc}] end, bottom, lists:seq(1, 50000)),
+      nested_maps => lists:foldl(fun(I, Acc) -> #{I => Acc} end, #{}, lists:seq(1, 2000)),
+      long_list => lists:seq(1, 100000),
+      string => "plain string",
+      unicode => [<<"åäö ☃ 日本"/utf8>>, "åäö ☃ 日本"],
+      integers => [0, -1, 255, 256, 1 bsl 27, -(1 bsl 27), 1 bsl 31, 1 bsl 64, 1 bsl 1000 + 7,
+                   -(1 bsl 200)],
+      floats => [3.141592653589793, -0.0, 1.0e300, 5.0e-324, -2.5],
+      tuple => list_to_tuple(lists:seq(1, 1000)),
+      big_map => maps:from_list([{I, integer_to_binary(I)} || I <- lists:seq(1, 2000)]),
+      improper => [a, b | c],
+      bits => [<<1:1>>, <<1:1, 0:2, 5:7>>, <<255, 3:2>>],
+      sub_binary => binary:part(Big, 7, 65536 + 13),
+      unaligned => <<0:3, Big/binary>>,
+      small_binaries => [<<I>> || I <- lists:seq(0, 255)],
+      atoms => [true, false, undefined, '', 'with space', 'ünïcødé', '日本'],
+      empty => {[], {}, #{}, <<>>, ""}}.
+
+%% @doc Pids, refs, an alias, a port and funs from this node go to Echo and back; Echo
+%% also uses them. Then Echo's own pid and ref come here and go back.
+roundtrip_identities(Echo) ->
+    Self = self(),
+    Ref = make_ref(),
+    Alias = alias(),
+    Factor = 21,
+    Closure = fun(X) -> X * Factor end,
+    Spawned = spawn(fun() -> receive {ping, From, R} -> From ! {R, pong} end end),
+    Identities = #{pid => Self, ref => Ref, alias => Alias, port => hd(erlang:ports()),
+                   closure => Closure, ext_fun => fun lists:reverse/1,
+                   mod_fun => fun ?MODULE:double/1, spawned => Spawned},
+    %% 1. Identical after the round trip.
+    R1 = make_ref(),
+    Echo ! {echo, Self, R1, Identities},
+    EchoOk = receive {R1, _, Back} -> Back =:= Identities after 10000 -> timeout end,
+    %% 2. Used on the other side.
+    R2 = make_ref(),
+    Echo ! {use, Self, R2, Identities},
+    Seen = receive {R2, S} -> S after 10000 -> timeout end,
+    ViaPid = receive {R2, via_pid, Ref} -> true after 10000 -> false end,
+    ViaAlias = receive {R2, via_alias, Ref} -> true after 10000 -> false end,
+    %% 3. The other side's identities come back to it as local ones.
+    R3 = make_ref(),
+    Echo ! {identities, Self, R3},
+    LocalAgain = receive
+                     {R3, EchoPid, EchoRef} ->
+                         Echo ! {R3, back, {EchoPid, EchoRef}},
+                         receive {R3, Ok} -> Ok after 10000 -> timeout end
+                 after 10000 -> timeout
+                 end,
+    unalias(Alias),
+    #{echo_identical => EchoOk, seen_on_b => Seen, via_pid => ViaPid, via_alias => ViaAlias,
+      spawned_pong => is_map(Seen) andalso maps:get(spawned_pong, Seen, false),
+      b_identities_local_again => LocalAgain}.
+
+use_identities(#{pid := Pid, ref := Ref, alias := Alias, port := Port, closure := Closure,
+                 ext_fun := ExtFun, mod_fun := ModFun, spawned := Spawned}, Tag) ->
+    Pid ! {Tag, via_pid, Ref},
+    Alias ! {Tag, via_alias, Ref},
+    PingRef = make_ref(),
+    Spawned ! {ping, self(), PingRef},
+    Pong = receive {PingRef, pong} -> true after 10000 -> false end,
+    #{pid_node => node(Pid), ref_node => node(Ref), port_node => node(Port),
+      spawned_node => node(Spawned), closure => Closure(2), ext_fun => ExtFun([1, 2, 3]),
+      mod_fun => ModFun(5), fun_info_module => element(2, erlang:fun_info(Closure, module)),
+      spawned_pong => Pong}.
+
+%% @doc How many of Names exist as atoms on this node.
+count_existing_atoms(Names) ->
+    length([N || N <- Names,
+                 try list_to_existing_atom(N) of _ -> true catch error:badarg -> false end]).
+
+%% @doc Creates the atoms and sends them to Echo: all in one message, the same again (now in
+%% the atom cache, if it is used), then in 50 messages of 100 atoms.
+send_atoms(Echo, Names) ->
+    Atoms = [list_to_atom(N) || N <- Names],
+    Check = fun(Term) ->
+                    Ref = make_ref(),
+                    Echo ! {echo, self(), Ref, Term},
+                    receive
+                        {Ref, Digest, Back} -> {Digest =:= digest(Term), Back =:= Term}
+                    after 10000 -> timeout
+                    end
+            end,
+    One = Check(Atoms),
+    Again = Check({again, lists:reverse(Atoms)}),
+    Small = [Check(Chunk) || Chunk <- chunks(Atoms, 100)],
+    #{one_message => One, again => Again, small_messages => Small}.
+
+chunks([], _N) -> [];
+chunks(L, N) when length(L) =< N -> [L];
+chunks(L, N) ->
+    {H, T} = lists:split(N, L),
+    [H | chunks(T, N)].
+
+%% @doc Sends N sequence-numbered messages to a process spawned on Node.
+send_sequence(Node, N) ->
+    Ref = make_ref(),
+    Receiver = spawn(Node, ?MODULE, seq_receiver, [self(), Ref, N]),
+    T0 = erlang:monotonic_time(millisecond),
+    send_seq(Receiver, 1, 1, N),
+    receive
+        {Ref, Result} -> {Result, erlang:monotonic_time(millisecond) - T0}
+    after 60000 ->
+            {timeout, erlang:monotonic_time(millisecond) - T0}
+    end.
+
+send_seq(_To, _Id, I, N) when I > N ->
+    ok;
+send_seq(To, Id, I, N) ->
+    To ! {seq, Id, I, <<I:32>>},
+    send_seq(To, Id, I + 1, N).
+
+%% @doc Expects {seq, _, 1..N} in order; reports {done, N} or the first problem.
+seq_receiver(From, Ref, N) ->
+    From ! {Ref, seq_loop(1, N)}.
+
+seq_loop(I, N) when I > N ->
+    {done, N};
+seq_loop(I, N) ->
+    receive
+        {seq, _, I, <<I:32>>} -> seq_loop(I + 1, N);
+        {seq, _, J, _} -> {out_of_order, {expected, I}, {got, J}}
+    after 20000 ->
+            {stalled, {expected, I}}
+    end.
+
+%% @doc Senders processes each send PerSender messages to one receiver on Node.
+send_sequences(Node, Senders, PerSender) ->
+    Ref = make_ref(),
+    Receiver = spawn(Node, ?MODULE, multi_seq_receiver, [self(), Ref, Senders, PerSender]),
+    T0 = erlang:monotonic_time(millisecond),
+    [spawn_link(fun() -> send_seq(Receiver, Id, 1, PerSender) end)
+     || Id <- lists:seq(1, Senders)],
+    receive
+        {Ref, Result} -> {Result, erlang:monotonic_time(millisecond) - T0}
+    after 60000 ->
+            {timeout, erlang:monotonic_time(millisecond) - T0}
+    end.
+
+multi_seq_receiver(From, Ref, Senders, PerSender) ->
+    Next = maps:from_list([{Id, 1} || Id <- lists:seq(1, Senders)]),
+    From ! {Ref, multi_seq_loop(Next, Senders * PerSender, PerSender)}.
+
+multi_seq_loop(Next, 0, _PerSender) ->
+    {done, maps:map(fun(_, V) -> V - 1 end, Next)};
+multi_seq_loop(Next, Left, PerSender) ->
+    receive
+        {seq, Id, I, <<I:32>>} ->
+            case maps:get(Id, Next) of
+                I -> multi_seq_loop(Next#{Id := I + 1}, Left - 1, PerSender);
+                Expected -> {out_of_order, Id, {expected, Expected}, {got, I}}
+            end
+    after 20000 ->
+            {stalled, Next}
+    end.
+
+%% @doc Exits with the reason it is told.
+exit_on_request() ->
+    receive {exit_with, Reason} -> exit(Reason) end.
+
+%% @doc Links to Target while trapping exits and reports the exit signal it gets.
+trap_link_report(Target, ReportTo, Ref) ->
+    process_flag(trap_exit, true),
+    link(Target),
+    ReportTo ! {Ref, linked},
+    receive
+        {'EXIT', Target, Reason} -> ReportTo ! {Ref, exit, Target, Reason}
+    after 20000 ->
+            ReportTo ! {Ref, timeout}
+    end.
+
+%% @doc Monitors Target and reports the DOWN reason.
+monitor_report(Target, ReportTo, Ref) ->
+    Mon = monitor(process, Target),
+    ReportTo ! {Ref, monitoring},
+    receive
+        {'DOWN', Mon, process, Target, Reason} -> ReportTo ! {Ref, down, Reason}
+    after 20000 ->
+            ReportTo ! {Ref, timeout}
+    end.
+
+%% @doc Link semantics between this node and Node.
+link_checks(Node) ->
+    Parent = self(),
+    Tag = make_ref(),
+    %% Run in a fresh process that traps exits.
+    {Pid, Mon} = spawn_monitor(fun() -> Parent ! {Tag, do_link_checks(Node)} end),
+    receive
+        {Tag, Result} -> demonitor(Mon, [flush]), Result;
+        {'DOWN', Mon, process, Pid, Reason} -> error({link_checks_crashed, Reason})
+    end.
+
+do_link_checks(Node) ->
+    process_flag(trap_exit, true),
+    T = 10000,
+    %% 1. A remote exit reason reaches a linked process that traps exits.
+    R1 = spawn(Node, ?MODULE, exit_on_request, []),
+    link(R1),
+    R1 ! {exit_with, {custom_reason, make_ref()}},
+    Trapped = receive {'EXIT', R1, X1} -> X1 after T -> timeout end,
+    %% 2. ... and kills a linked process that does not.
+    Victim = spawn(fun() ->
+                           R2 = spawn_link(Node, ?MODULE, exit_on_request, []),
+                           R2 ! {exit_with, boom},
+                           receive after infinity -> ok end
+                   end),
+    VMon = monitor(process, Victim),
+    Killed = receive {'DOWN', VMon, process, Victim, X2} -> X2 after T -> timeout end,
+    %% 3. A local exit reaches a remote process that traps exits.
+    Local = spawn(?MODULE, exit_on_request, []),
+    Ref3 = make_ref(),
+    spawn(Node, ?MODULE, trap_link_report, [Local, self(), Ref3]),
+    RemoteTrapped =
+        receive
+            {Ref3, linked} ->
+                Local ! {exit_with, {local_reason, 42}},
+                receive
+                    {Ref3, exit, From3, X3} -> {From3 =:= Local, X3};
+                    {Ref3, timeout} -> timeout
+                after T -> timeout
+                end
+        after T -> timeout
+        end,
+    %% 4. Linking to a remote process that is gone: noproc.
+    Dead = spawn(Node, erlang, is_process_alive, [self()]),
+    DMon = monitor(process, Dead),
+    receive {'DOWN', DMon, process, Dead, _} -> ok after T -> ok end,
+    link(Dead),
+    NoProc = receive {'EXIT', Dead, X4} -> X4 after T -> timeout end,
+    %% 5. After unlink, no exit signal (it would arrive before the DOWN from the same sender).
+    R5 = spawn(Node, ?MODULE, exit_on_request, []),
+    link(R5),
+    unlink(R5),
+    M5 = monitor(process, R5),
+    R5 ! {exit_with, after_unlink},
+    receive {'DOWN', M5, process, R5, after_unlink} -> ok after T -> ok end,
+    Unlinked = receive {'EXIT', R5, _} -> got_exit_signal after 0 -> no_exit_signal end,
+    %% 6. A local process dying kills a linked remote process that does not trap exits.
+    Local6 = spawn(?MODULE, exit_on_request, []),
+    Self = self(),
+    Ref6 = make_ref(),
+    R6 = spawn(Node, erlang, apply,
+               [fun() -> link(Local6), Self ! {Ref6, linked}, receive after infinity -> ok end end,
+                []]),
+    M6 = monitor(process, R6),
+    LocalKills = receive
+                     {Ref6, linked} ->
+                         Local6 ! {exit_with, {local_death, 7}},
+                         receive {'DOWN', M6, process, R6, X6} -> X6 after T -> timeout end
+                 after T -> timeout
+                 end,
+    #{trapped_remote_exit => Trapped, killed_by_remote_exit => Killed,
+      remote_trapped_local_exit => RemoteTrapped, link_to_dead_remote => NoProc,
+      after_unlink => Unlinked, local_exit_kills_remote => LocalKills}.
+
+%% @doc Monitor semantics between this node and Node.
+monitor_checks(Node) ->
+    T = 10000,
+    Down = fun(Mon, Pid) ->
+                   receive {'DOWN', Mon, process, Pid, R} -> R after T -> timeout end
+           end,
+    %% 1. A custom reason.
+    R1 = spawn(Node, ?MODULE, exit_on_request, []),
+    M1 = monitor(process, R1),
+    R1 ! {exit_with, {custom, make_ref()}},
+    Custom = Down(M1, R1),
+    %% 2. Killed from here.
+    R2 = spawn(Node, ?MODULE, exit_on_request, []),
+    M2 = monitor(process, R2),
+    exit(R2, kill),
+    Killed = Down(M2, R2),
+    %% 3. Normal exit.
+    R3 = spawn(Node, ?MODULE, exit_on_request, []),
+    M3 = monitor(process, R3),
+    R3 ! {exit_with, normal},
+    Normal = Down(M3, R3),
+    %% 4. Already gone.
+    M4 = monitor(process, R3),
+    AlreadyDead = Down(M4, R3),
+    %% 5. By registered name.
+    Name = list_to_atom("qdt_registered_" ++ integer_to_list(erlang:unique_integer([positive]))),
+    Self = self(),
+    Ref5 = make_ref(),
+    spawn(Node, erlang, apply,
+          [fun() -> register(Name, self()), Self ! {Ref5, registered}, exit_on_request() end,
+           []]),
+    receive {Ref5, registered} -> ok after T -> error(not_registered) end,
+    M5 = monitor(process, {Name, Node}),
+    {Name, Node} ! {exit_with, {named, 5}},
+    Named = receive {'DOWN', M5, process, Who, X5} -> {Who, X5} after T -> timeout end,
+    %% 6. demonitor: no DOWN (it would come before the later monitor's, from the same sender).
+    R6 = spawn(Node, ?MODULE, exit_on_request, []),
+    M6 = monitor(process, R6),
+    true = demonitor(M6),
+    M6b = monitor(process, R6),
+    R6 ! {exit_with, bye},
+    bye = Down(M6b, R6),
+    Demonitored = receive {'DOWN', M6, _, _, _} -> got_down after 0 -> no_down end,
+    %% 7. A remote process monitoring a local one.
+    Local = spawn(?MODULE, exit_on_request, []),
+    Ref7 = make_ref(),
+    spawn(Node, ?MODULE, monitor_report, [Local, self(), Ref7]),
+    Remote = receive
+                 {Ref7, monitoring} ->
+                     Local ! {exit_with, {local_reason, 9}},
+                     receive {Ref7, down, X7} -> X7; {Ref7, timeout} -> timeout
+                     after T -> timeout
+                     end
+             after T -> timeout
+             end,
+    #{custom => Custom, killed => Killed, normal => Normal, already_dead => AlreadyDead,
+      registered_name => Named, demonitored => Demonitored, remote_monitors_local => Remote}.
+
+%% @doc A process registered globally as Name that answers {hello, From, Ref}.
+start_global_service(Name) ->
+    Parent = self(),
+    Ref = make_ref(),
+    Pid = spawn(fun() ->
+                        Parent ! {Ref, global:register_name(Name, self())},
+                        global_service_loop()
+                end),
+    receive
+        {Ref, yes} -> Pid;
+        {Ref, no} -> error({global_name_taken, Name})
+    after 20000 ->
+            error(global_register_timeout)
+    end.
+
+global_service_loop() ->
+    receive
+        {hello, From, Ref} -> From ! {Ref, node()}
+    end,
+    global_service_loop().
+
+%% @doc Sends through global:send/2 and returns the node that answered.
+global_hello(Name) ->
+    Ref = make_ref(),
+    global:send(Name, {hello, self(), Ref}),
+    receive {Ref, Node} -> Node after 10000 -> timeout end.
+
+%% @doc Used as a remote function in several tests.
+double({Node, X}) -> {Node, 2 * X};
+double(X) -> 2 * X.

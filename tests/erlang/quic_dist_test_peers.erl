@@ -1,0 +1,323 @@
+%%% @doc Test support for the quic_dist multi-node suite.
+%%%
+%%% 1. Real BEAM nodes, started with `peer' (OTP 25) and controlled over their standard I/O, so
+%%%    the test runner itself is not distributed. Each node runs the QUIC carrier with the flags
+%%%    of `make -s print-erl-flags' (environment variable QUIC_DIST_ERL_FLAGS) and has this
+%%%    directory's ebin on its code path, so test helpers can run on it.
+%%%    Every node belongs to a registry (an ETS table owned by the EUnit fixture); `cleanup/1'
+%%%    stops all of them and kills with SIGKILL any OS process that is still there.
+%%% 2. Helpers that run on a node (through `call/4,5'): an event watcher that collects
+%%%    nodeup/nodedown messages, and a wait for a connection to appear.
+%%% 3. An EUnit listener (`{report, {quic_dist_test_peers, [{counts_file, F}]}}') that writes
+%%%    `PASSED FAILED SKIPPED' to F for the test runner (cancelled tests and timeouts count as
+%%%    failed).
+-module(quic_dist_test_peers).
+
+%% Nodes.
+-export([new_registry/0, cleanup/1,
+         start/2, start_many/2, unique_name/1,
+         call/4, call/5, cast/4, nodename/1, os_pid/1, kill/1, stop/1,
+         erl_flags/0, default_cookie/0]).
+%% Run on a node.
+-export([watch/2, wait_event/3, events/1, wait_connected/2, wait_disconnected/2]).
+%% EUnit listener.
+-behaviour(eunit_listener).
+-export([start/1, init/1, handle_begin/3, handle_end/3, handle_cancel/3, terminate/2]).
+
+-define(BOOT_TIMEOUT, 30000).
+-define(CALL_TIMEOUT, 30000).
+-define(STOP_WAIT_S, 5).
+
+-type peer() :: #{peer := pid(), node := node(), os_pid := string(), name := string()}.
+-export_type([peer/0]).
+
+%%% ------------------------------------------------------------------
+%%% Registry and cleanup
+%%% ------------------------------------------------------------------
+
+%% @doc A registry of started nodes, owned by the caller (an EUnit setup function).
+-spec new_registry() -> ets:tid().
+new_registry() ->
+    ets:new(quic_dist_test_peers, [public, set]).
+
+%% @doc Stops every node of the registry, then SIGKILLs any OS process left over.
+-spec cleanup(ets:tid()) -> ok.
+cleanup(Reg) ->
+    Peers = [P || {_, P} <- ets:tab2list(Reg)],
+    %% Closing the control channel makes each node halt; peer:stop/1 does not wait for the
+    %% OS process, so wait for it (bounded), and kill what did not go.
+    lists:foreach(fun(#{peer := Pid}) -> catch peer:stop(Pid) end, Peers),
+    lists:foreach(fun(P) -> ensure_os_process_gone(P) end, Peers),
+    ets:delete(Reg),
+    ok.
+
+ensure_os_process_gone(#{os_pid := OsPid, name := Name}) ->
+    case is_our_process(OsPid, Name) of
+        false -> ok;
+        true ->
+            %% `tail --pid' returns soon after the process exits (it checks every 50 ms).
+            _ = os:cmd(io_lib:format("timeout ~b tail --pid=~s -s 0.05 -f /dev/null",
+                                     [?STOP_WAIT_S, OsPid])),
+            case is_our_process(OsPid, Name) of
+                true -> _ = os:cmd("kill -9 " ++ OsPid), ok;
+                false -> ok
+            end
+    end.
+
+%% True if OsPid is still a process whose command line names our node (pids get reused).
+is_our_process(OsPid, Name) ->
+    case file:read_file("/proc/" ++ OsPid ++ "/cmdline") of
+        {ok, Cmdline} -> binary:match(Cmdline, list_to_binary(Name ++ "@")) =/= nomatch;
+        {error, _} -> false
+    end.
+
+%%% ------------------------------------------------------------------
+%%% Starting and controlling nodes
+%%% ------------------------------------------------------------------
+
+%% @doc A node name unique to this run: qdt_Prefix_OsPid_N.
+-spec unique_name(string()) -> string().
+unique_name(Prefix) ->
+    lists:flatten(io_lib:format("qdt_~s_~s_~b",
+                                [Prefix, os:getpid(), erlang:unique_integer([positive])])).
+
+%% @doc Starts a node over QUIC. Options (all optional):
+%% `name' (exact node name; default a unique name from `prefix'), `prefix' (default "n"),
+%% `cookie' (atom or string; default one per test run, see default_cookie/0), `ticktime'
+%% (net_ticktime, default 60), `args' (extra erl arguments).
+-spec start(ets:tid(), map()) -> peer().
+start(Reg, Opts) ->
+    Name = case maps:find(name, Opts) of
+               {ok, N} -> N;
+               error -> unique_name(maps:get(prefix, Opts, "n"))
+           end,
+    Cookie = case maps:find(cookie, Opts) of
+                 {ok, C} -> to_list(C);
+                 error -> default_cookie()
+             end,
+    Tick = integer_to_list(maps:get(ticktime, Opts, 60)),
+    TestEbin = filename:dirname(code:which(?MODULE)),
+    Args = erl_flags() ++
+        ["-setcookie", Cookie,
+         "-pa", TestEbin,
+         "-kernel", "net_ticktime", Tick,
+         %% Warnings and errors only: each node's output is copied into the test output.
+         "-kernel", "logger_level", "warning"]
+        ++ maps:get(args, Opts, []),
+    {ok, Pid, Node} = peer:start(#{name => Name,
+                                   host => "127.0.0.1",
+                                   longnames => true,
+                                   connection => standard_io,
+                                   wait_boot => ?BOOT_TIMEOUT,
+                                   args => Args}),
+    OsPid = peer:call(Pid, os, getpid, [], ?CALL_TIMEOUT),
+    Peer = #{peer => Pid, node => Node, os_pid => OsPid, name => Name},
+    true = ets:insert(Reg, {Pid, Peer}),
+    %% The carrier really is QUIC: nothing else would do on this node.
+    {ok, [["quic"]]} = peer:call(Pid, init, get_argument, [proto_dist], ?CALL_TIMEOUT),
+    Peer.
+
+%% @doc Starts several nodes in parallel (node start-up is mostly waiting).
+-spec start_many(ets:tid(), [map()]) -> [peer()].
+start_many(Reg, OptsList) ->
+    Parent = self(),
+    Workers = [spawn_monitor(fun() -> Parent ! {self(), started, start(Reg, Opts)} end)
+               || Opts <- OptsList],
+    [receive
+         {W, started, Peer} -> demonitor(M, [flush]), Peer;
+         {'DOWN', M, process, W, Reason} -> error({peer_start_failed, Reason})
+     end || {W, M} <- Workers].
+
+%% @doc Calls M:F(A) on the node (30 s timeout).
+-spec call(peer(), module(), atom(), list()) -> term().
+call(Peer, M, F, A) ->
+    call(Peer, M, F, A, ?CALL_TIMEOUT).
+
+-spec call(peer(), module(), atom(), list(), timeout()) -> term().
+call(#{peer := Pid}, M, F, A, Timeout) ->
+    peer:call(Pid, M, F, A, Timeout).
+
+%% @doc Runs M:F(A) on the node without waiting for a result.
+-spec cast(peer(), module(), atom(), list()) -> ok.
+cast(#{peer := Pid}, M, F, A) ->
+    peer:cast(Pid, M, F, A).
+
+-spec nodename(peer()) -> node().
+nodename(#{node := Node}) -> Node.
+
+-spec os_pid(peer()) -> string().
+os_pid(#{os_pid := OsPid}) -> OsPid.
+
+%% @doc SIGKILLs the node's OS process and returns once its peer controller has seen it exit.
+-spec kill(peer()) -> ok.
+kill(#{peer := Pid, os_pid := OsPid}) ->
+    Mon = monitor(process, Pid),
+    _ = os:cmd("kill -9 " ++ OsPid),
+    receive
+        {'DOWN', Mon, process, Pid, _} -> ok
+    after 10000 ->
+            error({peer_still_running_after_kill, OsPid})
+    end.
+
+%% @doc Stops the node (closes its control channel: the node halts).
+-spec stop(peer()) -> ok.
+stop(#{peer := Pid} = Peer) ->
+    catch peer:stop(Pid),
+    ensure_os_process_gone(Peer).
+
+%% @doc The carrier's erl flags from QUIC_DIST_ERL_FLAGS, as a list of arguments.
+-spec erl_flags() -> [string()].
+erl_flags() ->
+    case os:getenv("QUIC_DIST_ERL_FLAGS") of
+        false -> error({not_set, "QUIC_DIST_ERL_FLAGS (set it from `make -s print-erl-flags')"});
+        Flags -> string:lexemes(Flags, " \t\n")
+    end.
+
+%% @doc The cookie of this test run's nodes: unique to the run, so that other runs sharing this
+%% machine's epmd cannot talk to them (with the cookie-derived CA mode, not even at TLS level).
+-spec default_cookie() -> string().
+default_cookie() ->
+    lists:flatten(io_lib:format("qdt_~s_~b", [os:getpid(),
+                                             erlang:phash2(erlang:system_info(start_time))])).
+
+to_list(A) when is_atom(A) -> atom_to_list(A);
+to_list(L) when is_list(L) -> L.
+
+%%% ------------------------------------------------------------------
+%%% Helpers that run on a node
+%%% ------------------------------------------------------------------
+
+%% @doc Starts a registered process that subscribes to `What' and records every message it
+%% gets: `{monitor_node, Node}' (erlang:monitor_node/2), `monitor_nodes'
+%% (net_kernel:monitor_nodes/2 with nodedown_reason). Returns once subscribed.
+-spec watch(atom(), [term()]) -> pid().
+watch(Name, What) ->
+    Parent = self(),
+    Ref = make_ref(),
+    Pid = spawn(fun() ->
+                        true = register(Name, self()),
+                        lists:foreach(fun subscribe/1, What),
+                        Parent ! {Ref, subscribed},
+                        watch_loop([], [])
+                end),
+    receive {Ref, subscribed} -> Pid
+    after 10000 -> error(watch_start_timeout)
+    end.
+
+subscribe({monitor_node, Node}) -> true = erlang:monitor_node(Node, true);
+subscribe(monitor_nodes) -> ok = net_kernel:monitor_nodes(true, [nodedown_reason]).
+
+%% Events: newest first, as {MonotonicMs, Msg}. Waiters: {From, Ref, Pattern}.
+watch_loop(Events, Waiters) ->
+    receive
+        {'$qdt_wait', From, Ref, Pattern} ->
+            case find(Pattern, lists:reverse(Events)) of
+                {ok, Msg} -> From ! {Ref, {ok, Msg}}, watch_loop(Events, Waiters);
+                error -> watch_loop(Events, [{From, Ref, Pattern} | Waiters])
+            end;
+        {'$qdt_events', From, Ref} ->
+            From ! {Ref, [M || {_, M} <- lists:reverse(Events)]},
+            watch_loop(Events, Waiters);
+        Msg ->
+            Events1 = [{erlang:monotonic_time(millisecond), Msg} | Events],
+            Waiters1 = lists:filter(fun({From, Ref, Pattern}) ->
+                                            case match(Pattern, Msg) of
+                                                true -> From ! {Ref, {ok, Msg}}, false;
+                                                false -> true
+                                            end
+                                    end, Waiters),
+            watch_loop(Events1, Waiters1)
+    end.
+
+find(Pattern, [{_, Msg} | Rest]) ->
+    case match(Pattern, Msg) of
+        true -> {ok, Msg};
+        false -> find(Pattern, Rest)
+    end;
+find(_Pattern, []) ->
+    error.
+
+%% '_' matches anything; tuples and lists element by element; anything else exactly.
+match('_', _) -> true;
+match(P, T) when is_tuple(P), is_tuple(T), tuple_size(P) =:= tuple_size(T) ->
+    match(tuple_to_list(P), tuple_to_list(T));
+match([P | Ps], [T | Ts]) -> match(P, T) andalso match(Ps, Ts);
+match(P, T) -> P =:= T.
+
+%% @doc Waits up to Timeout ms for the watcher to have a message matching Pattern.
+%% Returns `{ok, Msg, WaitedMs}' or `{timeout, AllEvents}'.
+-spec wait_event(atom(), term(), timeout()) -> {ok, term(), integer()} | {timeout, [term()]}.
+wait_event(Name, Pattern, Timeout) ->
+    T0 = erlang:monotonic_time(millisecond),
+    Ref = make_ref(),
+    Name ! {'$qdt_wait', self(), Ref, Pattern},
+    receive
+        {Ref, {ok, Msg}} -> {ok, Msg, erlang:monotonic_time(millisecond) - T0}
+    after Timeout ->
+            {timeout, events(Name)}
+    end.
+
+%% @doc Every message the watcher got, oldest first.
+-spec events(atom()) -> [term()].
+events(Name) ->
+    Ref = make_ref(),
+    Name ! {'$qdt_events', self(), Ref},
+    receive {Ref, Events} -> Events after 5000 -> error(watcher_not_answering) end.
+
+%% @doc Waits up to Timeout ms until Node is connected (visible or hidden).
+-spec wait_connected(node(), timeout()) -> ok | timeout.
+wait_connected(Node, Timeout) ->
+    wait_node(Node, Timeout, true).
+
+%% @doc Waits up to Timeout ms until Node is no longer connected.
+-spec wait_disconnected(node(), timeout()) -> ok | timeout.
+wait_disconnected(Node, Timeout) ->
+    wait_node(Node, Timeout, false).
+
+wait_node(Node, Timeout, Up) ->
+    ok = net_kernel:monitor_nodes(true, [{node_type, all}]),
+    Result = case lists:member(Node, nodes(connected)) of
+                 Up -> ok;
+                 _ when Up ->
+                     receive {nodeup, Node, _} -> ok after Timeout -> timeout end;
+                 _ ->
+                     receive {nodedown, Node, _} -> ok after Timeout -> timeout end
+             end,
+    ok = net_kernel:monitor_nodes(false, [{node_type, all}]),
+    Result.
+
+%%% ------------------------------------------------------------------
+%%% EUnit listener: writes "PASSED FAILED SKIPPED" for the runner
+%%% ------------------------------------------------------------------
+
+%% @private
+start(Options) ->
+    eunit_listener:start(?MODULE, Options).
+
+%% @private
+init(Options) ->
+    proplists:get_value(counts_file, Options).
+
+%% @private
+handle_begin(_Kind, _Data, St) -> St.
+
+%% @private
+handle_end(_Kind, _Data, St) -> St.
+
+%% @private
+handle_cancel(_Kind, _Data, St) -> St.
+
+%% @private
+terminate({ok, Data}, File) ->
+    Pass = proplists:get_value(pass, Data, 0),
+    Fail = proplists:get_value(fail, Data, 0) + proplists:get_value(cancel, Data, 0),
+    Skip = proplists:get_value(skip, Data, 0),
+    write_counts(File, io_lib:format("~b ~b ~b~n", [Pass, Fail, Skip]));
+terminate({error, _Reason}, File) ->
+    write_counts(File, "0 1 0\n").
+
+write_counts(undefined, _Line) ->
+    ok;
+write_counts(File, Line) ->
+    ok = filelib:ensure_dir(File),
+    ok = file:write_file(File, Line).

@@ -1,0 +1,177 @@
+%%% @doc Unit tests of quic_dist's pure parts (no distribution): option parsing, certificate
+%%% generation and inspection, node names, and select/1.
+-module(quic_dist_unit_tests).
+
+-include_lib("eunit/include/eunit.hrl").
+
+%%% ------------------------------------------------------------------
+%%% quic_dist_opts:parse_pairs/1
+%%% ------------------------------------------------------------------
+
+parse_pairs_empty_test() ->
+    ?assertEqual(#{}, quic_dist_opts:parse_pairs([])).
+
+parse_pairs_files_stay_strings_test() ->
+    ?assertEqual(#{certfile => "/etc/q/node.pem", keyfile => "/etc/q/node_key.pem",
+                   cacertfile => "/etc/q/ca.pem", log_filter => "quinn=debug"},
+                 quic_dist_opts:parse_pairs(["certfile", "/etc/q/node.pem",
+                                             "keyfile", "/etc/q/node_key.pem",
+                                             "cacertfile", "/etc/q/ca.pem",
+                                             "log_filter", "quinn=debug"])).
+
+parse_pairs_integers_test() ->
+    ?assertEqual(#{port => 4370, threads => 3, idle_timeout_ms => 30000,
+                   handshake_timeout_ms => 5000, max_frame => 1048576,
+                   stream_window => 16777216, connection_window => 67108864},
+                 quic_dist_opts:parse_pairs(["port", "4370", "threads", "3",
+                                             "idle_timeout_ms", "30000",
+                                             "handshake_timeout_ms", "5000",
+                                             "max_frame", "1048576",
+                                             "stream_window", "16777216",
+                                             "connection_window", "67108864"])).
+
+parse_pairs_ip_test() ->
+    ?assertEqual(#{ip => {127, 0, 0, 1}}, quic_dist_opts:parse_pairs(["ip", "127.0.0.1"])),
+    ?assertEqual(#{ip => {0, 0, 0, 0, 0, 0, 0, 1}}, quic_dist_opts:parse_pairs(["ip", "::1"])).
+
+parse_pairs_errors_test() ->
+    ?assertError({missing_value, "certfile"}, quic_dist_opts:parse_pairs(["certfile"])),
+    ?assertError({missing_value, "port"},
+                 quic_dist_opts:parse_pairs(["certfile", "f", "port"])),
+    ?assertError(badarg, quic_dist_opts:parse_pairs(["port", "not_a_number"])),
+    ?assertError({badmatch, _}, quic_dist_opts:parse_pairs(["ip", "999.1.1.1"])).
+
+parse_pairs_booleans_and_lists_test() ->
+    ?assertEqual(#{verify_node_name => false, insecure => true,
+                   allowed_subjects => ["CN=a,O=x", "b"]},
+                 quic_dist_opts:parse_pairs(["verify_node_name", "false", "insecure", "true",
+                                             "allowed_subjects", "CN=a,O=x;b"])).
+
+%%% ------------------------------------------------------------------
+%%% quic_dist_certs:generate/3 and quic_dist_cert_info:summary/1
+%%% ------------------------------------------------------------------
+
+certs_test_() ->
+    {setup, fun make_tmp_dir/0, fun remove_dir/1,
+     fun(Dir) ->
+             [{"generate writes the CA and node files", fun() -> t_generate_files(Dir) end},
+              {"summary shows CN, SANs, issuer and validity", fun() -> t_summary(Dir) end},
+              {"node certificate chains to the CA", fun() -> t_chain(Dir) end},
+              {"a second generate reuses the CA", fun() -> t_reuse_ca(Dir) end},
+              {"summary of garbage is an error", fun t_summary_garbage/0}]
+     end}.
+
+%% 2023-11-14T22:13:20Z and 2024-11-13T22:13:20Z.
+-define(NOT_BEFORE, 1700000000).
+-define(NOT_AFTER, 1731536000).
+
+make_tmp_dir() ->
+    Dir = filename:join(tmp_root(), "quic_dist_unit_" ++ os:getpid() ++ "_" ++
+                            integer_to_list(erlang:unique_integer([positive]))),
+    ok = filelib:ensure_dir(filename:join(Dir, "x")),
+    ok = quic_dist_certs:generate(Dir, [{"alpha", ["alpha.example.com", "127.0.0.1", "::1"]},
+                                        {"beta", ["beta.example.com"]}],
+                                  #{not_before => ?NOT_BEFORE, not_after => ?NOT_AFTER}),
+    %% Default validity (now - 1 h .. now + 365 days), same CA.
+    ok = quic_dist_certs:generate(Dir, [{"current", ["current.example.com"]}]),
+    Dir.
+
+tmp_root() ->
+    case os:getenv("TMPDIR") of
+        false -> "/tmp";
+        "" -> "/tmp";
+        T -> T
+    end.
+
+remove_dir(Dir) ->
+    ok = file:del_dir_r(Dir).
+
+t_generate_files(Dir) ->
+    [?assert(filelib:is_regular(filename:join(Dir, F)))
+     || F <- ["ca.pem", "ca_key.pem", "alpha.pem", "alpha_key.pem", "beta.pem", "beta_key.pem",
+              "current.pem", "current_key.pem"]],
+    %% Keys are private to the owner.
+    [?assertEqual(8#600, mode(filename:join(Dir, F)) band 8#777)
+     || F <- ["ca_key.pem", "alpha_key.pem", "beta_key.pem", "current_key.pem"]],
+    %% Each file holds what its name says.
+    ?assertMatch([{'Certificate', _, not_encrypted}], pem(filename:join(Dir, "alpha.pem"))),
+    ?assertMatch([{'Certificate', _, not_encrypted}], pem(filename:join(Dir, "ca.pem"))),
+    [{KeyType, _, not_encrypted}] = pem(filename:join(Dir, "alpha_key.pem")),
+    ?assert(lists:member(KeyType, ['PrivateKeyInfo', 'ECPrivateKey', 'RSAPrivateKey'])).
+
+t_summary(Dir) ->
+    S = quic_dist_cert_info:summary(cert_der(filename:join(Dir, "alpha.pem"))),
+    ?assertMatch(#{subject := _, issuer := _, subject_alt_names := _}, S),
+    ?assert(has_part(maps:get(subject, S), <<"CN=alpha">>)),
+    ?assert(has_part(maps:get(issuer, S), <<"CN=quic_dist cluster CA">>)),
+    ?assertEqual(lists:sort([{dns, <<"alpha.example.com">>}, {ip, {127, 0, 0, 1}},
+                             {ip, {0, 0, 0, 0, 0, 0, 0, 1}}]),
+                 lists:sort(maps:get(subject_alt_names, S))),
+    ?assertEqual(<<"231114221320Z">>, maps:get(not_before, S)),
+    ?assertEqual(<<"241113221320Z">>, maps:get(not_after, S)),
+    SB = quic_dist_cert_info:summary(cert_der(filename:join(Dir, "beta.pem"))),
+    ?assert(has_part(maps:get(subject, SB), <<"CN=beta">>)),
+    ?assertEqual([{dns, <<"beta.example.com">>}], maps:get(subject_alt_names, SB)).
+
+t_chain(Dir) ->
+    CaDer = cert_der(filename:join(Dir, "ca.pem")),
+    [?assert(public_key:pkix_is_issuer(cert_der(filename:join(Dir, F)), CaDer))
+     || F <- ["alpha.pem", "beta.pem", "current.pem"]],
+    %% Full path validation (signature, validity, extensions) of a certificate valid now.
+    ?assertMatch({ok, _},
+                 public_key:pkix_path_validation(CaDer, [cert_der(filename:join(Dir, "current.pem"))],
+                                                 [])),
+    %% alpha's validity ended in 2024.
+    ?assertEqual({error, {bad_cert, cert_expired}},
+                 public_key:pkix_path_validation(CaDer, [cert_der(filename:join(Dir, "alpha.pem"))],
+                                                 [])).
+
+t_reuse_ca(Dir) ->
+    {ok, CaBefore} = file:read_file(filename:join(Dir, "ca.pem")),
+    ok = quic_dist_certs:generate(Dir, [{"gamma", ["gamma.example.com"]}], #{days => 1}),
+    ?assertEqual({ok, CaBefore}, file:read_file(filename:join(Dir, "ca.pem"))),
+    Der = cert_der(filename:join(Dir, "gamma.pem")),
+    ?assert(public_key:pkix_is_issuer(Der, cert_der(filename:join(Dir, "ca.pem")))),
+    S = quic_dist_cert_info:summary(Der),
+    ?assert(has_part(maps:get(subject, S), <<"CN=gamma">>)),
+    ?assertEqual([{dns, <<"gamma.example.com">>}], maps:get(subject_alt_names, S)).
+
+t_summary_garbage() ->
+    ?assertMatch(#{error := _}, quic_dist_cert_info:summary(<<"not a certificate">>)).
+
+mode(File) ->
+    {ok, Info} = file:read_file_info(File),
+    element(8, Info).
+
+pem(File) ->
+    {ok, Bin} = file:read_file(File),
+    public_key:pem_decode(Bin).
+
+cert_der(File) ->
+    [{'Certificate', Der, not_encrypted}] = pem(File),
+    Der.
+
+has_part(Bin, Part) ->
+    binary:match(Bin, Part) =/= nomatch.
+
+%%% ------------------------------------------------------------------
+%%% quic_dist:is_node_name/1 and select/1
+%%% ------------------------------------------------------------------
+
+is_node_name_test_() ->
+    [?_assert(quic_dist:is_node_name('a@b')),
+     ?_assert(quic_dist:is_node_name('node@127.0.0.1')),
+     ?_assert(quic_dist:is_node_name('node@host.example.com')),
+     ?_assertNot(quic_dist:is_node_name('nohost')),
+     ?_assertNot(quic_dist:is_node_name('@host')),
+     ?_assertNot(quic_dist:is_node_name('a@b@c')),
+     ?_assertNot(quic_dist:is_node_name("a@b")),
+     ?_assertNot(quic_dist:is_node_name(<<"a@b">>)),
+     ?_assertNot(quic_dist:is_node_name(42))].
+
+select_test_() ->
+    [?_assert(quic_dist:select('x@127.0.0.1')),
+     ?_assert(quic_dist:select('x@localhost')),
+     %% RFC 6761: .invalid never resolves.
+     {timeout, 30, ?_assertNot(quic_dist:select('x@no-such-host.invalid'))},
+     ?_assertNot(quic_dist:select('no_host_part'))].
