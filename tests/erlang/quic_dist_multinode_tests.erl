@@ -51,7 +51,9 @@ lifecycle_test_() ->
               fun t_reconnect_after_kill/1),
      isolated("three nodes: full mesh and global names", 90, fun t_mesh_global/1),
      isolated("hidden node with -dist_listen false", 60, fun t_hidden/1),
-     isolated("wrong cookie is refused", 60, fun t_wrong_cookie/1)].
+     isolated("wrong cookie is refused", 60, fun t_wrong_cookie/1),
+     isolated("fixed UDP port: -quic_dist_opt port and inet_dist_listen_min/max", 60,
+              fun t_fixed_ports/1)].
 
 pair(Title, Secs, Fun) ->
     fun(Ctx) -> {Title, {timeout, Secs, fun() -> Fun(Ctx) end}} end.
@@ -332,6 +334,44 @@ t_wrong_cookie(Reg) ->
     ?assertEqual(NC, call(A, rpc, call, [NC, erlang, node, []])),
     ?assertEqual([NC], call(A, erlang, nodes, [])),
     ?assertEqual([ND], call(B, erlang, nodes, [])).
+
+t_fixed_ports(Reg) ->
+    Port = free_udp_port(),
+    {Min, Max} = free_udp_range(3),
+    [A, B, C] = ?P:start_many(Reg, [#{prefix => "a"},
+                                    #{prefix => "p", args => ["-quic_dist_opt", "port",
+                                                              integer_to_list(Port)]},
+                                    #{prefix => "r", args => ["-kernel",
+                                                              "inet_dist_listen_min",
+                                                              integer_to_list(Min),
+                                                              "inet_dist_listen_max",
+                                                              integer_to_list(Max)]}]),
+    %% epmd hands out the fixed ports, and peers connect through them.
+    {port, Port, _} = call(A, erl_epmd, port_please, [maps:get(name, B), {127, 0, 0, 1}]),
+    {port, RPort, _} = call(A, erl_epmd, port_please, [maps:get(name, C), {127, 0, 0, 1}]),
+    ?assert(RPort >= Min andalso RPort =< Max),
+    connect(A, B),
+    connect(A, C),
+    {ok, #{remote := {_, Port}}} = call(A, quic_dist, info, [?P:nodename(B)]),
+    {ok, #{remote := {_, RPort}}} = call(A, quic_dist, info, [?P:nodename(C)]).
+
+%% A UDP port nobody uses now (the kernel picks it; it is free again once closed).
+free_udp_port() ->
+    {ok, S} = gen_udp:open(0, [{ip, {127, 0, 0, 1}}]),
+    {ok, P} = inet:port(S),
+    ok = gen_udp:close(S),
+    P.
+
+%% N consecutive free UDP ports.
+free_udp_range(N) ->
+    Base = 20000 + rand:uniform(30000),
+    Ports = lists:seq(Base, Base + N - 1),
+    Opened = [gen_udp:open(P, [{ip, {0, 0, 0, 0}}]) || P <- Ports],
+    [ok = gen_udp:close(S) || {ok, S} <- Opened],
+    case lists:all(fun({ok, _}) -> true; (_) -> false end, Opened) of
+        true -> {Base, Base + N - 1};
+        false -> free_udp_range(N)
+    end.
 
 %%% ------------------------------------------------------------------
 %%% Runner-side helpers
