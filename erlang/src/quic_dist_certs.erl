@@ -14,7 +14,10 @@ generate(Dir, Nodes) ->
     generate(Dir, Nodes, #{}).
 
 %% @doc generate/2 with options: `days' (default 365), `not_before'/`not_after' (Unix seconds,
-%% to make expired certificates in tests), `ca' (`{CertFile, KeyFile}' of an existing CA).
+%% to make expired certificates in tests), `ca' (`{CertFile, KeyFile}' of an existing CA),
+%% `intermediate' (a name: node certificates are then signed by an intermediate CA of that name,
+%% written as NAME.pem/NAME_key.pem, and each node certificate file holds the chain: the node
+%% certificate followed by the intermediate's; `ca.pem' stays the one to trust).
 -spec generate(file:filename(), [{string(), [string()]}], map()) -> ok | {error, term()}.
 generate(Dir, Nodes, Opts) ->
     ok = filelib:ensure_dir(filename:join(Dir, "x")),
@@ -25,23 +28,44 @@ generate(Dir, Nodes, Opts) ->
     {CaCertFile, CaKeyFile} = maps:get(ca, Opts, {filename:join(Dir, "ca.pem"),
                                                   filename:join(Dir, "ca_key.pem")}),
     case ensure_ca(CaCertFile, CaKeyFile, Now) of
-        {ok, CaCert, CaKey} ->
-            lists:foldl(
-              fun(_, {error, _} = E) -> E;
-                 ({Base, Hosts}, ok) ->
-                      Names = [unicode:characters_to_binary(H) || H <- Hosts],
-                      case quic_dist_nif:gen_node_cert(CaCert, CaKey,
-                                                       unicode:characters_to_binary(Base),
-                                                       Names, NotBefore, NotAfter) of
-                          {ok, {Cert, Key}} ->
-                              write(filename:join(Dir, Base ++ ".pem"), Cert, 8#644),
-                              write(filename:join(Dir, Base ++ "_key.pem"), Key, 8#600);
-                          {error, _} = E -> E
-                      end
-              end, ok, Nodes);
+        {ok, RootCert, RootKey} ->
+            case signer(Dir, RootCert, RootKey, Opts, NotBefore, NotAfter) of
+                {ok, {CaCert, CaKey, Chain}} ->
+                    lists:foldl(
+                      fun(_, {error, _} = E) -> E;
+                         ({Base, Hosts}, ok) ->
+                              Names = [unicode:characters_to_binary(H) || H <- Hosts],
+                              case quic_dist_nif:gen_node_cert(
+                                     CaCert, CaKey, unicode:characters_to_binary(Base),
+                                     Names, NotBefore, NotAfter) of
+                                  {ok, {Cert, Key}} ->
+                                      write(filename:join(Dir, Base ++ ".pem"),
+                                            [Cert | Chain], 8#644),
+                                      write(filename:join(Dir, Base ++ "_key.pem"), Key, 8#600);
+                                  {error, _} = E -> E
+                              end
+                      end, ok, Nodes);
+                Error ->
+                    Error
+            end;
         Error ->
             Error
     end.
+
+%% Who signs node certificates: the root, or a new intermediate CA whose certificate then
+%% follows each node certificate in its file.
+signer(Dir, RootCert, RootKey, #{intermediate := Name}, NotBefore, NotAfter) ->
+    case quic_dist_nif:gen_intermediate(RootCert, RootKey, unicode:characters_to_binary(Name),
+                                        NotBefore, NotAfter) of
+        {ok, {Cert, Key}} ->
+            write(filename:join(Dir, Name ++ ".pem"), Cert, 8#644),
+            write(filename:join(Dir, Name ++ "_key.pem"), Key, 8#600),
+            {ok, {Cert, Key, [Cert]}};
+        Error ->
+            Error
+    end;
+signer(_Dir, RootCert, RootKey, _Opts, _NotBefore, _NotAfter) ->
+    {ok, {RootCert, RootKey, []}}.
 
 %% @doc Command line: `Dir Base Host1,Host2 [Base Hosts ...]'; with no node given, one
 %% certificate `node' for this machine (localhost, 127.0.0.1, ::1 and the host names).

@@ -13,7 +13,7 @@
          endpoint_open/5, endpoint_port/1, endpoint_accept/2, endpoint_close/2, connect/6,
          conn_start/3, conn_send/2, conn_tick/1, conn_ack/2, conn_getstat/1, conn_stats/1,
          conn_info/1, conn_peer_names/2, conn_shutdown/2, conn_close/2,
-         unix_now/0, gen_ca/3, gen_node_cert/6]).
+         unix_now/0, gen_ca/3, gen_intermediate/5, gen_node_cert/6]).
 
 -define(NOT_LOADED, erlang:nif_error({not_loaded, ?MODULE})).
 
@@ -106,6 +106,10 @@ unix_now() -> ?NOT_LOADED.
 
 -spec gen_ca(binary(), integer(), integer()) -> {ok, {binary(), binary()}} | {error, binary()}.
 gen_ca(_CommonName, _NotBefore, _NotAfter) -> ?NOT_LOADED.
+
+-spec gen_intermediate(binary(), binary(), binary(), integer(), integer()) ->
+          {ok, {binary(), binary()}} | {error, binary()}.
+gen_intermediate(_CaCert, _CaKey, _CommonName, _NotBefore, _NotAfter) -> ?NOT_LOADED.
 
 -spec gen_node_cert(binary(), binary(), binary(), [binary()], integer(), integer()) ->
           {ok, {binary(), binary()}} | {error, binary()}.

@@ -53,7 +53,9 @@ lifecycle_test_() ->
      isolated("hidden node with -dist_listen false", 60, fun t_hidden/1),
      isolated("wrong cookie is refused", 60, fun t_wrong_cookie/1),
      isolated("fixed UDP port: -quic_dist_opt port and inet_dist_listen_min/max", 60,
-              fun t_fixed_ports/1)].
+              fun t_fixed_ports/1),
+     isolated("certificate chains: node certificates from an intermediate CA", 60,
+              fun t_certificate_chain/1)].
 
 pair(Title, Secs, Fun) ->
     fun(Ctx) -> {Title, {timeout, Secs, fun() -> Fun(Ctx) end}} end.
@@ -354,6 +356,30 @@ t_fixed_ports(Reg) ->
     connect(A, C),
     {ok, #{remote := {_, Port}}} = call(A, quic_dist, info, [?P:nodename(B)]),
     {ok, #{remote := {_, RPort}}} = call(A, quic_dist, info, [?P:nodename(C)]).
+
+t_certificate_chain(Reg) ->
+    Dir = filename:join(["/tmp", "qdt_chain_" ++ os:getpid() ++ "_" ++
+                                 integer_to_list(erlang:unique_integer([positive]))]),
+    try
+        ok = quic_dist_certs:generate(Dir, [{"a", ["127.0.0.1"]}, {"b", ["127.0.0.1"]}],
+                                      #{intermediate => "issuing"}),
+        %% Each node file holds the chain (node, intermediate); peers trust the root only.
+        {ok, APem} = file:read_file(filename:join(Dir, "a.pem")),
+        ?assertEqual(2, length(public_key:pem_decode(APem))),
+        Opts = fun(N) -> ["-quic_dist_opt",
+                          "certfile", filename:join(Dir, N ++ ".pem"),
+                          "keyfile", filename:join(Dir, N ++ "_key.pem"),
+                          "cacertfile", filename:join(Dir, "ca.pem")]
+               end,
+        [A, B] = ?P:start_many(Reg, [#{prefix => "a", args => Opts("a")},
+                                     #{prefix => "b", args => Opts("b")}]),
+        connect(A, B),
+        {ok, #{mode := certificates, peer_certificate := #{issuer := Issuer}}} =
+            call(A, quic_dist, info, [?P:nodename(B)]),
+        ?assertMatch({match, _}, re:run(Issuer, "CN=issuing"))
+    after
+        _ = file:del_dir_r(Dir)
+    end.
 
 %% A UDP port nobody uses now (the kernel picks it; it is free again once closed).
 free_udp_port() ->

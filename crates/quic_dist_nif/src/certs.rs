@@ -2,7 +2,9 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use quic_dist_transport::certs::{generate_ca, generate_node, PemPair, Validity};
+use quic_dist_transport::certs::{
+    generate_ca, generate_intermediate, generate_node, PemPair, Validity,
+};
 
 fn validity(not_before_unix: i64, not_after_unix: i64) -> Validity {
     let at = |s: i64| {
@@ -54,6 +56,24 @@ fn gen_node_cert(
         key_pem: ca_key_pem,
     };
     generate_node(&ca, &common_name, &names, validity(not_before, not_after))
+        .map(|p| (p.cert_pem, p.key_pem))
+        .map_err(|e| e.to_string())
+}
+
+/// `{CertPem, KeyPem}` of an intermediate CA signed by the given CA.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn gen_intermediate(
+    ca_cert_pem: String,
+    ca_key_pem: String,
+    common_name: String,
+    not_before: i64,
+    not_after: i64,
+) -> Result<(String, String), String> {
+    let ca = PemPair {
+        cert_pem: ca_cert_pem,
+        key_pem: ca_key_pem,
+    };
+    generate_intermediate(&ca, &common_name, validity(not_before, not_after))
         .map(|p| (p.cert_pem, p.key_pem))
         .map_err(|e| e.to_string())
 }

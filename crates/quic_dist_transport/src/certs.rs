@@ -53,10 +53,36 @@ pub fn generate_ca(common_name: &str, validity: Validity) -> Result<PemPair, Tra
     dn.push(DnType::CommonName, common_name);
     dn.push(DnType::OrganizationName, "quic_dist");
     params.distinguished_name = dn;
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    // One level of intermediate CAs allowed below the root (see generate_intermediate).
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     apply_validity(&mut params, validity);
     let cert = params.self_signed(&key)?;
+    Ok(PemPair {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// Creates an intermediate CA signed by `ca` (which may sign node certificates, not other CAs).
+/// Nodes then present the chain: their certificate followed by the intermediate's.
+pub fn generate_intermediate(
+    ca: &PemPair,
+    common_name: &str,
+    validity: Validity,
+) -> Result<PemPair, TransportError> {
+    let ca_key = KeyPair::from_pem(&ca.key_pem)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)?;
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    dn.push(DnType::OrganizationName, "quic_dist");
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    apply_validity(&mut params, validity);
+    let cert = params.signed_by(&key, &issuer)?;
     Ok(PemPair {
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
