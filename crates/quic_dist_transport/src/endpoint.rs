@@ -29,6 +29,62 @@ fn bind_udp(addr: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpSoc
     Ok(socket.into())
 }
 
+/// Refused connections logged per second: at most this many per remote address, and
+/// [`REFUSALS_LOGGED_PER_SECOND`] in all, so a flood of forged packets cannot flood the log while
+/// a single bad client among them is still reported. The next line logged says how many were left
+/// out.
+const REFUSALS_LOGGED_PER_ADDRESS: u32 = 3;
+/// See [`REFUSALS_LOGGED_PER_ADDRESS`].
+const REFUSALS_LOGGED_PER_SECOND: u32 = 50;
+
+/// Admits a bounded number of log events per second, overall and per remote address.
+#[derive(Debug)]
+struct RateLimit {
+    window: std::sync::Mutex<Window>,
+}
+
+#[derive(Debug)]
+struct Window {
+    start: std::time::Instant,
+    total: u32,
+    per_address: std::collections::HashMap<SocketAddr, u32>,
+    suppressed: u64,
+}
+
+impl RateLimit {
+    fn new() -> Self {
+        Self {
+            window: std::sync::Mutex::new(Window {
+                start: std::time::Instant::now(),
+                total: 0,
+                per_address: std::collections::HashMap::new(),
+                suppressed: 0,
+            }),
+        }
+    }
+
+    /// `Some(suppressed so far)` if this event may be logged, `None` if it is suppressed.
+    fn admit(&self, remote: SocketAddr) -> Option<u64> {
+        let mut w = self.window.lock().ok()?;
+        let now = std::time::Instant::now();
+        if now.duration_since(w.start) >= std::time::Duration::from_secs(1) {
+            w.start = now;
+            w.total = 0;
+            w.per_address.clear();
+        }
+        // The map holds at most REFUSALS_LOGGED_PER_SECOND entries: bounded memory.
+        let seen = w.per_address.get(&remote).copied().unwrap_or(0);
+        if w.total < REFUSALS_LOGGED_PER_SECOND && seen < REFUSALS_LOGGED_PER_ADDRESS {
+            w.total += 1;
+            w.per_address.insert(remote, seen + 1);
+            Some(std::mem::take(&mut w.suppressed))
+        } else {
+            w.suppressed += 1;
+            None
+        }
+    }
+}
+
 /// A quinn endpoint with the node's TLS configuration.
 #[derive(Debug, Clone)]
 pub struct DistEndpoint {
@@ -90,12 +146,14 @@ impl DistEndpoint {
         let runtime = self.runtime.clone();
         let opts = self.opts.clone();
         let on_connection = Arc::new(on_connection);
+        let refusal_log = Arc::new(RateLimit::new());
         self.runtime.spawn(async move {
             while let Some(incoming) = endpoint.accept().await {
                 let remote = incoming.remote_address();
                 let on_connection = on_connection.clone();
                 let runtime = runtime.clone();
                 let opts = opts.clone();
+                let refusal_log = refusal_log.clone();
                 runtime.clone().spawn(async move {
                     let handshake = async {
                         let conn = incoming.await?;
@@ -113,9 +171,15 @@ impl DistEndpoint {
                             debug!(%remote, "accepted quic connection");
                             on_connection(conn)
                         }
-                        Ok(Err(e)) => warn!(%remote, error = %e, "refused incoming connection"),
+                        Ok(Err(e)) => {
+                            if let Some(suppressed) = refusal_log.admit(remote) {
+                                warn!(%remote, error = %e, suppressed, "refused incoming connection")
+                            }
+                        }
                         Err(_) => {
-                            warn!(%remote, "refused incoming connection: handshake timed out")
+                            if let Some(suppressed) = refusal_log.admit(remote) {
+                                warn!(%remote, suppressed, "refused incoming connection: handshake timed out")
+                            }
                         }
                     }
                 });
@@ -182,5 +246,32 @@ impl DistEndpoint {
         let _ = self
             .runtime
             .block_on(async move { tokio::time::timeout(limit, endpoint.wait_idle()).await });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_logging_is_bounded_per_address_and_overall_and_counts_the_rest() {
+        let limit = RateLimit::new();
+        let flood: SocketAddr = "127.0.0.1:1000".parse().unwrap();
+        for _ in 0..REFUSALS_LOGGED_PER_ADDRESS {
+            assert_eq!(limit.admit(flood), Some(0));
+        }
+        assert_eq!(limit.admit(flood), None);
+        assert_eq!(limit.admit(flood), None);
+        // Another client is still reported, with the count of what was left out.
+        let other: SocketAddr = "127.0.0.1:2000".parse().unwrap();
+        assert_eq!(limit.admit(other), Some(2));
+        // Forged source addresses: the overall bound holds.
+        let admitted = (0..1000u16)
+            .filter(|p| limit.admit(SocketAddr::from(([10, 0, 0, 1], *p))).is_some())
+            .count() as u32;
+        assert_eq!(
+            admitted,
+            REFUSALS_LOGGED_PER_SECOND - REFUSALS_LOGGED_PER_ADDRESS - 1
+        );
     }
 }
