@@ -1,0 +1,779 @@
+%%% @doc The benchmark controller: starts two real nodes per carrier with `peer' (controlled over
+%%% standard I/O; this node is not distributed), runs each scenario on node A against node B
+%%% (bench_node), and writes the table, the JSON results and the plot data.
+%%%
+%%% Started by bench/run.sh as `erl -noshell -s bench_ctl main -extra --key value ...'.
+-module(bench_ctl).
+
+-export([main/0, main/1]).
+
+-include_lib("public_key/include/public_key.hrl").
+
+-define(CALL_TIMEOUT, 900000).
+-define(BOOT_TIMEOUT, 60000).
+-define(ALL_CARRIERS, [tcp, tls, quic]).
+-define(ALL_SCENARIOS, [connect, reconnect, rtt, small, bulk, hol, netns]).
+-define(MiB, (1024 * 1024)).
+
+%%% ------------------------------------------------------------------
+%%% Entry point
+%%% ------------------------------------------------------------------
+
+main() ->
+    main(init:get_plain_arguments()).
+
+main(Args) ->
+    Code = try run(parse_args(Args, #{})) of
+               ok -> 0
+           catch
+               C:R:St ->
+                   log("benchmark failed: ~p:~p~n~p", [C, R, St]),
+                   1
+           end,
+    erlang:halt(Code).
+
+parse_args([], Acc) -> Acc;
+parse_args(["--" ++ Key, Value | Rest], Acc) ->
+    parse_args(Rest, Acc#{list_to_atom(Key) => Value}).
+
+run(Opts) ->
+    Started = erlang:monotonic_time(millisecond),
+    Quick = maps:get(quick, Opts, "false") =:= "true",
+    Carriers = atoms(maps:get(carriers, Opts, "tcp,tls,quic")),
+    Scenarios0 = atoms(maps:get(scenarios, Opts, "all")),
+    Scenarios = [S || S <- ?ALL_SCENARIOS, lists:member(S, Scenarios0)],
+    [error({unknown_carrier, C}) || C <- Carriers, not lists:member(C, ?ALL_CARRIERS)],
+    [error({unknown_scenario, S}) || S <- Scenarios0, not lists:member(S, ?ALL_SCENARIOS)],
+    Tmp = maps:get(tmp, Opts),
+    Cfg = #{quick => Quick,
+            params => params(Quick),
+            tmp => Tmp,
+            bench_ebin => filename:join(Tmp, "ebin"),
+            cookie => "qdbench_" ++ os:getpid() ++ "_" ++
+                integer_to_list(erlang:unique_integer([positive])),
+            quic_flags => string:lexemes(maps:get('quic-flags', Opts, ""), " \t\n"),
+            netns => netns_opt(Opts),
+            netns_cmd => maps:get('netns-cmd', Opts, ""),
+            clk_tck => list_to_integer(string:trim(os:cmd("getconf CLK_TCK")))},
+    Cfg1 = Cfg#{tls_optfile => tls_certs(Cfg)},
+    ok = filelib:ensure_dir(filename:join(Tmp, "plot/x")),
+    log("carriers ~p, scenarios ~p~s", [Carriers, Scenarios,
+                                          case Quick of true -> " (quick)"; false -> "" end]),
+    Loopback = [S || S <- Scenarios, S =/= netns],
+    Results0 = lists:foldl(
+                 fun(C, Acc) ->
+                         case Loopback of
+                             [] -> Acc;
+                             _ -> Acc#{C => run_carrier(C, Loopback, Cfg1)}
+                         end
+                 end, #{}, Carriers),
+    {Results, NetnsStatus} =
+        case lists:member(netns, Scenarios) of
+            false -> {Results0, not_selected};
+            true ->
+                case maps:get(netns, Cfg1) of
+                    {skip, Reason} ->
+                        log("netns: skipped: ~s", [Reason]),
+                        {Results0, {skipped, Reason}};
+                    {ok, _} ->
+                        {lists:foldl(
+                           fun(C, Acc) ->
+                                   R = run_netns(C, Cfg1),
+                                   Acc#{C => maps:merge(maps:get(C, Acc, #{}), R)}
+                           end, Results0, Carriers), ran}
+                end
+        end,
+    Seconds = (erlang:monotonic_time(millisecond) - Started) / 1000,
+    Rows = rows(Carriers, Results),
+    Other = other_load(Results),
+    Table = table(Carriers, Rows, NetnsStatus, Other),
+    ok = file:write_file(maps:get(table, Opts), Table),
+    ok = file:write_file(maps:get(md, Opts), table_md(Carriers, Rows, NetnsStatus, Other)),
+    Json = #{machine => machine(),
+             run => #{quick => Quick, carriers => Carriers, scenarios => Scenarios,
+                      controller_seconds => Seconds,
+                      netns => netns_json(NetnsStatus),
+                      params => maps:get(params, Cfg1),
+                      date => list_to_binary(string:trim(os:cmd("date -u +%Y-%m-%dT%H:%M:%SZ")))},
+             table => [row_json(R) || R <- Rows],
+             details => Results},
+    ok = file:write_file(maps:get(json, Opts), json(Json)),
+    write_plot_data(Tmp, Carriers, Results),
+    log("controller done in ~.1f s", [Seconds]),
+    ok.
+
+atoms("all") -> ?ALL_SCENARIOS;
+atoms(S) -> [list_to_atom(X) || X <- string:lexemes(S, ",")].
+
+netns_opt(Opts) ->
+    case maps:get(netns, Opts, "skip:not requested") of
+        "skip:" ++ Reason -> {skip, Reason};
+        Spec ->
+            [NsA, NsB, IpA, IpB] = string:lexemes(Spec, ","),
+            {ok, #{ns_a => NsA, ns_b => NsB, ip_a => IpA, ip_b => IpB}}
+    end.
+
+netns_json(ran) -> #{status => ran};
+netns_json(not_selected) -> #{status => not_selected};
+netns_json({skipped, R}) -> #{status => skipped, reason => list_to_binary(R)}.
+
+%%% ------------------------------------------------------------------
+%%% Amount of work
+%%% ------------------------------------------------------------------
+
+params(false) ->
+    #{connect => #{warm => 1, n => 5},
+      reconnect => #{warm => 2, n => 10},
+      rtt => #{warm => 1000, n => 10000, reps => 3, max_ms => 15000},
+      small => #{warm => 50000, total => 400000, payload => 100, reps => 3,
+                 senders => [1, 8]},
+      bulk => #{sizes => [64 * 1024, ?MiB, 16 * ?MiB], total => 256 * ?MiB,
+                warm => 32 * ?MiB, reps => 3},
+      hol => #{pings => 300, stream => 8 * ?MiB, window => 8, max_stream => 1000,
+               max_ms => 5000, reps => 3},
+      netns => #{rtt_warm => 100, rtt_n => 1000, reps => 3, max_ms => 8000,
+                 loss_bulk => 64 * ?MiB, rate_bulk => 16 * ?MiB, rate_rtt_n => 200,
+                 hol_pings => 50, hol_window => 4, hol_max_ms => 6000, hol_reps => 2,
+                 rate => <<"100mbit">>, loss_percent => 1}};
+params(true) ->
+    #{connect => #{warm => 1, n => 2},
+      reconnect => #{warm => 1, n => 4},
+      rtt => #{warm => 500, n => 5000, reps => 2, max_ms => 10000},
+      small => #{warm => 20000, total => 100000, payload => 100, reps => 2,
+                 senders => [1, 8]},
+      bulk => #{sizes => [64 * 1024, ?MiB, 16 * ?MiB], total => 64 * ?MiB,
+                warm => 16 * ?MiB, reps => 2},
+      hol => #{pings => 100, stream => 8 * ?MiB, window => 8, max_stream => 500,
+               max_ms => 3000, reps => 2},
+      netns => #{rtt_warm => 50, rtt_n => 500, reps => 2, max_ms => 5000,
+                 loss_bulk => 16 * ?MiB, rate_bulk => 8 * ?MiB, rate_rtt_n => 100,
+                 hol_pings => 20, hol_window => 4, hol_max_ms => 4000, hol_reps => 1,
+                 rate => <<"100mbit">>, loss_percent => 1}}.
+
+%%% ------------------------------------------------------------------
+%%% One carrier on loopback
+%%% ------------------------------------------------------------------
+
+run_carrier(Carrier, Scenarios, Cfg) ->
+    log("[~s] starting nodes", [Carrier]),
+    T0 = erlang:monotonic_time(millisecond),
+    [A, B] = start_many(Carrier, [{"bench_a", "127.0.0.1", none},
+                                  {"bench_b", "127.0.0.1", none}], Cfg),
+    try
+        pong = call(A, net_adm, ping, [node_of(B)]),
+        R = lists:foldl(fun(S, Acc) ->
+                                Acc#{S => with_load(S, Carrier, [A, B], Cfg,
+                                                    fun() -> scenario(S, Carrier, A, B, Cfg) end)}
+                        end, #{}, Scenarios),
+        log("[~s] done in ~.1f s", [Carrier, (erlang:monotonic_time(millisecond) - T0) / 1000]),
+        R
+    after
+        stop_nodes([A, B])
+    end.
+
+scenario(connect, Carrier, _A, B, #{params := #{connect := P}} = Cfg) ->
+    #{warm := Warm, n := N} = P,
+    Names = [{"bench_c" ++ integer_to_list(I), "127.0.0.1", none} || I <- lists:seq(1, Warm + N)],
+    Fresh = start_many(Carrier, Names, Cfg),
+    try
+        Times = [call(C, bench_node, connect, [node_of(B)]) || C <- Fresh],
+        Ok = [T / 1000 || {ok, T} <- lists:nthtail(Warm, Times)],
+        Failed = length([E || {error, _} = E <- lists:nthtail(Warm, Times)]),
+        R = #{setup_ms => summary(Ok), failures => Failed},
+        log("[~s] connect: fresh node to pong median ~.2f ms (~p runs, ~p failed)",
+            [Carrier, median(Ok), length(Ok), Failed]),
+        R
+    after
+        stop_nodes(Fresh)
+    end;
+scenario(reconnect, Carrier, A, B, #{params := #{reconnect := P}}) ->
+    #{warm := Warm, n := N} = P,
+    {Us, Failed} = call(A, bench_node, reconnect, [node_of(B), Warm, N]),
+    Ms = [U / 1000 || U <- Us],
+    log("[~s] reconnect: median ~.2f ms (~p runs, ~p failed)",
+        [Carrier, median(Ms), length(Ms), Failed]),
+    #{reconnect_ms => summary(Ms), failures => Failed};
+scenario(rtt, Carrier, A, B, #{params := #{rtt := P}}) ->
+    #{warm := Warm, n := N, reps := Reps, max_ms := MaxMs} = P,
+    Runs = [call(A, bench_node, rtt, [node_of(B), Warm, N, MaxMs]) || _ <- lists:seq(1, Reps)],
+    R = latency(Runs),
+    log("[~s] rtt: p50 ~.1f us, p99 ~.1f us, p99.9 ~.1f us",
+        [Carrier, maps:get(p50_us, R), maps:get(p99_us, R), maps:get(p999_us, R)]),
+    R;
+scenario(small, Carrier, A, B, #{params := #{small := P}}) ->
+    #{warm := Warm, total := Total, payload := Payload, reps := Reps, senders := SendersList} = P,
+    maps:from_list(
+      [begin
+           _ = call(A, bench_node, small, [node_of(B), S, Warm, Payload]),
+           Runs = [call(A, bench_node, small, [node_of(B), S, Total, Payload])
+                   || _ <- lists:seq(1, Reps)],
+           Rates = [Count / Secs || {Secs, Count} <- Runs],
+           [Count = (Total div S) * S || {_, Count} <- Runs],
+           log("[~s] small messages, ~p sender(s): ~s msg/s (reps ~s)",
+               [Carrier, S, fmt(median(Rates)), fmt_list(Rates)]),
+           {list_to_atom("senders_" ++ integer_to_list(S)),
+            #{msgs_per_s => median(Rates), reps => Rates, messages => Total}}
+       end || S <- SendersList]);
+scenario(bulk, Carrier, A, B, #{params := #{bulk := P}} = Cfg) ->
+    #{sizes := Sizes, total := Total, warm := Warm, reps := Reps} = P,
+    Pids = [os_pid(A), os_pid(B)],
+    Cpu0 = [cpu_seconds(Pid, Cfg) || Pid <- Pids],
+    Per = [begin
+               {_, WarmBytes} = call(A, bench_node, bulk, [node_of(B), Size, max(Size, Warm)]),
+               Runs = [call(A, bench_node, bulk, [node_of(B), Size, Total])
+                       || _ <- lists:seq(1, Reps)],
+               Rates = [Bytes / Secs / 1.0e6 || {Secs, Bytes} <- Runs],
+               log("[~s] bulk ~s: ~s MB/s (reps ~s)",
+                   [Carrier, size_name(Size), fmt(median(Rates)), fmt_list(Rates)]),
+               {{size_key(Size), #{mb_per_s => median(Rates), reps => Rates, bytes => Total}},
+                WarmBytes + lists:sum([Bytes || {_, Bytes} <- Runs])}
+           end || Size <- Sizes],
+    Cpu1 = [cpu_seconds(Pid, Cfg) || Pid <- Pids],
+    Moved = lists:sum([M || {_, M} <- Per]),
+    [CpuA, CpuB] = [(C1 - C0) / (Moved / 1.0e9) || {C0, C1} <- lists:zip(Cpu0, Cpu1)],
+    log("[~s] cpu: ~.2f s/GB (sender ~.2f, receiver ~.2f) over ~.2f GB",
+        [Carrier, CpuA + CpuB, CpuA, CpuB, Moved / 1.0e9]),
+    Info = call(A, bench_node, quic_info, [node_of(B)]),
+    (maps:from_list([KV || {KV, _} <- Per]))#{
+      cpu => #{s_per_gb => CpuA + CpuB, sender_s_per_gb => CpuA,
+               receiver_s_per_gb => CpuB, gb_moved => Moved / 1.0e9},
+      quic_info => case Info of undefined -> null; _ -> Info end};
+scenario(hol, Carrier, A, B, #{params := #{hol := P}}) ->
+    #{pings := Pings, stream := Stream, window := Window, max_stream := MaxStream,
+      max_ms := MaxMs, reps := Reps} = P,
+    Runs = [call(A, bench_node, hol, [node_of(B), Pings, Stream, Window, MaxStream, MaxMs])
+            || _ <- lists:seq(1, Reps)],
+    R = latency([S || {S, _, _} <- Runs]),
+    Stream_MBs = [Bytes / Secs / 1.0e6 || {_, Bytes, Secs} <- Runs],
+    log("[~s] head-of-line: p50 ~s us, p99 ~s us (~p pings), stream ~s MB/s",
+        [Carrier, fmt(maps:get(p50_us, R)), fmt(maps:get(p99_us, R)),
+         maps:get(samples, R), fmt(median(Stream_MBs))]),
+    R#{stream_mb_per_s => median(Stream_MBs)}.
+
+%%% ------------------------------------------------------------------
+%%% One carrier between two network namespaces
+%%% ------------------------------------------------------------------
+
+run_netns(Carrier, #{netns := {ok, NS}} = Cfg) ->
+    #{ns_a := NsA, ns_b := NsB, ip_a := IpA, ip_b := IpB} = NS,
+    log("[~s] netns: starting nodes in ~s and ~s", [Carrier, NsA, NsB]),
+    netns_cond(none, Cfg),
+    [A, B] = start_many(Carrier, [{"bench_na", IpA, NsA}, {"bench_nb", IpB, NsB}], Cfg),
+    try
+        pong = call(A, net_adm, ping, [node_of(B)]),
+        R0 = with_load(netns, Carrier, [A, B], Cfg,
+                       fun() -> netns_scenarios(Carrier, A, B, Cfg) end),
+        {Other, R1} = maps:take(other_cpu_cores, R0),
+        R1#{netns_other_cpu_cores => Other}
+    after
+        stop_nodes([A, B]),
+        netns_cond(none, Cfg)
+    end.
+
+netns_scenarios(Carrier, A, B, #{params := #{netns := P}} = Cfg) ->
+    #{rtt_warm := RW, rtt_n := RN, reps := Reps, max_ms := MaxMs} = P,
+    %% 1% loss each way.
+    netns_cond(loss, Cfg),
+    Loss = #{rtt => latency([call(A, bench_node, rtt, [node_of(B), RW, RN, MaxMs])
+                             || _ <- lists:seq(1, Reps)]),
+             bulk_1m => bulk_runs(A, B, ?MiB, maps:get(loss_bulk, P), Reps)},
+    log("[~s] netns loss ~p%: rtt p50 ~s us p99 ~s us, bulk 1 MiB ~s MB/s",
+        [Carrier, maps:get(loss_percent, P), fmt(maps:get(p50_us, maps:get(rtt, Loss))),
+         fmt(maps:get(p99_us, maps:get(rtt, Loss))),
+         fmt(maps:get(mb_per_s, maps:get(bulk_1m, Loss)))]),
+    %% Rate-limited link (tbf both ways).
+    netns_cond(rate, Cfg),
+    RateRtt = latency([call(A, bench_node, rtt, [node_of(B), 20, maps:get(rate_rtt_n, P),
+                                                 MaxMs])
+                       || _ <- lists:seq(1, Reps)]),
+    RateBulk = bulk_runs(A, B, ?MiB, maps:get(rate_bulk, P), Reps),
+    HolRuns = [call(A, bench_node, hol, [node_of(B), maps:get(hol_pings, P), 8 * ?MiB,
+                                         maps:get(hol_window, P),
+                                         100, maps:get(hol_max_ms, P)])
+               || _ <- lists:seq(1, maps:get(hol_reps, P))],
+    Hol = latency([S || {S, _, _} <- HolRuns]),
+    Rate = #{rtt => RateRtt, bulk_1m => RateBulk, hol => Hol},
+    log("[~s] netns rate ~s: rtt p50 ~s us, bulk 1 MiB ~s MB/s, "
+        "head-of-line p50 ~s us p99 ~s us",
+        [Carrier, maps:get(rate, P), fmt(maps:get(p50_us, RateRtt)),
+         fmt(maps:get(mb_per_s, RateBulk)), fmt(maps:get(p50_us, Hol)),
+         fmt(maps:get(p99_us, Hol))]),
+    netns_cond(none, Cfg),
+    #{netns_loss => Loss, netns_rate => Rate}.
+
+bulk_runs(A, B, Size, Total, Reps) ->
+    _ = call(A, bench_node, bulk, [node_of(B), Size, max(Size, Total div 4)]),
+    Runs = [call(A, bench_node, bulk, [node_of(B), Size, Total]) || _ <- lists:seq(1, Reps)],
+    Rates = [Bytes / Secs / 1.0e6 || {Secs, Bytes} <- Runs],
+    #{mb_per_s => median(Rates), reps => Rates, bytes => Total}.
+
+netns_cond(Cond, #{netns := {ok, #{ns_a := NsA, ns_b := NsB}}, netns_cmd := Cmd,
+                   params := #{netns := P}}) ->
+    Line = lists:flatten(io_lib:format("~s cond ~s ~s ~s ~s ~b 2>&1; echo \"rc=$?\"",
+                                       [Cmd, Cond, NsA, NsB, maps:get(rate, P),
+                                        maps:get(loss_percent, P)])),
+    Out = os:cmd(Line),
+    case string:find(Out, "rc=0") of
+        nomatch -> error({netns_cond_failed, Cond, Out});
+        _ -> ok
+    end.
+
+%%% ------------------------------------------------------------------
+%%% Nodes
+%%% ------------------------------------------------------------------
+
+%% Starts nodes in parallel: [{Name, Host, Namespace | none}].
+start_many(Carrier, Specs, Cfg) ->
+    Parent = self(),
+    Ws = [spawn_monitor(fun() -> Parent ! {self(), start_node(Carrier, Spec, Cfg)} end)
+          || Spec <- Specs],
+    Results = [receive
+                   {W, Node} -> demonitor(M, [flush]), {ok, Node};
+                   {'DOWN', M, process, W, Reason} -> {error, Reason}
+               end || {W, M} <- Ws],
+    case [R || {error, R} <- Results] of
+        [] -> [N || {ok, N} <- Results];
+        [Reason | _] ->
+            stop_nodes([N || {ok, N} <- Results]),
+            error({node_start_failed, Carrier, Reason})
+    end.
+
+start_node(Carrier, {Name0, Host, Ns}, Cfg) ->
+    Name = Name0 ++ "_" ++ atom_to_list(Carrier) ++ "_" ++ os:getpid(),
+    Args = ["-setcookie", maps:get(cookie, Cfg),
+            "-pa", maps:get(bench_ebin, Cfg),
+            "-connect_all", "false",
+            "-kernel", "net_ticktime", "60"] ++ carrier_args(Carrier, Cfg),
+    Exec = case Ns of
+               none -> #{};
+               _ -> #{exec => {os:find_executable("ip"),
+                               ["netns", "exec", Ns, os:find_executable("erl")]}}
+           end,
+    {ok, Pid, Node} = peer:start(Exec#{name => Name, host => Host, longnames => true,
+                                       connection => standard_io,
+                                       wait_boot => ?BOOT_TIMEOUT, args => Args}),
+    unlink(Pid),
+    OsPid = peer:call(Pid, bench_node, os_pid, [], ?CALL_TIMEOUT),
+    Expected = case Carrier of tcp -> error; tls -> {ok, [["inet_tls"]]};
+                   quic -> {ok, [["quic"]]} end,
+    Expected = peer:call(Pid, init, get_argument, [proto_dist], ?CALL_TIMEOUT),
+    #{peer => Pid, node => Node, os_pid => OsPid, name => Name}.
+
+carrier_args(tcp, _Cfg) -> [];
+carrier_args(tls, Cfg) ->
+    ["-proto_dist", "inet_tls", "-ssl_dist_optfile", maps:get(tls_optfile, Cfg)];
+carrier_args(quic, #{quic_flags := []}) ->
+    error(no_quic_flags);
+carrier_args(quic, #{quic_flags := Flags}) ->
+    Flags.
+
+stop_nodes(Nodes) ->
+    [catch peer:stop(P) || #{peer := P} <- Nodes],
+    [ensure_gone(N) || N <- Nodes],
+    ok.
+
+%% peer:stop/1 closes the control channel and the node halts; make sure it did (bounded),
+%% then SIGKILL it (only if /proc still shows our node's name for that pid).
+ensure_gone(#{os_pid := OsPid, name := Name}) ->
+    _ = os:cmd(io_lib:format("timeout 5 tail --pid=~s -f /dev/null", [OsPid])),
+    case file:read_file("/proc/" ++ OsPid ++ "/cmdline") of
+        {ok, Cmd} ->
+            case binary:match(Cmd, list_to_binary(Name)) of
+                nomatch -> ok;
+                _ -> os:cmd("kill -9 " ++ OsPid), ok
+            end;
+        _ -> ok
+    end.
+
+call(#{peer := Pid}, M, F, A) ->
+    peer:call(Pid, M, F, A, ?CALL_TIMEOUT).
+
+node_of(#{node := N}) -> N.
+os_pid(#{os_pid := P}) -> P.
+
+%% utime + stime of an OS process, seconds.
+cpu_seconds(OsPid, #{clk_tck := Tck}) ->
+    {ok, Bin} = file:read_file("/proc/" ++ OsPid ++ "/stat"),
+    [_, After] = string:split(binary_to_list(Bin), ")", trailing),
+    Fields = string:lexemes(After, " "),
+    %% After the command name: field 3 (state) is the first; utime is 14, stime 15.
+    (list_to_integer(lists:nth(12, Fields)) + list_to_integer(lists:nth(13, Fields))) / Tck.
+
+%% Runs Fun and adds to its result how busy the rest of the machine was meanwhile:
+%% `other_cpu_cores', the CPU time (user + system) of every process that is not one of our
+%% nodes or this controller, divided by the elapsed time. On a quiet machine it is near 0;
+%% other work running at the same time makes every figure of that scenario unreliable.
+%% (Not for `connect', whose fresh nodes are ours but not counted.)
+with_load(connect, _Carrier, _Nodes, _Cfg, Fun) ->
+    Fun();
+with_load(S, Carrier, Nodes, Cfg, Fun) ->
+    Pids = [os:getpid() | [os_pid(N) || N <- Nodes]],
+    {Tot0, Ours0, T0} = load_sample(Pids, Cfg),
+    R = Fun(),
+    {Tot1, Ours1, T1} = load_sample(Pids, Cfg),
+    Other = max(0.0, ((Tot1 - Tot0) - (Ours1 - Ours0)) / ((T1 - T0) / 1000)),
+    case Other > 0.25 of
+        true -> log("[~s] warning: other processes used ~.2f cores during ~s: "
+                    "this scenario's figures are unreliable", [Carrier, Other, S]);
+        false -> ok
+    end,
+    R#{other_cpu_cores => Other}.
+
+load_sample(Pids, #{clk_tck := Tck} = Cfg) ->
+    {ok, Stat} = file:read_file("/proc/stat"),
+    [Cpu | _] = string:split(Stat, "\n"),
+    [_, User, Nice, System | _] = string:lexemes(binary_to_list(Cpu), " "),
+    Total = (list_to_integer(User) + list_to_integer(Nice) + list_to_integer(System)) / Tck,
+    Ours = lists:sum([cpu_seconds(P, Cfg) || P <- Pids]),
+    {Total, Ours, erlang:monotonic_time(millisecond)}.
+
+%%% ------------------------------------------------------------------
+%%% TLS certificates for inet_tls_dist
+%%% ------------------------------------------------------------------
+
+%% ECDSA P-256 chains (as quic_dist uses) from public_key:pkix_test_data/1, written as PEM
+%% files, and the -ssl_dist_optfile: TLS 1.3 only, peers verified both ways.
+tls_certs(#{tmp := Tmp, netns := NS}) ->
+    Dir = filename:join(Tmp, "tls"),
+    ok = filelib:ensure_dir(filename:join(Dir, "x")),
+    Ips = ["127.0.0.1" | case NS of
+                             {ok, #{ip_a := IpA, ip_b := IpB}} -> [IpA, IpB];
+                             _ -> []
+                         end],
+    San = #'Extension'{extnID = ?'id-ce-subjectAltName', critical = false,
+                       extnValue = [{dNSName, "localhost"}] ++
+                           [{dNSName, Ip} || Ip <- Ips] ++
+                           [{iPAddress, list_to_binary(tuple_to_list(element(2,
+                                                         inet:parse_address(Ip))))}
+                            || Ip <- Ips]},
+    K = [{key, {namedCurve, secp256r1}}, {digest, sha256}],
+    Chain = #{root => K, intermediates => [], peer => K ++ [{extensions, [San]}]},
+    #{server_config := Server, client_config := Client} =
+        public_key:pkix_test_data(#{server_chain => Chain, client_chain => Chain}),
+    Opts = fun(Role, Conf) ->
+                   Cert = filename:join(Dir, Role ++ ".pem"),
+                   Key = filename:join(Dir, Role ++ "_key.pem"),
+                   Ca = filename:join(Dir, Role ++ "_ca.pem"),
+                   {cert, CertDer} = lists:keyfind(cert, 1, Conf),
+                   {key, {KeyType, KeyDer}} = lists:keyfind(key, 1, Conf),
+                   {cacerts, CaDers} = lists:keyfind(cacerts, 1, Conf),
+                   ok = file:write_file(Cert, public_key:pem_encode(
+                                                [{'Certificate', CertDer, not_encrypted}])),
+                   ok = file:write_file(Key, public_key:pem_encode(
+                                               [{KeyType, KeyDer, not_encrypted}])),
+                   ok = file:write_file(Ca, public_key:pem_encode(
+                                              [{'Certificate', D, not_encrypted}
+                                               || D <- CaDers])),
+                   [{certfile, Cert}, {keyfile, Key}, {cacertfile, Ca},
+                    {verify, verify_peer}, {versions, ['tlsv1.3']}]
+           end,
+    Terms = [{server, Opts("server", Server) ++ [{fail_if_no_peer_cert, true}]},
+             {client, Opts("client", Client)}],
+    File = filename:join(Dir, "ssl_dist.conf"),
+    ok = file:write_file(File, io_lib:format("~p.~n", [Terms])),
+    File.
+
+%%% ------------------------------------------------------------------
+%%% Statistics
+%%% ------------------------------------------------------------------
+
+%% Round-trip runs (lists of ns) -> median over runs of each percentile, in microseconds.
+latency(Runs) ->
+    Per = [percentiles(R) || R <- Runs, R =/= []],
+    Pooled = lists:sort(lists:append(Runs)),
+    Med = fun(K) -> median([maps:get(K, P) || P <- Per]) end,
+    #{p50_us => Med(p50), p99_us => Med(p99), p999_us => Med(p999),
+      max_us => lists:last(Pooled) / 1000,
+      samples => length(Pooled), reps => Per,
+      cdf_us => cdf(Pooled)}.
+
+percentiles(Samples) ->
+    T = list_to_tuple(lists:sort(Samples)),
+    #{p50 => pct(T, 0.5) / 1000, p99 => pct(T, 0.99) / 1000, p999 => pct(T, 0.999) / 1000}.
+
+pct(T, Q) ->
+    N = tuple_size(T),
+    element(max(1, min(N, ceil(Q * N))), T).
+
+%% [[Microseconds, Fraction <= it]] at quantiles, finer in the tail, for the plot.
+cdf([]) -> [];
+cdf(Sorted) ->
+    T = list_to_tuple(Sorted),
+    Qs = [I / 200 || I <- lists:seq(1, 198)] ++
+        [0.99 + I / 1000 || I <- lists:seq(0, 9)] ++
+        [0.999, 0.9995, 0.9999, 1.0],
+    [[pct(T, Q) / 1000, Q] || Q <- Qs].
+
+summary([]) -> #{median => null, samples => []};
+summary(L) -> #{median => median(L), min => lists:min(L), max => lists:max(L), samples => L}.
+
+median([]) -> null;
+median(L) ->
+    S = lists:sort(L),
+    N = length(S),
+    case N rem 2 of
+        1 -> lists:nth(N div 2 + 1, S);
+        0 -> (lists:nth(N div 2, S) + lists:nth(N div 2 + 1, S)) / 2
+    end.
+
+%%% ------------------------------------------------------------------
+%%% Table
+%%% ------------------------------------------------------------------
+
+%% {Id, Label, Unit, Better, Path}: Path into the per-carrier results.
+row_specs() ->
+    [{connect_ms, "connect: fresh node to pong", "ms", lower, [connect, setup_ms, median]},
+     {reconnect_ms, "reconnect: disconnect, ping", "ms", lower,
+      [reconnect, reconnect_ms, median]},
+     {rtt_p50_us, "ping-pong RTT p50", "us", lower, [rtt, p50_us]},
+     {rtt_p99_us, "ping-pong RTT p99", "us", lower, [rtt, p99_us]},
+     {rtt_p999_us, "ping-pong RTT p99.9", "us", lower, [rtt, p999_us]},
+     {small_1_msgs, "100 B msgs, 1 sender", "msg/s", higher,
+      [small, senders_1, msgs_per_s]},
+     {small_8_msgs, "100 B msgs, 8 senders", "msg/s", higher,
+      [small, senders_8, msgs_per_s]},
+     {bulk_64k, "bulk 64 KiB msgs", "MB/s", higher, [bulk, '64KiB', mb_per_s]},
+     {bulk_1m, "bulk 1 MiB msgs", "MB/s", higher, [bulk, '1MiB', mb_per_s]},
+     {bulk_16m, "bulk 16 MiB msgs", "MB/s", higher, [bulk, '16MiB', mb_per_s]},
+     {cpu_s_per_gb, "CPU, both nodes, bulk", "s/GB", lower, [bulk, cpu, s_per_gb]},
+     {cpu_sender, "  of which sender", "s/GB", lower, [bulk, cpu, sender_s_per_gb]},
+     {cpu_receiver, "  of which receiver", "s/GB", lower, [bulk, cpu, receiver_s_per_gb]},
+     {hol_p50_us, "RTT p50 under 8 MiB stream", "us", lower, [hol, p50_us]},
+     {hol_p99_us, "RTT p99 under 8 MiB stream", "us", lower, [hol, p99_us]},
+     {hol_stream, "  8 MiB stream meanwhile", "MB/s", higher, [hol, stream_mb_per_s]},
+     {loss_rtt_p50, "netns 1% loss: RTT p50", "us", lower, [netns_loss, rtt, p50_us]},
+     {loss_rtt_p99, "netns 1% loss: RTT p99", "us", lower, [netns_loss, rtt, p99_us]},
+     {loss_bulk, "netns 1% loss: bulk 1 MiB", "MB/s", higher,
+      [netns_loss, bulk_1m, mb_per_s]},
+     {rate_rtt_p50, "netns 100 Mbit/s: RTT p50", "us", lower, [netns_rate, rtt, p50_us]},
+     {rate_bulk, "netns 100 Mbit/s: bulk 1 MiB", "MB/s", higher,
+      [netns_rate, bulk_1m, mb_per_s]},
+     {rate_hol_p50, "netns 100 Mbit/s: RTT p50 w/ stream", "us", lower,
+      [netns_rate, hol, p50_us]},
+     {rate_hol_p99, "netns 100 Mbit/s: RTT p99 w/ stream", "us", lower,
+      [netns_rate, hol, p99_us]}].
+
+rows(Carriers, Results) ->
+    [#{id => Id, label => Label, unit => Unit, better => Better,
+       values => maps:from_list([{C, get_path(Path, maps:get(C, Results, #{}))}
+                                 || C <- Carriers])}
+     || {Id, Label, Unit, Better, Path} <- row_specs(),
+        lists:any(fun(C) -> get_path(Path, maps:get(C, Results, #{})) =/= null end, Carriers)].
+
+get_path([], V) when is_number(V) -> V;
+get_path([], _) -> null;
+get_path([K | Rest], M) when is_map(M) ->
+    case maps:find(K, M) of
+        {ok, V} -> get_path(Rest, V);
+        error -> null
+    end;
+get_path(_, _) -> null.
+
+row_json(#{values := V} = R) ->
+    Ratios = maps:from_list([{list_to_atom(atom_to_list(C) ++ "_over_tcp"), ratio(X, V)}
+                             || {C, X} <- maps:to_list(V), C =/= tcp]),
+    R#{label := list_to_binary(maps:get(label, R)), unit := list_to_binary(maps:get(unit, R)),
+       ratios => Ratios}.
+
+ratio(X, V) ->
+    case maps:get(tcp, V, null) of
+        T when is_number(T), is_number(X), T /= 0 -> X / T;
+        _ -> null
+    end.
+
+%% The highest `other_cpu_cores' of any scenario.
+other_load(Results) ->
+    lists:max([0.0 | [V || {_, CR} <- maps:to_list(Results), {_, SR} <- maps:to_list(CR),
+                           {K, V} <- case SR of
+                                         M when is_map(M) -> maps:to_list(M);
+                                         X -> [{netns_other_cpu_cores, X}]
+                                     end,
+                           K =:= other_cpu_cores orelse K =:= netns_other_cpu_cores,
+                           is_number(V)]]).
+
+table(Carriers, Rows, NetnsStatus, Other) ->
+    RatioCols = [C || C <- Carriers, C =/= tcp, lists:member(tcp, Carriers)],
+    Header = [pad("scenario", 38), pad("unit", 7)] ++
+        [lpad(atom_to_list(C), 11) || C <- Carriers] ++
+        [lpad(atom_to_list(C) ++ "/tcp", 10) || C <- RatioCols],
+    Lines = [[pad(Label, 38), pad(Unit, 7)] ++
+                 [lpad(fmt(maps:get(C, V)), 11) || C <- Carriers] ++
+                 [lpad(fmt_ratio(ratio(maps:get(C, V), V)), 10) || C <- RatioCols]
+             || #{label := Label, unit := Unit, values := V} <- Rows],
+    Note = case NetnsStatus of
+               {skipped, Reason} -> ["netns scenarios (1% loss, rate-limited link): skipped: ",
+                                     Reason, "\n"];
+               _ -> []
+           end,
+    LoadNote = case Other > 0.25 of
+                   true -> io_lib:format("WARNING: other processes on this machine used up to ~.2f "
+                                         "cores during a scenario: figures are unreliable~n",
+                                         [Other]);
+                   false -> io_lib:format("other processes' CPU during the scenarios: at most "
+                                          "~.2f cores (quiet machine)~n", [Other])
+               end,
+    Sep = lists:duplicate(length(lists:flatten(Header)), $-),
+    [string:trim(lists:flatten(Header), trailing), "\n", Sep, "\n",
+     [[string:trim(lists:flatten(L), trailing), "\n"] || L <- Lines],
+     "ratios are carrier/tcp: above 1 is better for msg/s and MB/s, worse for ms, us and s/GB\n",
+     Note, LoadNote].
+
+%% The same as a Markdown table (for bench/README.md).
+table_md(Carriers, Rows, NetnsStatus, Other) ->
+    RatioCols = [C || C <- Carriers, C =/= tcp, lists:member(tcp, Carriers)],
+    Names = #{tcp => "inet_tcp_dist", tls => "inet_tls_dist", quic => "quic_dist"},
+    Header = ["| scenario | unit |"] ++ [[" ", maps:get(C, Names), " |"] || C <- Carriers] ++
+        [[" ", atom_to_list(C), "/tcp |"] || C <- RatioCols],
+    Align = ["|---|---|"] ++ ["---:|" || _ <- Carriers] ++ ["---:|" || _ <- RatioCols],
+    Lines = [["| ", string:trim(Label), " | ", Unit, " |"] ++
+                 [[" ", fmt(maps:get(C, V)), " |"] || C <- Carriers] ++
+                 [[" ", fmt_ratio(ratio(maps:get(C, V), V)), " |"] || C <- RatioCols]
+             || #{label := Label, unit := Unit, values := V} <- Rows],
+    Notes = [case NetnsStatus of
+                 {skipped, Reason} -> ["\nnetns scenarios: skipped: ", Reason, "\n"];
+                 _ -> []
+             end,
+             case Other > 0.25 of
+                 true -> io_lib:format("~nWARNING: other processes used up to ~.2f cores "
+                                       "during a scenario: figures are unreliable.~n", [Other]);
+                 false -> []
+             end],
+    [Header, "\n", Align, "\n", [[L, "\n"] || L <- Lines], Notes].
+
+pad(S, N) -> string:pad(S, N).
+lpad(S, N) -> string:pad(S, N, leading).
+
+fmt(null) -> "-";
+fmt(X) when is_integer(X) -> fmt(float(X));
+fmt(X) when X >= 1.0e6 -> io_lib:format("~.2fM", [X / 1.0e6]);
+fmt(X) when X >= 10000 -> io_lib:format("~.1fk", [X / 1000]);
+fmt(X) when X >= 100 -> integer_to_list(round(X));
+fmt(X) when X >= 10 -> io_lib:format("~.1f", [X]);
+fmt(X) -> io_lib:format("~.2f", [X]).
+
+fmt_ratio(null) -> "-";
+fmt_ratio(X) when X >= 100 -> integer_to_list(round(X));
+fmt_ratio(X) when X >= 10 -> io_lib:format("~.1f", [X]);
+fmt_ratio(X) -> io_lib:format("~.2f", [X]).
+
+fmt_list(L) -> lists:join(", ", [fmt(X) || X <- L]).
+
+size_key(S) -> list_to_atom(size_name(S)).
+size_name(S) when S >= ?MiB -> integer_to_list(S div ?MiB) ++ "MiB";
+size_name(S) -> integer_to_list(S div 1024) ++ "KiB".
+
+%%% ------------------------------------------------------------------
+%%% Plot data
+%%% ------------------------------------------------------------------
+
+write_plot_data(Tmp, Carriers, Results) ->
+    lists:foreach(
+      fun({Scenario, File}) ->
+              lists:foreach(
+                fun(C) ->
+                        Cdf = get_cdf([Scenario], maps:get(C, Results, #{})),
+                        Name = filename:join([Tmp, "plot", File ++ "_" ++ atom_to_list(C)
+                                              ++ ".dat"]),
+                        case Cdf of
+                            [] -> ok;
+                            _ -> ok = file:write_file(
+                                        Name, [io_lib:format("~.3f ~.6f~n", [Us, 1 - Q])
+                                               || [Us, Q] <- Cdf, Q < 1.0])
+                        end
+                end, Carriers)
+      end, [{rtt, "rtt"}, {hol, "hol"}]).
+
+get_cdf(Path, Results) ->
+    case lists:foldl(fun(K, M) when is_map(M) -> maps:get(K, M, #{}); (_, _) -> #{} end,
+                     Results, Path) of
+        #{cdf_us := Cdf} -> Cdf;
+        _ -> []
+    end.
+
+%%% ------------------------------------------------------------------
+%%% Machine
+%%% ------------------------------------------------------------------
+
+machine() ->
+    Cpu = case file:read_file("/proc/cpuinfo") of
+              {ok, B} ->
+                  case re:run(B, "model name\\s*:\\s*([^\\n]*)",
+                              [{capture, all_but_first, binary}]) of
+                      {match, [M]} -> M;
+                      _ -> <<"unknown">>
+                  end;
+              _ -> <<"unknown">>
+          end,
+    Mem = case file:read_file("/proc/meminfo") of
+              {ok, MB} ->
+                  case re:run(MB, "MemTotal:\\s*(\\d+)", [{capture, all_but_first, list}]) of
+                      {match, [Kb]} -> list_to_integer(Kb) div 1024;
+                      _ -> null
+                  end;
+              _ -> null
+          end,
+    #{nproc => list_to_integer(string:trim(os:cmd("nproc"))),
+      cpu_model => Cpu,
+      mem_mib => Mem,
+      kernel => list_to_binary(string:trim(os:cmd("uname -r"))),
+      otp_release => list_to_binary(erlang:system_info(otp_release)),
+      otp_version => otp_version(),
+      erts => list_to_binary(erlang:system_info(version)),
+      hostname => list_to_binary(string:trim(os:cmd("hostname")))}.
+
+otp_version() ->
+    F = filename:join([code:root_dir(), "releases", erlang:system_info(otp_release),
+                       "OTP_VERSION"]),
+    case file:read_file(F) of
+        {ok, V} -> string:trim(V);
+        _ -> list_to_binary(erlang:system_info(otp_release))
+    end.
+
+%%% ------------------------------------------------------------------
+%%% JSON (OTP 25 has no json module)
+%%% ------------------------------------------------------------------
+
+json(Term) -> [enc(Term), "\n"].
+
+enc(null) -> "null";
+enc(true) -> "true";
+enc(false) -> "false";
+enc(A) when is_atom(A) -> enc(atom_to_binary(A, utf8));
+enc(I) when is_integer(I) -> integer_to_list(I);
+enc(F) when is_float(F) -> float_to_list(F, [{decimals, 6}, compact]);
+enc(B) when is_binary(B) -> [$", escape(B), $"];
+enc(P) when is_pid(P); is_reference(P); is_port(P) -> enc(list_to_binary(io_lib:format("~p", [P])));
+enc(M) when is_map(M) ->
+    Pairs = lists:sort([{key(K), V} || {K, V} <- maps:to_list(M)]),
+    ["{", lists:join(",", [[enc(K), ":", enc(V)] || {K, V} <- Pairs]), "}"];
+enc(L) when is_list(L) ->
+    ["[", lists:join(",", [enc(X) || X <- L]), "]"];
+enc(T) when is_tuple(T) -> enc(tuple_to_list(T)).
+
+key(K) when is_atom(K) -> atom_to_binary(K, utf8);
+key(K) when is_binary(K) -> K;
+key(K) -> list_to_binary(io_lib:format("~p", [K])).
+
+escape(B) ->
+    [case C of
+         $" -> "\\\"";
+         $\\ -> "\\\\";
+         $\n -> "\\n";
+         $\t -> "\\t";
+         C when C < 32 -> io_lib:format("\\u~4.16.0b", [C]);
+         C -> <<C/utf8>>
+     end || <<C/utf8>> <= B].
+
+%%% ------------------------------------------------------------------
+%%% Log (stderr: stdout is kept for the table)
+%%% ------------------------------------------------------------------
+
+log(Fmt, Args) ->
+    T = case persistent_term:get({?MODULE, t0}, undefined) of
+            undefined ->
+                T0 = erlang:monotonic_time(millisecond),
+                persistent_term:put({?MODULE, t0}, T0),
+                0;
+            T0 -> erlang:monotonic_time(millisecond) - T0
+        end,
+    io:format(standard_error, "bench ~6.1f s: " ++ Fmt ++ "~n", [T / 1000 | Args]).
