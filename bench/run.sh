@@ -18,7 +18,7 @@ ALL_CARRIERS="tcp,tls,quic"
 ALL_SCENARIOS="connect,reconnect,rtt,small,bulk,hol,netns"
 export PATH="$HOME/.cargo/bin:$PATH"
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
 
 carriers="" scenarios="" quick=false no_netns=false
 while [ $# -gt 0 ]; do
