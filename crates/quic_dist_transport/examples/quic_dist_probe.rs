@@ -29,13 +29,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use quic_dist_transport::insecure::AcceptAnyPeer;
 use quic_dist_transport::{TlsMaterial, TransportOptions, ALPN};
 use quinn::crypto::rustls::QuicClientConfig;
 use quinn::ConnectionError;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
-use rustls::{DigitallySignedStruct, SignatureScheme};
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 const USAGE: &str = "usage:
   quic_dist_probe garbage ADDR COUNT
@@ -246,52 +243,6 @@ fn garbage(addr: SocketAddr, count: usize) -> Outcome {
 // ---------------------------------------------------------------------------------------------
 // QUIC clients
 
-/// Accepts any server certificate (signatures are still checked).
-#[derive(Debug)]
-struct NoVerification(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for NoVerification {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 /// A client that verifies nothing and presents no certificate.
 fn unverified_client(alpn: Vec<u8>) -> Result<quinn::ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -299,7 +250,7 @@ fn unverified_client(alpn: Vec<u8>) -> Result<quinn::ClientConfig, String> {
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| e.to_string())?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+        .with_custom_certificate_verifier(AcceptAnyPeer::new(provider))
         .with_no_client_auth();
     tls.alpn_protocols = vec![alpn];
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;

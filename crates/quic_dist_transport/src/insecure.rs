@@ -11,12 +11,13 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 /// Accepts any certificate, in both directions.
 #[derive(Debug)]
-pub(crate) struct AcceptAnyPeer {
+pub struct AcceptAnyPeer {
     provider: Arc<CryptoProvider>,
 }
 
 impl AcceptAnyPeer {
-    pub(crate) fn new(provider: Arc<CryptoProvider>) -> Arc<Self> {
+    /// A verifier that accepts any peer, checking handshake signatures with `provider`.
+    pub fn new(provider: Arc<CryptoProvider>) -> Arc<Self> {
         Arc::new(Self { provider })
     }
 }

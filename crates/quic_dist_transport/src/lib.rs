@@ -19,7 +19,7 @@ pub mod connection;
 pub mod cookie_trust;
 pub mod endpoint;
 pub mod error;
-mod insecure;
+pub mod insecure;
 pub mod tls;
 
 pub use config::TransportOptions;
