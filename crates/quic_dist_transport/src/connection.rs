@@ -117,11 +117,6 @@ enum Outgoing {
     Shutdown(String),
 }
 
-/// After the peer ended its stream, how long the reader waits for its close (and reason)
-/// before reporting the connection down anyway: the peer closes one round trip later, and
-/// the node should learn of the nodedown at once.
-const CLOSE_REASON_WAIT: Duration = Duration::from_millis(50);
-
 /// Longest a graceful shutdown waits for the peer to acknowledge the end of the stream.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -461,7 +456,7 @@ async fn read_loop(
                     Ok(()) => {
                         // A graceful shutdown: the peer closes once we acknowledged the end of
                         // the stream, with its reason; wait for it (bounded) to report that.
-                        match tokio::time::timeout(CLOSE_REASON_WAIT, conn.closed()).await {
+                        match tokio::time::timeout(SHUTDOWN_GRACE, conn.closed()).await {
                             Ok(e) => describe_close(&e),
                             Err(_) => "peer finished its stream".to_string(),
                         }
