@@ -139,19 +139,19 @@ remote_address({quic_dist, _Ctrl, _Input, Conn}) ->
 %%% Controller
 %%% ------------------------------------------------------------------
 
--record(ctrl, {conn, input, dhandle, node, closer}).
+-record(ctrl, {conn, input, dhandle, node}).
 
 %% Spawns the input handler, starts the NIF connection, then serves the handshake.
 controller_init(Starter, Conn) ->
     put(quic_dist, controller),
     Self = self(),
-    Closer = spawn(fun() -> close_when_down(Self, Conn) end),
+    _ = spawn(fun() -> close_when_down(Self, Conn) end),
     Input = spawn_opt(fun() -> input_init(Self, Conn) end, [link | ?SPAWN_OPTS]),
     case quic_dist_nif:conn_start(Conn, Input, Self) of
         ok ->
             Starter ! {Self, started, ok},
             StarterMon = monitor(process, Starter),
-            handshake_loop(#ctrl{conn = Conn, input = Input, closer = Closer}, StarterMon);
+            handshake_loop(#ctrl{conn = Conn, input = Input}, StarterMon);
         {error, _} = Error ->
             Starter ! {Self, started, Error},
             exit(normal)

@@ -12,7 +12,7 @@
 -export([runtime_init/3,
          endpoint_open/5, endpoint_port/1, endpoint_accept/2, endpoint_close/2, connect/6,
          conn_start/3, conn_send/2, conn_tick/1, conn_ack/2, conn_getstat/1, conn_stats/1,
-         conn_info/1, conn_peer_names/2, conn_shutdown/2, conn_close/2,
+         conn_info/1, conn_peer_names/2, conn_shutdown/2,
          unix_now/0, gen_ca/3, gen_intermediate/5, gen_node_cert/6]).
 
 -define(NOT_LOADED, erlang:nif_error({not_loaded, ?MODULE})).
@@ -97,9 +97,6 @@ conn_peer_names(_Conn, _Host) -> ?NOT_LOADED.
 
 -spec conn_shutdown(reference(), binary()) -> ok.
 conn_shutdown(_Conn, _Reason) -> ?NOT_LOADED.
-
--spec conn_close(reference(), binary()) -> ok.
-conn_close(_Conn, _Reason) -> ?NOT_LOADED.
 
 -spec unix_now() -> integer().
 unix_now() -> ?NOT_LOADED.

@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use quic_dist_transport::certs::{
     generate_ca, generate_intermediate, generate_node, PemPair, Validity,
 };
+use quic_dist_transport::TransportError;
 
 fn validity(not_before_unix: i64, not_after_unix: i64) -> Validity {
     let at = |s: i64| {
@@ -18,6 +19,17 @@ fn validity(not_before_unix: i64, not_after_unix: i64) -> Validity {
         not_before: at(not_before_unix),
         not_after: at(not_after_unix),
     }
+}
+
+/// A generated pair as the NIFs return it: `{ok, {CertPem, KeyPem}}` or `{error, Reason}`.
+fn reply(result: Result<PemPair, TransportError>) -> Result<(String, String), String> {
+    result
+        .map(|p| (p.cert_pem, p.key_pem))
+        .map_err(|e| e.to_string())
+}
+
+fn ca_pair(cert_pem: String, key_pem: String) -> PemPair {
+    PemPair { cert_pem, key_pem }
 }
 
 /// Seconds since the epoch, for callers computing validity windows.
@@ -36,9 +48,7 @@ fn gen_ca(
     not_before: i64,
     not_after: i64,
 ) -> Result<(String, String), String> {
-    generate_ca(&common_name, validity(not_before, not_after))
-        .map(|p| (p.cert_pem, p.key_pem))
-        .map_err(|e| e.to_string())
+    reply(generate_ca(&common_name, validity(not_before, not_after)))
 }
 
 /// `{CertPem, KeyPem}` of a node certificate signed by the given CA.
@@ -51,13 +61,13 @@ fn gen_node_cert(
     not_before: i64,
     not_after: i64,
 ) -> Result<(String, String), String> {
-    let ca = PemPair {
-        cert_pem: ca_cert_pem,
-        key_pem: ca_key_pem,
-    };
-    generate_node(&ca, &common_name, &names, validity(not_before, not_after))
-        .map(|p| (p.cert_pem, p.key_pem))
-        .map_err(|e| e.to_string())
+    let ca = ca_pair(ca_cert_pem, ca_key_pem);
+    reply(generate_node(
+        &ca,
+        &common_name,
+        &names,
+        validity(not_before, not_after),
+    ))
 }
 
 /// `{CertPem, KeyPem}` of an intermediate CA signed by the given CA.
@@ -69,11 +79,10 @@ fn gen_intermediate(
     not_before: i64,
     not_after: i64,
 ) -> Result<(String, String), String> {
-    let ca = PemPair {
-        cert_pem: ca_cert_pem,
-        key_pem: ca_key_pem,
-    };
-    generate_intermediate(&ca, &common_name, validity(not_before, not_after))
-        .map(|p| (p.cert_pem, p.key_pem))
-        .map_err(|e| e.to_string())
+    let ca = ca_pair(ca_cert_pem, ca_key_pem);
+    reply(generate_intermediate(
+        &ca,
+        &common_name,
+        validity(not_before, not_after),
+    ))
 }

@@ -261,10 +261,3 @@ fn conn_shutdown(conn: ResourceArc<ConnRes>, reason: String) -> Atom {
     conn.conn.shutdown(&reason);
     atoms::ok()
 }
-
-/// Closes the connection now, telling the peer `reason`.
-#[rustler::nif]
-fn conn_close(conn: ResourceArc<ConnRes>, reason: String) -> Atom {
-    conn.conn.close(&reason);
-    atoms::ok()
-}

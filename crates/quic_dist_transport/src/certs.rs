@@ -40,22 +40,67 @@ impl Validity {
     }
 }
 
-fn apply_validity(params: &mut CertificateParams, v: Validity) {
+/// Sets a certificate's validity window.
+pub(crate) fn apply_validity(params: &mut CertificateParams, v: Validity) {
     params.not_before = OffsetDateTime::from(v.not_before);
     params.not_after = OffsetDateTime::from(v.not_after);
+}
+
+/// A distinguished name with the given common name, and `O=quic_dist` if `with_organization`.
+pub(crate) fn name(common_name: &str, with_organization: bool) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    if with_organization {
+        dn.push(DnType::OrganizationName, "quic_dist");
+    }
+    dn
+}
+
+/// Parameters of a CA certificate allowing `path_len` levels of CAs below it.
+pub(crate) fn ca_params(
+    dn: DistinguishedName,
+    path_len: u8,
+) -> Result<CertificateParams, TransportError> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(path_len));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    Ok(params)
+}
+
+/// Parameters of a node certificate naming `names`, usable as TLS server and client.
+pub(crate) fn node_params(
+    dn: DistinguishedName,
+    names: &[String],
+    validity: Validity,
+) -> Result<CertificateParams, TransportError> {
+    let mut params = CertificateParams::new(names.to_vec())?;
+    params.distinguished_name = dn;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    apply_validity(&mut params, validity);
+    Ok(params)
+}
+
+/// Signs `params` for a new key with the CA in `ca`.
+fn sign_with(ca: &PemPair, params: CertificateParams) -> Result<PemPair, TransportError> {
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, KeyPair::from_pem(&ca.key_pem)?)?;
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok(PemPair {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
 }
 
 /// Creates a self-signed cluster CA.
 pub fn generate_ca(common_name: &str, validity: Validity) -> Result<PemPair, TransportError> {
     let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, common_name);
-    dn.push(DnType::OrganizationName, "quic_dist");
-    params.distinguished_name = dn;
     // One level of intermediate CAs allowed below the root (see generate_intermediate).
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let mut params = ca_params(name(common_name, true), 1)?;
     apply_validity(&mut params, validity);
     let cert = params.self_signed(&key)?;
     Ok(PemPair {
@@ -71,22 +116,9 @@ pub fn generate_intermediate(
     common_name: &str,
     validity: Validity,
 ) -> Result<PemPair, TransportError> {
-    let ca_key = KeyPair::from_pem(&ca.key_pem)?;
-    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)?;
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, common_name);
-    dn.push(DnType::OrganizationName, "quic_dist");
-    params.distinguished_name = dn;
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let mut params = ca_params(name(common_name, true), 0)?;
     apply_validity(&mut params, validity);
-    let cert = params.signed_by(&key, &issuer)?;
-    Ok(PemPair {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    })
+    sign_with(ca, params)
 }
 
 /// Creates a node certificate signed by `ca`, usable as both TLS server and client.
@@ -99,25 +131,7 @@ pub fn generate_node(
     names: &[String],
     validity: Validity,
 ) -> Result<PemPair, TransportError> {
-    let ca_key = KeyPair::from_pem(&ca.key_pem)?;
-    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)?;
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(names.to_vec())?;
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, common_name);
-    dn.push(DnType::OrganizationName, "quic_dist");
-    params.distinguished_name = dn;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    apply_validity(&mut params, validity);
-    let cert = params.signed_by(&key, &issuer)?;
-    Ok(PemPair {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    })
+    sign_with(ca, node_params(name(common_name, true), names, validity)?)
 }
 
 #[cfg(test)]

@@ -11,13 +11,10 @@
 use std::num::NonZeroU32;
 
 use aws_lc_rs::pbkdf2;
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
-};
+use rcgen::{CertificateParams, Issuer, KeyPair, SerialNumber};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-use crate::certs::Validity;
+use crate::certs::{ca_params, name, node_params, Validity};
 use crate::error::TransportError;
 use crate::tls::TlsMaterial;
 
@@ -50,13 +47,8 @@ fn derived_ca_key(cookie: &[u8]) -> Result<KeyPair, TransportError> {
     )?)
 }
 
-fn ca_params() -> Result<CertificateParams, TransportError> {
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, COOKIE_CA_NAME);
-    params.distinguished_name = dn;
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+fn cookie_ca_params() -> Result<CertificateParams, TransportError> {
+    let mut params = ca_params(name(COOKIE_CA_NAME, false), 0)?;
     // Fixed fields: every node derives a byte-identical CA certificate.
     params.serial_number = Some(SerialNumber::from(1u64));
     params.not_before = rcgen::date_time_ymd(2020, 1, 1);
@@ -79,22 +71,12 @@ pub fn cookie_material(
         ));
     }
     let ca_key = derived_ca_key(cookie)?;
-    let params = ca_params()?;
+    let params = cookie_ca_params()?;
     let ca_cert = params.self_signed(&ca_key)?;
     let issuer = Issuer::new(params, ca_key);
 
     let leaf_key = KeyPair::generate()?;
-    let mut leaf = CertificateParams::new(names.to_vec())?;
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, common_name);
-    leaf.distinguished_name = dn;
-    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    leaf.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    leaf.not_before = validity.not_before.into();
-    leaf.not_after = validity.not_after.into();
+    let leaf = node_params(name(common_name, false), names, validity)?;
     let leaf_cert = leaf.signed_by(&leaf_key, &issuer)?;
 
     Ok(TlsMaterial {
