@@ -34,7 +34,7 @@
          select/1, address/0, is_node_name/1, setopts/2, getopts/2, childspecs/0]).
 
 %% User API.
--export([info/1, info/0, connections/0]).
+-export([info/1, info/0, connections/0, data_streams/0]).
 
 -include_lib("kernel/include/net_address.hrl").
 -include_lib("kernel/include/dist_util.hrl").
@@ -361,7 +361,13 @@ hs_data(Kernel, MyNode, Socket, Timer) ->
              mf_tick = fun quic_dist_conn:tick/1,
              mf_getstat = fun quic_dist_conn:getstat/1,
              mf_setopts = fun(_Socket, _Opts) -> ok end,
-             mf_getopts = fun(_Socket, _Opts) -> {ok, []} end}.
+             mf_getopts = fun(_Socket, _Opts) -> {ok, []} end,
+             reject_flags = reject_flags(data_streams())}.
+
+%% Several streams reorder packets of unrelated processes, which the atom cache (whose
+%% references assume connection order) does not allow; the peer then sends without it too.
+reject_flags(1) -> 0;
+reject_flags(_Streams) -> dist_util:strict_order_flags().
 
 %% The #net_address{} of a connected peer.
 net_address(Socket, Node) ->
@@ -413,6 +419,11 @@ log_mode(What, Opts) ->
                 _ -> notice
             end,
     quic_dist_log:log_when_ready(Level, "quic_dist ~ts; ~ts", [What, Mode]).
+
+%% @doc Data streams this node sends on (option `streams').
+-spec data_streams() -> 1..64.
+data_streams() ->
+    quic_dist_opts:streams(opts()).
 
 %% Options in force (set when the endpoint was opened).
 opts() ->

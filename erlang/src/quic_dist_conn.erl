@@ -11,9 +11,15 @@
 %%%   ?BATCH_BYTES bytes) and hands each batch to the NIF in one call. When the NIF says
 %%%   `busy' it stops pulling until `quic_dist_writable': the runtime's queue then fills up and
 %%%   senders are suspended (busy_dist_port), which is the end-to-end backpressure.
-%%% - The input handler receives the NIF's batches of packets. During the handshake it queues
-%%%   them and serves `hs_recv'; after `handshake_complete' it calls `dist_ctrl_put_data/2'
-%%%   for each packet, in order, and acknowledges the bytes so the NIF reads more.
+%%% - The input handler receives the NIF's batches of packets, each from one stream. During the
+%%%   handshake only the control stream is delivered: it queues them and serves `hs_recv'.
+%%%   After `handshake_complete' it opens the data streams (`conn_open_input'), calls
+%%%   `dist_ctrl_put_data/2' for each packet, in order, and acknowledges the bytes per stream so
+%%%   the NIF reads more of that stream.
+%%% - Streams: with the `streams' option above 1 (the default), the NIF spreads outgoing packets
+%%%   over that many QUIC streams by sending process (the atom cache is rejected for this), so a
+%%%   large message between two processes does not hold up the others. Ticks take the control
+%%%   stream, which has priority.
 %%% - The supervisor never blocks: ticks and stats are non-blocking NIF calls.
 %%%
 %%% Any of the three dying takes the others down through the links: that is nodedown.
@@ -205,6 +211,7 @@ start_data_mode(#ctrl{dhandle = DH, input = Input, node = Node} = S) ->
     ok = erlang:dist_ctrl_input_handler(DH, Input),
     Input ! {handshake_complete, Node, DH},
     false = erlang:dist_ctrl_set_opt(DH, get_size, true),
+    ok = quic_dist_nif:conn_data_mode(S#ctrl.conn, quic_dist:data_streams()),
     process_flag(priority, normal),
     output_drain(S).
 
@@ -283,8 +290,8 @@ input_init(Ctrl, Conn) ->
 
 input_handshake(Ctrl, Conn, Queue, Waiting) ->
     receive
-        {quic_dist_data, Packets, Bytes} ->
-            ok = quic_dist_nif:conn_ack(Conn, Bytes),
+        {quic_dist_data, Packets, Channel, Bytes} ->
+            ok = quic_dist_nif:conn_ack(Conn, Channel, Bytes),
             Queue1 = lists:foldl(fun queue:in/2, Queue, Packets),
             {Queue2, Waiting1} = serve_recv(Queue1, Waiting),
             input_handshake(Ctrl, Conn, Queue2, Waiting1);
@@ -293,6 +300,7 @@ input_handshake(Ctrl, Conn, Queue, Waiting) ->
             input_handshake(Ctrl, Conn, Queue1, Waiting1);
         {handshake_complete, Node, DH} ->
             put_queue(DH, Queue),
+            ok = quic_dist_nif:conn_open_input(Conn),
             input_loop(DH, Conn, Node);
         {quic_dist_closed, Reason} ->
             %% Log before answering: the answer makes the handshake fail, and its process
@@ -326,9 +334,9 @@ put_queue(DH, Queue) ->
 %% Data phase: every packet to the runtime, in order, then acknowledge the bytes.
 input_loop(DH, Conn, Node) ->
     receive
-        {quic_dist_data, Packets, Bytes} ->
+        {quic_dist_data, Packets, Channel, Bytes} ->
             put_packets(DH, Packets),
-            ok = quic_dist_nif:conn_ack(Conn, Bytes),
+            ok = quic_dist_nif:conn_ack(Conn, Channel, Bytes),
             input_loop(DH, Conn, Node);
         {quic_dist_closed, Reason} ->
             ?LOG_INFO("quic_dist connection to ~p closed: ~ts", [Node, Reason],

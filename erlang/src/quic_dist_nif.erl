@@ -11,7 +11,7 @@
 -export([load/0]).
 -export([runtime_init/3,
          endpoint_open/5, endpoint_port/1, endpoint_accept/2, endpoint_close/2, connect/6,
-         conn_start/3, conn_send/2, conn_tick/1, conn_ack/2, conn_getstat/1, conn_stats/1,
+         conn_start/3, conn_send/2, conn_data_mode/2, conn_open_input/1, conn_tick/1, conn_ack/3, conn_getstat/1, conn_stats/1,
          conn_info/1, conn_peer_names/2, conn_shutdown/2,
          unix_now/0, gen_ca/3, gen_intermediate/5, gen_node_cert/6]).
 
@@ -80,8 +80,14 @@ conn_send(_Conn, _Packets) -> ?NOT_LOADED.
 -spec conn_tick(reference()) -> ok.
 conn_tick(_Conn) -> ?NOT_LOADED.
 
--spec conn_ack(reference(), non_neg_integer()) -> ok.
-conn_ack(_Conn, _Bytes) -> ?NOT_LOADED.
+-spec conn_data_mode(reference(), pos_integer()) -> ok | {error, binary()}.
+conn_data_mode(_Conn, _Streams) -> ?NOT_LOADED.
+
+-spec conn_open_input(reference()) -> ok.
+conn_open_input(_Conn) -> ?NOT_LOADED.
+
+-spec conn_ack(reference(), non_neg_integer(), non_neg_integer()) -> ok.
+conn_ack(_Conn, _Channel, _Bytes) -> ?NOT_LOADED.
 
 -spec conn_getstat(reference()) -> {ok, non_neg_integer(), non_neg_integer(), non_neg_integer()}.
 conn_getstat(_Conn) -> ?NOT_LOADED.

@@ -4,12 +4,15 @@
 %%% Read during boot, before the file server runs: files are read with prim_file.
 -module(quic_dist_opts).
 
--export([get/0, tls/2, transport/1, mode/1, describe_mode/1, parse_pairs/1]).
+-export([get/0, tls/2, transport/1, streams/1, mode/1, describe_mode/1, parse_pairs/1]).
 
 -define(KEYS, [certfile, keyfile, cacertfile, password, verify_node_name, allowed_subjects,
                insecure, port, ip, threads, log_filter,
                idle_timeout_ms, handshake_timeout_ms, max_frame,
-               stream_window, connection_window]).
+               stream_window, connection_window, streams]).
+
+%% Data streams per direction unless the `streams' option says otherwise (see the README).
+-define(DEFAULT_STREAMS, 8).
 
 -type opts() :: #{atom() => term()}.
 -export_type([opts/0]).
@@ -76,8 +79,17 @@ decrypt_key(Pem, Password) ->
 %% @doc The transport part, as the NIF takes it.
 -spec transport(opts()) -> map().
 transport(Opts) ->
-    maps:with([idle_timeout_ms, handshake_timeout_ms, max_frame, stream_window,
-               connection_window], Opts).
+    (maps:with([idle_timeout_ms, handshake_timeout_ms, max_frame, stream_window,
+                connection_window], Opts))#{streams => streams(Opts)}.
+
+%% @doc Data streams to send on: 1 keeps one ordered stream and the atom cache; more spread
+%% independent sender processes over streams (no head-of-line blocking between them).
+-spec streams(opts()) -> 1..64.
+streams(Opts) ->
+    case maps:get(streams, Opts, ?DEFAULT_STREAMS) of
+        N when is_integer(N), N >= 1, N =< 64 -> N;
+        Other -> error({bad_option, streams, Other, "an integer from 1 to 64"})
+    end.
 
 %% @doc One line saying where the node's TLS identity comes from.
 -spec describe_mode(opts()) -> iolist().
@@ -158,7 +170,7 @@ parse_terms(String, Acc) ->
 
 convert(Key, V) when Key =:= port; Key =:= threads; Key =:= idle_timeout_ms;
                      Key =:= handshake_timeout_ms; Key =:= max_frame;
-                     Key =:= stream_window; Key =:= connection_window ->
+                     Key =:= stream_window; Key =:= connection_window; Key =:= streams ->
     list_to_integer(V);
 convert(ip, V) ->
     {ok, Ip} = inet:parse_address(V),

@@ -395,43 +395,7 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
 
-    // Terms as term_to_binary/1 encodes them (without the leading 131), built by hand here.
-    fn atom(name: &str) -> Vec<u8> {
-        let mut v = vec![119, name.len() as u8];
-        v.extend_from_slice(name.as_bytes());
-        v
-    }
-    fn pid(node: &str, id: u32) -> Vec<u8> {
-        let mut v = vec![88];
-        v.extend(atom(node));
-        v.extend_from_slice(&id.to_be_bytes());
-        v.extend_from_slice(&0u32.to_be_bytes());
-        v.extend_from_slice(&7u32.to_be_bytes());
-        v
-    }
-    fn reference(node: &str) -> Vec<u8> {
-        let mut v = vec![90, 0, 3];
-        v.extend(atom(node));
-        v.extend_from_slice(&7u32.to_be_bytes());
-        v.extend_from_slice(&[0; 12]);
-        v
-    }
-    fn tuple(elems: &[Vec<u8>]) -> Vec<u8> {
-        let mut v = vec![104, elems.len() as u8];
-        for e in elems {
-            v.extend_from_slice(e);
-        }
-        v
-    }
-    fn small(n: u8) -> Vec<u8> {
-        vec![97, n]
-    }
-    fn packet(control: Vec<u8>, message: &[u8]) -> Vec<u8> {
-        let mut v = vec![131, 68, 0];
-        v.extend(control);
-        v.extend_from_slice(message);
-        v
-    }
+    use crate::test_terms::*;
 
     #[test]
     fn send_sender_is_routed_by_its_sender() {

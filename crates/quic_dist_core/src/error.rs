@@ -15,6 +15,20 @@ pub enum FrameError {
         /// The configured maximum.
         max: usize,
     },
+    /// An ordered frame too short for the counts it announces plus a packet.
+    #[error("ordered frame of {len} bytes cannot hold {counts} stream counts and a packet")]
+    BadOrdered {
+        /// The frame's length.
+        len: usize,
+        /// The number of counts it announced.
+        counts: usize,
+    },
+    /// More data streams than an ordered frame can describe.
+    #[error("{count} streams exceed the 255 an ordered frame can describe")]
+    TooManyStreams {
+        /// The number of streams.
+        count: usize,
+    },
     /// The stream ended in the middle of a frame.
     #[error("stream ended inside a frame ({buffered} bytes of an unfinished frame)")]
     Truncated {

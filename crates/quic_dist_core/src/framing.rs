@@ -3,6 +3,12 @@
 //! A QUIC stream is a byte stream, and `dist_ctrl_put_data/2` needs whole packets, so every
 //! packet travels as a frame: a 4-byte big-endian length followed by that many bytes. A frame of
 //! length zero is a tick: it keeps the connection alive and is never handed to the runtime.
+//!
+//! With several data streams, a packet that must not overtake anything sent before it on the
+//! other streams travels as an *ordered* frame: the length has its top bit set, and the body is
+//! a count `n` (one byte), `n` big-endian `u64`s (how many packets had been sent on each data
+//! stream before this one), then the packet. The receiver holds it until it has delivered that
+//! many packets of every other stream (see [`crate::stream_map`]).
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -12,6 +18,9 @@ use crate::limits::DEFAULT_MAX_FRAME;
 /// Length of the frame header (a big-endian `u32`).
 pub const FRAME_HEADER_LEN: usize = 4;
 
+/// Bit of the frame header marking an ordered frame.
+const ORDERED_BIT: u32 = 1 << 31;
+
 /// One decoded frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
@@ -19,6 +28,13 @@ pub enum Frame {
     Tick,
     /// A distribution packet, to be given whole to `dist_ctrl_put_data/2`.
     Packet(Bytes),
+    /// A packet to deliver only after `after[i]` packets of each data stream `i`.
+    Ordered {
+        /// Packets sent on each data stream before this one.
+        after: Vec<u64>,
+        /// The distribution packet.
+        packet: Bytes,
+    },
 }
 
 /// Writes frames into a buffer.
@@ -37,8 +53,30 @@ impl FrameEncoder {
     /// An encoder that refuses packets longer than `max_frame` bytes.
     pub fn new(max_frame: usize) -> Self {
         Self {
-            max_frame: max_frame.min(u32::MAX as usize),
+            // The top bit of the length marks ordered frames.
+            max_frame: max_frame.min((ORDERED_BIT - 1) as usize),
         }
+    }
+
+    /// The header of an ordered frame whose packet (`packet_len` bytes) follows it on the
+    /// stream: the frame header and the counts of packets sent before it on each data stream.
+    pub fn ordered_header(&self, after: &[u64], packet_len: usize) -> Result<Bytes, FrameError> {
+        let counts = u8::try_from(after.len())
+            .map_err(|_| FrameError::TooManyStreams { count: after.len() })?;
+        let len = 1 + 8 * after.len() + packet_len;
+        if len > self.max_frame {
+            return Err(FrameError::Oversize {
+                len,
+                max: self.max_frame,
+            });
+        }
+        let mut out = BytesMut::with_capacity(FRAME_HEADER_LEN + 1 + 8 * after.len());
+        out.put_u32(len as u32 | ORDERED_BIT);
+        out.put_u8(counts);
+        for n in after {
+            out.put_u64(*n);
+        }
+        Ok(out.freeze())
     }
 
     /// Appends one packet, given as the parts of an I/O vector, as a single frame.
@@ -129,7 +167,9 @@ impl FrameDecoder {
         if self.buf.len() < FRAME_HEADER_LEN {
             return Ok(None);
         }
-        let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+        let header = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
+        let ordered = header & ORDERED_BIT != 0;
+        let len = (header & !ORDERED_BIT) as usize;
         if len > self.max_frame {
             return Err(FrameError::Oversize {
                 len,
@@ -146,7 +186,20 @@ impl FrameDecoder {
         if len == 0 {
             return Ok(Some(Frame::Tick));
         }
-        Ok(Some(Frame::Packet(self.buf.split_to(len).freeze())))
+        let mut body = self.buf.split_to(len).freeze();
+        if !ordered {
+            return Ok(Some(Frame::Packet(body)));
+        }
+        let counts = body[0] as usize;
+        if len < 1 + 8 * counts + 1 {
+            return Err(FrameError::BadOrdered { len, counts });
+        }
+        body.advance(1);
+        let after = (0..counts).map(|_| body.get_u64()).collect();
+        Ok(Some(Frame::Ordered {
+            after,
+            packet: body,
+        }))
     }
 
     /// Checks that the stream ended on a frame boundary.
@@ -315,6 +368,50 @@ mod tests {
         let mut dec = FrameDecoder::default();
         dec.push(&[0xff, 0xff, 0xff, 0xff]);
         assert!(matches!(dec.next_frame(), Err(FrameError::Oversize { .. })));
+    }
+
+    #[test]
+    fn ordered_frame_round_trip_between_plain_ones() {
+        let enc = FrameEncoder::default();
+        let mut wire = BytesMut::new();
+        enc.encode_packet(&[b"one"], &mut wire).unwrap();
+        wire.extend_from_slice(&enc.ordered_header(&[5, 0, 1 << 40], 4).unwrap());
+        wire.extend_from_slice(b"four");
+        enc.encode_packet(&[b"two"], &mut wire).unwrap();
+        let mut dec = FrameDecoder::default();
+        dec.push(&wire);
+        assert_eq!(
+            drain(&mut dec),
+            vec![
+                Frame::Packet(Bytes::from_static(b"one")),
+                Frame::Ordered {
+                    after: vec![5, 0, 1 << 40],
+                    packet: Bytes::from_static(b"four"),
+                },
+                Frame::Packet(Bytes::from_static(b"two")),
+            ]
+        );
+    }
+
+    #[test]
+    fn ordered_frame_without_room_for_its_counts_and_packet_is_an_error() {
+        let mut dec = FrameDecoder::default();
+        // Announces 3 counts (25 bytes) in a 9-byte body.
+        dec.push(&[0x80, 0, 0, 9, 3, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            dec.next_frame(),
+            Err(FrameError::BadOrdered { len: 9, counts: 3 })
+        );
+    }
+
+    #[test]
+    fn ordered_header_checks_the_maximum_like_a_plain_frame() {
+        let enc = FrameEncoder::new(20);
+        assert_eq!(
+            enc.ordered_header(&[1, 2], 4),
+            Err(FrameError::Oversize { len: 21, max: 20 })
+        );
+        assert!(enc.ordered_header(&[1, 2], 3).is_ok());
     }
 
     #[test]

@@ -1,14 +1,19 @@
 //! Sans-IO core of quic_dist.
 //!
 //! Everything here is deterministic and free of I/O so it can be unit-tested without a runtime:
-//! the framing of distribution packets on a QUIC stream ([`framing`]) and the limits that keep
-//! memory bounded per connection ([`limits`]).
+//! the framing of distribution packets on a QUIC stream ([`framing`]), the routing facts of a
+//! distribution packet ([`dist_header`]), the choice of stream per packet and the delivery rule
+//! for ordered packets ([`stream_map`]), and the limits that keep memory bounded per connection
+//! ([`limits`]).
 #![warn(missing_docs)]
 
 pub mod dist_header;
 pub mod error;
 pub mod framing;
 pub mod limits;
+pub mod stream_map;
+#[cfg(test)]
+mod test_terms;
 
 pub use error::FrameError;
 pub use framing::{Frame, FrameDecoder, FrameEncoder, FRAME_HEADER_LEN};

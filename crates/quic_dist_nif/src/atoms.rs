@@ -50,5 +50,6 @@ rustler::atoms! {
     lost_packets,
     quic_packets_sent,
     streams,
+    peer_streams,
     undefined,
 }

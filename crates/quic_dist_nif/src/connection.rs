@@ -1,13 +1,13 @@
 //! NIFs for one distribution connection, and the events it sends back to Erlang.
 //!
 //! Messages sent to Erlang processes:
-//! - input handler: `{quic_dist_data, [Packet :: binary()], Bytes}` and `{quic_dist_closed, Reason}`
+//! - input handler: `{quic_dist_data, [Packet :: binary()], Channel, Bytes}` (acknowledge with
+//!   `conn_ack(Conn, Channel, Bytes)` once consumed) and `{quic_dist_closed, Reason}`
 //! - controller: `quic_dist_writable`
 
 use std::cell::RefCell;
 use std::sync::Arc;
 
-use bytes::BytesMut;
 use quic_dist_transport::{ConnectionEvents, DistConnection, PacketBatch, SendStatus};
 use rustler::types::binary::NewBinary;
 use rustler::{Atom, Encoder, Env, LocalPid, NifResult, OwnedEnv, Resource, ResourceArc, Term};
@@ -61,7 +61,7 @@ impl ConnectionEvents for ErlangEvents {
                     bin.to_term(env)
                 })
                 .collect();
-            (atoms::quic_dist_data(), list, batch.bytes).encode(env)
+            (atoms::quic_dist_data(), list, batch.channel, batch.bytes).encode(env)
         });
     }
 
@@ -103,38 +103,48 @@ fn conn_send<'a>(
     conn: ResourceArc<ConnRes>,
     packets: Term<'a>,
 ) -> NifResult<Term<'a>> {
-    let encoder = conn.conn.encoder();
-    let mut out = BytesMut::new();
-    let mut count = 0u64;
+    let mut batch = conn.conn.batch();
     for packet in packets.into_list_iterator()? {
-        let start = encoder.begin_packet(&mut out);
-        append_iodata(packet, &mut out)?;
-        if let Err(e) = encoder.end_packet(start, &mut out) {
+        append_iodata(packet, batch.begin_packet())?;
+        if let Err(e) = batch.end_packet() {
             return Ok(error_tuple(env, e));
         }
-        count += 1;
     }
-    if count == 0 {
-        return Ok(atoms::ok().encode(env));
-    }
-    Ok(match conn.conn.send(out.freeze(), count) {
+    Ok(match batch.submit() {
         Ok(SendStatus::Ready) => atoms::ok().encode(env),
         Ok(SendStatus::Busy) => atoms::busy().encode(env),
         Err(e) => error_tuple(env, e),
     })
 }
 
-/// Sends a tick unless data is queued. Never blocks.
+/// The handshake is over: send data over `streams` data streams from now on (1: all on the
+/// control stream, in one order). Called by the controller before its first data packet.
+#[rustler::nif]
+fn conn_data_mode<'a>(env: Env<'a>, conn: ResourceArc<ConnRes>, streams: usize) -> Term<'a> {
+    match conn.conn.start_data_streams(streams) {
+        Ok(()) => atoms::ok().encode(env),
+        Err(e) => error_tuple(env, e),
+    }
+}
+
+/// The input handler is in data mode: deliver the peer's data streams from now on.
+#[rustler::nif]
+fn conn_open_input(conn: ResourceArc<ConnRes>) -> Atom {
+    conn.conn.open_input();
+    atoms::ok()
+}
+
+/// Sends a tick on the control stream (ahead of any data). Never blocks.
 #[rustler::nif]
 fn conn_tick(conn: ResourceArc<ConnRes>) -> Atom {
     let _ = conn.conn.tick();
     atoms::ok()
 }
 
-/// The input handler consumed `bytes` of delivered packets.
+/// The input handler consumed `bytes` of the packets delivered on `channel`.
 #[rustler::nif]
-fn conn_ack(conn: ResourceArc<ConnRes>, bytes: usize) -> Atom {
-    conn.conn.ack(bytes);
+fn conn_ack(conn: ResourceArc<ConnRes>, channel: usize, bytes: usize) -> Atom {
+    conn.conn.ack(channel, bytes);
     atoms::ok()
 }
 
@@ -202,6 +212,10 @@ fn conn_stats<'a>(env: Env<'a>, conn: ResourceArc<ConnRes>) -> NifResult<Term<'a
             s.quic_packets_sent.encode(env),
         ),
         (atoms::streams().encode(env), s.streams.encode(env)),
+        (
+            atoms::peer_streams().encode(env),
+            s.peer_streams.encode(env),
+        ),
     ];
     Term::map_from_pairs(env, &pairs)
 }

@@ -92,9 +92,13 @@ fn transport_options(opts: Term) -> NifResult<TransportOptions> {
     if let Some(n) = get::<u32>(opts, atoms::stream_window())? {
         t.stream_window = n;
     }
-    if let Some(n) = get::<u32>(opts, atoms::connection_window())? {
-        t.connection_window = n;
+    if let Some(n) = get::<usize>(opts, atoms::streams())? {
+        t.streams = n;
     }
+    // Room for every data stream and the control stream (see TransportOptions), unless set.
+    let all_streams = (t.streams.clamp(1, 64) as u32 + 1).saturating_mul(t.stream_window);
+    t.connection_window = get::<u32>(opts, atoms::connection_window())?.unwrap_or(all_streams);
+    t.send_window = u64::from(t.connection_window);
     Ok(t)
 }
 

@@ -1,13 +1,14 @@
-//! A distribution connection: framed packets on one QUIC stream, batched both ways, with
-//! bounded queues.
+//! A distribution connection: framed packets on QUIC streams, batched both ways, with bounded
+//! queues.
 //!
-//! Two tokio tasks serve a connection once [`DistConnection::start`] is called:
-//! - the writer drains the send queue and writes whole batches with one `write_all_chunks`;
-//! - the reader reads whatever chunks are available, splits them into frames, and hands every
-//!   complete packet of that read to [`ConnectionEvents::packets`] as one batch.
+//! Streams: the bidirectional stream opened with the connection is the *control* stream
+//! (handshake messages, ticks, and all data when one stream is used); in multi-stream data mode
+//! each side also opens up to `streams` unidirectional *data* streams, and packets are spread
+//! over them by ordering key ([`quic_dist_core::stream_map`]). See [`crate::send`] and
+//! [`crate::recv`] for the tasks that serve them.
 //!
-//! Callers on BEAM scheduler threads only touch atomics and an unbounded channel whose size is
-//! bounded by the high-water protocol, so no call here blocks.
+//! Callers on BEAM scheduler threads only touch atomics, an uncontended mutex and unbounded
+//! channels whose size is bounded by the high-water protocol, so no call here blocks.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
@@ -15,16 +16,15 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use quic_dist_core::limits::{
-    RECV_BATCH_BYTES, RECV_BATCH_PACKETS, RECV_UNACKED_LIMIT, SEND_QUEUE_HIGH_WATER,
-    SEND_QUEUE_LOW_WATER,
-};
-use quic_dist_core::{Frame, FrameDecoder, FrameEncoder};
+use quic_dist_core::stream_map::{StreamMapper, MAX_DATA_STREAMS};
+use quic_dist_core::FrameEncoder;
 use rustls_pki_types::CertificateDer;
 use tokio::sync::{mpsc, Notify};
-use tracing::{debug, warn};
+use tracing::warn;
 
 use crate::error::TransportError;
+use crate::recv::{accept_data_streams, control_reader};
+use crate::send::{data_writer, write_loop, Lane, Outgoing, SendBatch, StreamQueue};
 use crate::tls::CIPHER_SUITE;
 
 /// QUIC application error code for a normal close.
@@ -32,12 +32,14 @@ pub const CLOSE_NORMAL: u32 = 0;
 /// QUIC application error code when the peer broke the framing rules.
 pub const CLOSE_PROTOCOL_ERROR: u32 = 1;
 
-/// Complete packets read in one go, in stream order.
+/// Complete packets read in one go from one stream, in stream order.
 #[derive(Debug, Default)]
 pub struct PacketBatch {
+    /// The stream they came from: 0 for the control stream, `i + 1` for data stream `i`.
+    pub channel: usize,
     /// The packets, each to be given whole to `dist_ctrl_put_data/2`.
     pub packets: Vec<Bytes>,
-    /// Their total size; pass it back to [`DistConnection::ack`] once consumed.
+    /// Their total size; pass it back with `channel` to [`DistConnection::ack`] once consumed.
     pub bytes: usize,
 }
 
@@ -88,8 +90,10 @@ pub struct ConnectionStats {
     pub lost_packets: u64,
     /// QUIC packets sent.
     pub quic_packets_sent: u64,
-    /// Streams carrying distribution data.
+    /// Streams this side sends distribution data on (the control stream when only one).
     pub streams: u32,
+    /// Data streams the peer opened towards us.
+    pub peer_streams: u32,
 }
 
 /// What a connection is: peer, TLS parameters and identity.
@@ -109,32 +113,41 @@ pub struct ConnectionInfo {
     pub peer_certificates: Vec<CertificateDer<'static>>,
 }
 
-/// What the writer task receives, in order.
-enum Outgoing {
-    /// Framed packets.
-    Data(Bytes),
-    /// Send what is queued, end the stream, wait (bounded) for the peer to acknowledge it, close.
-    Shutdown(String),
-}
-
-/// Longest a graceful shutdown waits for the peer to acknowledge the end of the stream.
+/// Longest a graceful shutdown waits for the peer to acknowledge the end of the streams.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
-struct Shared {
-    tx: mpsc::UnboundedSender<Outgoing>,
-    queued: AtomicUsize,
-    paused: AtomicBool,
-    unacked: AtomicUsize,
-    credit: Notify,
-    packets_sent: AtomicU64,
-    packets_received: AtomicU64,
+/// Receive-side state of one stream (a channel: 0 = control, `i + 1` = data stream `i`).
+#[derive(Default)]
+pub(crate) struct Channel {
+    pub(crate) unacked: AtomicUsize,
+    pub(crate) credit: Notify,
+    pub(crate) delivered: AtomicU64,
+}
+
+pub(crate) struct Shared {
+    pub(crate) control: StreamQueue,
+    pub(crate) data: OnceLock<Vec<StreamQueue>>,
+    pub(crate) mapper: Mutex<Option<StreamMapper>>,
+    /// Bytes queued on all streams and not yet taken by QUIC.
+    pub(crate) queued: AtomicUsize,
+    pub(crate) paused: AtomicBool,
+    pub(crate) packets_sent: AtomicU64,
+    pub(crate) packets_received: AtomicU64,
     closed_reported: AtomicBool,
     peer_error_logged: AtomicBool,
-    events: OnceLock<Arc<dyn ConnectionEvents>>,
+    pub(crate) events: OnceLock<Arc<dyn ConnectionEvents>>,
+    pub(crate) input_open: AtomicBool,
+    pub(crate) input_opened: Notify,
+    pub(crate) channels: Vec<Channel>,
+    pub(crate) delivered_changed: Notify,
+    /// Bit i: the peer opened data stream i.
+    pub(crate) peer_streams: AtomicU64,
+    pub(crate) data_readers: AtomicUsize,
+    pub(crate) readers_changed: Notify,
 }
 
 impl Shared {
-    fn report_closed(&self, reason: String) {
+    pub(crate) fn report_closed(&self, reason: String) {
         if !self.closed_reported.swap(true, SeqCst) {
             if let Some(ev) = self.events.get() {
                 ev.closed(reason);
@@ -146,7 +159,7 @@ impl Shared {
 /// One distribution connection to a peer node.
 pub struct DistConnection {
     conn: quinn::Connection,
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     unstarted: Mutex<
         Option<(
             quinn::SendStream,
@@ -155,7 +168,7 @@ pub struct DistConnection {
         )>,
     >,
     runtime: tokio::runtime::Handle,
-    encoder: FrameEncoder,
+    pub(crate) encoder: FrameEncoder,
     max_frame: usize,
 }
 
@@ -175,20 +188,27 @@ impl DistConnection {
         runtime: tokio::runtime::Handle,
         max_frame: usize,
     ) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (control, rx) = StreamQueue::new();
         Self {
             conn,
             shared: Arc::new(Shared {
-                tx,
+                control,
+                data: OnceLock::new(),
+                mapper: Mutex::new(None),
                 queued: AtomicUsize::new(0),
                 paused: AtomicBool::new(false),
-                unacked: AtomicUsize::new(0),
-                credit: Notify::new(),
                 packets_sent: AtomicU64::new(0),
                 packets_received: AtomicU64::new(0),
                 closed_reported: AtomicBool::new(false),
                 peer_error_logged: AtomicBool::new(false),
                 events: OnceLock::new(),
+                input_open: AtomicBool::new(false),
+                input_opened: Notify::new(),
+                channels: (0..=MAX_DATA_STREAMS).map(|_| Channel::default()).collect(),
+                delivered_changed: Notify::new(),
+                peer_streams: AtomicU64::new(0),
+                data_readers: AtomicUsize::new(0),
+                readers_changed: Notify::new(),
             }),
             unstarted: Mutex::new(Some((send, recv, rx))),
             runtime,
@@ -208,15 +228,70 @@ impl DistConnection {
             return Err(TransportError::Closed);
         };
         let _ = self.shared.events.set(events);
-        self.runtime
-            .spawn(write_loop(self.conn.clone(), send, rx, self.shared.clone()));
-        self.runtime.spawn(read_loop(
+        // Handshake messages and ticks go before data.
+        let _ = send.set_priority(1);
+        self.runtime.spawn(write_loop(
+            self.conn.clone(),
+            send,
+            rx,
+            self.shared.clone(),
+            Lane::Control,
+        ));
+        self.runtime.spawn(control_reader(
             self.conn.clone(),
             recv,
             self.shared.clone(),
             self.max_frame,
         ));
+        self.runtime.spawn(accept_data_streams(
+            self.conn.clone(),
+            self.shared.clone(),
+            self.max_frame,
+        ));
         Ok(())
+    }
+
+    /// Switches sending to data mode over `streams` data streams (the handshake is over).
+    /// With one stream, packets keep going on the control stream, in one order (as the atom
+    /// cache requires). Call once, before the first data packet.
+    pub fn start_data_streams(&self, streams: usize) -> Result<(), TransportError> {
+        let streams = streams.min(MAX_DATA_STREAMS);
+        if streams <= 1 {
+            return Ok(());
+        }
+        let mut queues = Vec::with_capacity(streams);
+        for index in 0..streams {
+            let (q, rx) = StreamQueue::new();
+            queues.push(q);
+            self.runtime.spawn(data_writer(
+                self.conn.clone(),
+                index,
+                rx,
+                self.shared.clone(),
+            ));
+        }
+        self.shared
+            .data
+            .set(queues)
+            .map_err(|_| TransportError::Closed)?;
+        *self
+            .shared
+            .mapper
+            .lock()
+            .map_err(|_| TransportError::Closed)? = Some(StreamMapper::new(streams));
+        Ok(())
+    }
+
+    /// The owner is ready for data packets: the peer's data streams may be delivered from now
+    /// on (before, only the control stream is, so nothing overtakes the handshake).
+    pub fn open_input(&self) {
+        self.shared.input_open.store(true, SeqCst);
+        self.shared.input_opened.notify_waiters();
+    }
+
+    /// A batch of packets to frame in place and queue with one [`SendBatch::submit`].
+    pub fn batch(&self) -> SendBatch<'_> {
+        SendBatch::new(self)
     }
 
     /// The encoder whose frames [`send`](Self::send) expects.
@@ -224,32 +299,18 @@ impl DistConnection {
         self.encoder
     }
 
-    /// Queues already framed packets (`packets` of them) for sending. Never blocks.
+    /// Queues already framed packets (`packets` of them) on the control stream. Never blocks.
     pub fn send(&self, framed: Bytes, packets: u64) -> Result<SendStatus, TransportError> {
         let len = framed.len();
-        let queued = self.shared.queued.fetch_add(len, SeqCst) + len;
-        if self.shared.tx.send(Outgoing::Data(framed)).is_err() {
-            self.shared.queued.fetch_sub(len, SeqCst);
-            return Err(TransportError::Closed);
-        }
+        self.shared.enqueue(Lane::Control, vec![framed], len)?;
         self.shared.packets_sent.fetch_add(packets, SeqCst);
-        if queued <= SEND_QUEUE_HIGH_WATER {
-            return Ok(SendStatus::Ready);
-        }
-        self.shared.paused.store(true, SeqCst);
-        // The writer may have drained the queue between our add and the store above; in that
-        // case it did not see `paused` and will never call `writable`, so undo it here.
-        if self.shared.queued.load(SeqCst) < SEND_QUEUE_LOW_WATER
-            && self.shared.paused.swap(false, SeqCst)
-        {
-            return Ok(SendStatus::Ready);
-        }
-        Ok(SendStatus::Busy)
+        Ok(self.shared.send_status())
     }
 
-    /// Sends a tick (an empty frame) unless data is already queued, which proves liveness too.
+    /// Sends a tick (an empty frame) on the control stream, which goes before any data, unless
+    /// the control stream already has something queued.
     pub fn tick(&self) -> Result<(), TransportError> {
-        if self.shared.queued.load(SeqCst) > 0 {
+        if self.shared.control.queued.load(SeqCst) > 0 {
             return Ok(());
         }
         let mut buf = BytesMut::with_capacity(4);
@@ -257,13 +318,16 @@ impl DistConnection {
         self.send(buf.freeze(), 1).map(|_| ())
     }
 
-    /// The owner consumed `bytes` of delivered packets: the reader may read that much more.
-    pub fn ack(&self, bytes: usize) {
-        let _ = self
-            .shared
+    /// The owner consumed `bytes` of the packets delivered on `channel`: its reader may read
+    /// that much more.
+    pub fn ack(&self, channel: usize, bytes: usize) {
+        let Some(ch) = self.shared.channels.get(channel) else {
+            return;
+        };
+        let _ = ch
             .unacked
             .fetch_update(SeqCst, SeqCst, |u| Some(u.saturating_sub(bytes)));
-        self.shared.credit.notify_one();
+        ch.credit.notify_one();
     }
 
     /// Current counters.
@@ -277,12 +341,18 @@ impl DistConnection {
             packets_sent: self.shared.packets_sent.load(SeqCst),
             packets_received: self.shared.packets_received.load(SeqCst),
             queued_bytes: self.shared.queued.load(SeqCst),
-            unacked_bytes: self.shared.unacked.load(SeqCst),
+            unacked_bytes: self
+                .shared
+                .channels
+                .iter()
+                .map(|c| c.unacked.load(SeqCst))
+                .sum(),
             rtt: s.path.rtt,
             cwnd: s.path.cwnd,
             lost_packets: s.path.lost_packets,
             quic_packets_sent: s.path.sent_packets,
-            streams: 1,
+            streams: self.shared.data.get().map_or(1, |d| d.len() as u32),
+            peer_streams: self.shared.peer_streams.load(SeqCst).count_ones(),
         }
     }
 
@@ -350,6 +420,7 @@ impl DistConnection {
             self.close(reason);
         } else if self
             .shared
+            .control
             .tx
             .send(Outgoing::Shutdown(reason.to_string()))
             .is_err()
@@ -367,167 +438,12 @@ impl Drop for DistConnection {
     }
 }
 
-async fn write_loop(
-    conn: quinn::Connection,
-    mut send: quinn::SendStream,
-    mut rx: mpsc::UnboundedReceiver<Outgoing>,
-    shared: Arc<Shared>,
-) {
-    let mut bufs: Vec<Bytes> = Vec::with_capacity(64);
-    let mut shutdown = None;
-    loop {
-        let first = tokio::select! {
-            b = rx.recv() => b,
-            e = conn.closed() => { debug!(error = %e, "writer stops: connection closed"); return; }
-        };
-        match first {
-            None => return,
-            Some(Outgoing::Data(b)) => bufs.push(b),
-            Some(Outgoing::Shutdown(reason)) => shutdown = Some(reason),
-        }
-        while bufs.len() < 64 && shutdown.is_none() {
-            match rx.try_recv() {
-                Ok(Outgoing::Data(b)) => bufs.push(b),
-                Ok(Outgoing::Shutdown(reason)) => shutdown = Some(reason),
-                Err(_) => break,
-            }
-        }
-        let n: usize = bufs.iter().map(Bytes::len).sum();
-        if let Err(e) = send.write_all_chunks(&mut bufs).await {
-            let reason = closed_reason(&conn, &shared, format!("write failed: {e}"));
-            // A stopped stream leaves the connection open: close it, the stream is the link.
-            conn.close(
-                quinn::VarInt::from_u32(CLOSE_PROTOCOL_ERROR),
-                b"distribution stream failed",
-            );
-            shared.report_closed(reason);
-            return;
-        }
-        bufs.clear();
-        let left = shared.queued.fetch_sub(n, SeqCst) - n;
-        if left < SEND_QUEUE_LOW_WATER && shared.paused.swap(false, SeqCst) {
-            if let Some(ev) = shared.events.get() {
-                ev.writable();
-            }
-        }
-        if let Some(reason) = shutdown.take() {
-            finish_and_close(&conn, &mut send, &reason).await;
-            return;
-        }
-    }
-}
-
-/// Ends the stream after everything written so far, waits until the peer has acknowledged
-/// it (or closed, or [`SHUTDOWN_GRACE`] passed), then closes the connection. Like a TCP close,
-/// the last packets (a `nok` handshake status, the final messages) reach the peer.
-async fn finish_and_close(conn: &quinn::Connection, send: &mut quinn::SendStream, reason: &str) {
-    if send.finish().is_ok() {
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, send.stopped()).await;
-    }
-    conn.close(quinn::VarInt::from_u32(CLOSE_NORMAL), reason.as_bytes());
-}
-
-async fn read_loop(
-    conn: quinn::Connection,
-    mut recv: quinn::RecvStream,
-    shared: Arc<Shared>,
-    max_frame: usize,
-) {
-    let mut decoder = FrameDecoder::new(max_frame);
-    let mut chunks = vec![Bytes::new(); 32];
-    let mut batch = PacketBatch::default();
-    loop {
-        // Backpressure: stop reading while the owner has too much unconsumed data, but still
-        // notice a close: otherwise a stalled owner is never told, and a dropped one leaks
-        // this task (and the connection state it holds) forever.
-        while shared.unacked.load(SeqCst) >= RECV_UNACKED_LIMIT {
-            tokio::select! {
-                () = shared.credit.notified() => {}
-                e = conn.closed() => {
-                    shared.report_closed(describe_close(&e));
-                    return;
-                }
-            }
-        }
-        let n = match recv.read_chunks(&mut chunks).await {
-            Ok(Some(n)) => n,
-            Ok(None) => {
-                let reason = match decoder.finish() {
-                    Ok(()) => {
-                        // A graceful shutdown: the peer closes once we acknowledged the end of
-                        // the stream, with its reason; wait for it (bounded) to report that.
-                        match tokio::time::timeout(SHUTDOWN_GRACE, conn.closed()).await {
-                            Ok(e) => describe_close(&e),
-                            Err(_) => "peer finished its stream".to_string(),
-                        }
-                    }
-                    Err(e) => format!("peer finished its stream mid-frame: {e}"),
-                };
-                conn.close(quinn::VarInt::from_u32(CLOSE_NORMAL), b"stream finished");
-                shared.report_closed(reason);
-                return;
-            }
-            Err(e) => {
-                let reason = closed_reason(&conn, &shared, format!("read failed: {e}"));
-                conn.close(
-                    quinn::VarInt::from_u32(CLOSE_PROTOCOL_ERROR),
-                    b"distribution stream failed",
-                );
-                shared.report_closed(reason);
-                return;
-            }
-        };
-        for chunk in &mut chunks[..n] {
-            decoder.push(chunk);
-            *chunk = Bytes::new();
-        }
-        loop {
-            match decoder.next_frame() {
-                Ok(Some(Frame::Tick)) => {
-                    shared.packets_received.fetch_add(1, SeqCst);
-                }
-                Ok(Some(Frame::Packet(p))) => {
-                    shared.packets_received.fetch_add(1, SeqCst);
-                    batch.bytes += p.len();
-                    batch.packets.push(p);
-                    if batch.packets.len() >= RECV_BATCH_PACKETS || batch.bytes >= RECV_BATCH_BYTES
-                    {
-                        deliver(&shared, &mut batch);
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    warn!(remote = %conn.remote_address(), error = %e, "closing connection: peer broke the framing");
-                    conn.close(
-                        quinn::VarInt::from_u32(CLOSE_PROTOCOL_ERROR),
-                        b"framing error",
-                    );
-                    shared.report_closed(format!("protocol error from peer: {e}"));
-                    return;
-                }
-            }
-        }
-        deliver(&shared, &mut batch);
-    }
-}
-
-fn deliver(shared: &Shared, batch: &mut PacketBatch) {
-    if batch.packets.is_empty() {
-        return;
-    }
-    let b = std::mem::take(batch);
-    shared.unacked.fetch_add(b.bytes, SeqCst);
-    if let Some(ev) = shared.events.get() {
-        ev.packets(b);
-    }
-}
-
 /// Why the connection is gone: QUIC's close reason if it has one, else `fallback`.
 ///
 /// A transport-level close by the peer (typically a TLS alert: the peer refused our certificate)
 /// is logged, once per connection: with TLS 1.3 a client learns of it only after its own side of
 /// the handshake, and the Erlang side may be gone before it could log it.
-fn closed_reason(conn: &quinn::Connection, shared: &Shared, fallback: String) -> String {
+pub(crate) fn closed_reason(conn: &quinn::Connection, shared: &Shared, fallback: String) -> String {
     let Some(close) = conn.close_reason() else {
         return fallback;
     };

@@ -20,6 +20,8 @@ pub mod cookie_trust;
 pub mod endpoint;
 pub mod error;
 pub mod insecure;
+mod recv;
+mod send;
 pub mod tls;
 
 pub use config::TransportOptions;
@@ -28,4 +30,5 @@ pub use connection::{
 };
 pub use endpoint::DistEndpoint;
 pub use error::TransportError;
+pub use send::SendBatch;
 pub use tls::{TlsMaterial, ALPN};

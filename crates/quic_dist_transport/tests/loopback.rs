@@ -162,7 +162,7 @@ impl Side {
             check_batch(&batch);
             batches += 1;
             if ack {
-                self.conn.ack(batch.bytes);
+                self.conn.ack(batch.channel, batch.bytes);
             }
             got.extend(batch.packets);
         }
@@ -348,7 +348,7 @@ async fn packets_flow_both_ways_in_order_and_ticks_are_counted_not_delivered() {
         2 + 2 + 2 + 18,
         "delivered, not acknowledged"
     );
-    s.conn.ack(st.unacked_bytes);
+    s.conn.ack(0, st.unacked_bytes);
     assert_eq!(s.conn.stats().unacked_bytes, 0);
     assert_eq!(c.conn.stats().packets_sent, 5);
 
@@ -613,7 +613,7 @@ async fn unacknowledged_data_stops_the_reader_and_acks_resume_the_flow() {
     let total = stuck_at + 128;
     let first_missing = delivered.len() as u64;
     let mut server = p.server;
-    server.conn.ack(delivered_bytes);
+    server.conn.ack(0, delivered_bytes);
     let receiver = tokio::spawn(async move {
         let (got, _) = server
             .recv_packets((total - first_missing) as usize, true)
@@ -883,4 +883,160 @@ async fn info_reports_tls_parameters_and_peer_certificates_on_both_sides() {
     assert_eq!(ci.remote, p.server_ep.addr);
     assert_eq!(si.remote, p.client_ep.local_addr().unwrap());
     assert_eq!(si.server_name.as_deref(), Some(HOST));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. Data streams
+
+/// External term format of a pid of `node` (after the 131 version byte).
+fn ext_pid(node: &str, id: u32) -> Vec<u8> {
+    let mut v = vec![88, 119, node.len() as u8];
+    v.extend_from_slice(node.as_bytes());
+    v.extend_from_slice(&id.to_be_bytes());
+    v.extend_from_slice(&0u32.to_be_bytes());
+    v.extend_from_slice(&1u32.to_be_bytes());
+    v
+}
+
+/// A SEND_SENDER packet from process `from` of a@h whose message ends with `seq`, `len` bytes
+/// of message in all (at least 8).
+fn dist_send(from: u32, seq: u64, len: usize) -> Vec<u8> {
+    let mut p = vec![131, 68, 0, 104, 3, 97, 22];
+    p.extend(ext_pid("a@h", from));
+    p.extend(ext_pid("b@h", 1));
+    p.resize(p.len() + len - 8, from as u8);
+    p.extend_from_slice(&seq.to_be_bytes());
+    p
+}
+
+/// Sender and sequence number of a [`dist_send`] packet.
+fn sender_and_seq(p: &[u8]) -> (u32, u64) {
+    let from = u32::from_be_bytes(p[13..17].try_into().unwrap());
+    let seq = u64::from_be_bytes(p[p.len() - 8..].try_into().unwrap());
+    (from, seq)
+}
+
+/// A MONITOR_P_EXIT naming the dead process by its registered name: it must go ordered.
+fn exit_by_name() -> Vec<u8> {
+    let mut p = vec![131, 68, 0, 104, 5, 97, 21, 119, 3, b's', b'r', b'v'];
+    p.extend(ext_pid("b@h", 1));
+    p.extend_from_slice(&[90, 0, 1, 119, 3, b'a', b'@', b'h', 0, 0, 0, 1, 0, 0, 0, 9]);
+    p.extend_from_slice(&[119, 6, b'n', b'o', b'r', b'm', b'a', b'l']);
+    p
+}
+
+fn send_batch(side: &Side, packets: &[Vec<u8>]) -> SendStatus {
+    let mut batch = side.conn.batch();
+    for p in packets {
+        batch.begin_packet().extend_from_slice(p);
+        batch.end_packet().expect("frame packet");
+    }
+    batch.submit().expect("submit")
+}
+
+async fn data_pair(streams: usize) -> Pair {
+    let p = pair(TransportOptions::default(), TransportOptions::default()).await;
+    p.client.conn.start_data_streams(streams).unwrap();
+    p.server.conn.open_input();
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_streams_keep_each_senders_order_and_a_stalled_stream_stops_no_other() {
+    let mut p = data_pair(4).await;
+    // Sender 1 streams bulk first, so the others get the other streams; it sends more than the
+    // receiver's credit, and the receiver never acknowledges it.
+    let bulk: Vec<Vec<u8>> = (0..(RECV_UNACKED_LIMIT / 65536 + 64) as u64)
+        .map(|seq| dist_send(1, seq, 65536))
+        .collect();
+    send_batch(&p.client, &bulk);
+    const SMALL: u64 = 3000;
+    for seq in 0..SMALL {
+        let batch: Vec<Vec<u8>> = (2..=4).map(|from| dist_send(from, seq, 100)).collect();
+        send_batch(&p.client, &batch);
+    }
+    let mut next = [0u64; 5];
+    let mut bulk_channel = None;
+    while next[2..].iter().any(|&n| n < SMALL) {
+        let batch = within(&mut p.server.packets, "packets").await;
+        check_batch(&batch);
+        assert_ne!(batch.channel, 0, "data came on the control stream");
+        for pk in &batch.packets {
+            let (from, seq) = sender_and_seq(pk);
+            assert_eq!(seq, next[from as usize], "sender {from} out of order");
+            next[from as usize] += 1;
+            if from == 1 {
+                assert!(!matches!(bulk_channel, Some(c) if c != batch.channel));
+                bulk_channel = Some(batch.channel);
+            }
+        }
+        if bulk_channel != Some(batch.channel) {
+            p.server.conn.ack(batch.channel, batch.bytes);
+        }
+    }
+    assert!(
+        next[1] < bulk.len() as u64,
+        "the stalled stream delivered everything"
+    );
+    assert!(p.client.conn.stats().streams == 4 && p.server.conn.stats().peer_streams == 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ordered_packet_waits_for_what_other_streams_carried_before_it() {
+    let mut p = data_pair(4).await;
+    let bulk: Vec<Vec<u8>> = (0..(RECV_UNACKED_LIMIT / 65536 + 32) as u64)
+        .map(|seq| dist_send(1, seq, 65536))
+        .collect();
+    send_batch(&p.client, &bulk);
+    send_batch(&p.client, &[exit_by_name()]);
+    // Take what the bulk stream delivers within its credit, without acknowledging it.
+    let mut delivered = 0;
+    let mut channels = Vec::new();
+    while let Ok(Some(batch)) = timeout(QUIET, p.server.packets.recv()).await {
+        assert!(
+            batch.packets.iter().all(|pk| pk[6] == 22),
+            "the ordered packet overtook the bulk stream"
+        );
+        delivered += batch.packets.len();
+        channels.push((batch.channel, batch.bytes));
+    }
+    assert!(
+        delivered < bulk.len(),
+        "credit did not stall the bulk stream"
+    );
+    for (channel, bytes) in channels {
+        p.server.conn.ack(channel, bytes);
+    }
+    // Now everything comes, the ordered packet last.
+    let mut last = Vec::new();
+    while delivered < bulk.len() {
+        let batch = within(&mut p.server.packets, "packets").await;
+        p.server.conn.ack(batch.channel, batch.bytes);
+        delivered += batch.packets.iter().filter(|pk| pk[6] == 22).count();
+        last = batch.packets.last().unwrap().to_vec();
+        assert_ne!(
+            last,
+            exit_by_name(),
+            "ordered packet before the end of the bulk"
+        );
+    }
+    if last != exit_by_name() {
+        let batch = within(&mut p.server.packets, "ordered packet").await;
+        assert_eq!(batch.packets, vec![Bytes::from(exit_by_name())]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_streams_are_held_until_the_owner_opens_its_input() {
+    let mut p = pair(TransportOptions::default(), TransportOptions::default()).await;
+    p.client.conn.start_data_streams(2).unwrap();
+    send_batch(&p.client, &[dist_send(7, 0, 50)]);
+    stays_quiet(&mut p.server.packets, "data before open_input").await;
+    // The control stream is delivered meanwhile (the handshake's last message travels there).
+    p.client.send_packets(&[b"handshake"]);
+    let (got, _) = p.server.recv_packets(1, true).await;
+    assert_eq!(got, vec![Bytes::from_static(b"handshake")]);
+    p.server.conn.open_input();
+    let (got, _) = p.server.recv_packets(1, true).await;
+    assert_eq!(sender_and_seq(&got[0]), (7, 0));
 }

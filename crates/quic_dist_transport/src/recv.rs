@@ -1,0 +1,292 @@
+//! The receiving half of a connection: one reader task per stream.
+//!
+//! - The control stream's reader delivers handshake messages (and, with one stream, all data)
+//!   and reports the end of the connection.
+//! - Data streams are opened by the peer, one per direction and index; each starts with its
+//!   index (one byte). Their readers wait until the owner opened its input
+//!   ([`DistConnection::open_input`](crate::DistConnection::open_input)), so that no data packet
+//!   can overtake the last handshake message, which travels on the control stream.
+//! - Every reader delivers batches of whole packets with its channel number (0 = control, i + 1
+//!   = data stream i) and stops reading while its channel has too many unacknowledged bytes, so
+//!   a stalled consumer of one stream does not stop the others.
+//! - An ordered packet waits until the other streams have delivered what it names.
+
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use quic_dist_core::limits::{RECV_BATCH_BYTES, RECV_BATCH_PACKETS, RECV_UNACKED_LIMIT};
+use quic_dist_core::stream_map::{ordered_ready, MAX_DATA_STREAMS};
+use quic_dist_core::{Frame, FrameDecoder};
+use tracing::{debug, warn};
+
+use crate::connection::{
+    closed_reason, describe_close, PacketBatch, Shared, CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR,
+    SHUTDOWN_GRACE,
+};
+
+/// Why a reader stopped.
+enum ReadEnd {
+    /// The stream ended cleanly.
+    Finished,
+    /// The connection is being closed; the reason is reported (or is to be reported) elsewhere.
+    Gone,
+}
+
+/// Reads the control stream; reports the end of the connection.
+pub(crate) async fn control_reader(
+    conn: quinn::Connection,
+    mut recv: quinn::RecvStream,
+    shared: Arc<Shared>,
+    max_frame: usize,
+) {
+    let mut decoder = FrameDecoder::new(max_frame);
+    match read_frames(&conn, &mut recv, &shared, &mut decoder, 0).await {
+        ReadEnd::Gone => {}
+        ReadEnd::Finished => {
+            let reason = match decoder.finish() {
+                Ok(()) => {
+                    // A graceful shutdown ends the data streams first: let their readers deliver
+                    // what they still have, then wait (bounded) for the peer to close with its
+                    // reason, once it has our acknowledgement of the end of the stream.
+                    let _ = tokio::time::timeout(SHUTDOWN_GRACE, data_readers_done(&shared)).await;
+                    match tokio::time::timeout(SHUTDOWN_GRACE, conn.closed()).await {
+                        Ok(e) => describe_close(&e),
+                        Err(_) => "peer finished its stream".to_string(),
+                    }
+                }
+                Err(e) => format!("peer finished its stream mid-frame: {e}"),
+            };
+            conn.close(quinn::VarInt::from_u32(CLOSE_NORMAL), b"stream finished");
+            shared.report_closed(reason);
+        }
+    }
+}
+
+async fn data_readers_done(shared: &Shared) {
+    loop {
+        let changed = shared.readers_changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        if shared.data_readers.load(SeqCst) == 0 {
+            return;
+        }
+        changed.await;
+    }
+}
+
+/// Accepts the peer's data streams for the life of the connection.
+pub(crate) async fn accept_data_streams(
+    conn: quinn::Connection,
+    shared: Arc<Shared>,
+    max_frame: usize,
+) {
+    while let Ok(recv) = conn.accept_uni().await {
+        shared.data_readers.fetch_add(1, SeqCst);
+        tokio::spawn(data_reader(conn.clone(), recv, shared.clone(), max_frame));
+    }
+}
+
+/// Counts a data reader out when it ends, however it ends.
+struct ReaderGuard(Arc<Shared>);
+
+impl Drop for ReaderGuard {
+    fn drop(&mut self) {
+        self.0.data_readers.fetch_sub(1, SeqCst);
+        self.0.readers_changed.notify_waiters();
+    }
+}
+
+async fn data_reader(
+    conn: quinn::Connection,
+    mut recv: quinn::RecvStream,
+    shared: Arc<Shared>,
+    max_frame: usize,
+) {
+    let _guard = ReaderGuard(shared.clone());
+    let mut index = [0u8; 1];
+    if recv.read_exact(&mut index).await.is_err() {
+        return;
+    }
+    let index = usize::from(index[0]);
+    let bit = 1u64 << (index % 64);
+    if index >= MAX_DATA_STREAMS || shared.peer_streams.fetch_or(bit, SeqCst) & bit != 0 {
+        protocol_error(
+            &conn,
+            &shared,
+            format!("bad or repeated data stream index {index}"),
+        );
+        return;
+    }
+    // No data before the owner is ready for it (see the module documentation).
+    loop {
+        let opened = shared.input_opened.notified();
+        tokio::pin!(opened);
+        opened.as_mut().enable();
+        if shared.input_open.load(SeqCst) {
+            break;
+        }
+        tokio::select! {
+            () = opened => {}
+            _ = conn.closed() => return,
+        }
+    }
+    let mut decoder = FrameDecoder::new(max_frame);
+    if let ReadEnd::Finished = read_frames(&conn, &mut recv, &shared, &mut decoder, index + 1).await
+    {
+        if let Err(e) = decoder.finish() {
+            protocol_error(
+                &conn,
+                &shared,
+                format!("data stream {index} ended mid-frame: {e}"),
+            );
+        }
+    }
+}
+
+fn protocol_error(conn: &quinn::Connection, shared: &Shared, why: String) {
+    warn!(remote = %conn.remote_address(), error = %why, "closing connection: peer broke the protocol");
+    conn.close(
+        quinn::VarInt::from_u32(CLOSE_PROTOCOL_ERROR),
+        b"protocol error",
+    );
+    shared.report_closed(format!("protocol error from peer: {why}"));
+}
+
+/// Reads frames from one stream and delivers them on `channel` until the stream ends.
+async fn read_frames(
+    conn: &quinn::Connection,
+    recv: &mut quinn::RecvStream,
+    shared: &Arc<Shared>,
+    decoder: &mut FrameDecoder,
+    channel: usize,
+) -> ReadEnd {
+    let mut chunks = vec![Bytes::new(); 32];
+    let mut batch = PacketBatch {
+        channel,
+        ..PacketBatch::default()
+    };
+    let ch = &shared.channels[channel];
+    loop {
+        // Backpressure: stop reading while the owner has too much of this channel unconsumed,
+        // but still notice a close: otherwise a stalled owner is never told, and a dropped one
+        // leaks this task (and the connection state it holds) forever.
+        while ch.unacked.load(SeqCst) >= RECV_UNACKED_LIMIT {
+            tokio::select! {
+                () = ch.credit.notified() => {}
+                e = conn.closed() => {
+                    shared.report_closed(describe_close(&e));
+                    return ReadEnd::Gone;
+                }
+            }
+        }
+        let n = match recv.read_chunks(&mut chunks).await {
+            Ok(Some(n)) => n,
+            Ok(None) => return ReadEnd::Finished,
+            Err(e) => {
+                if channel == 0 {
+                    let reason = closed_reason(conn, shared, format!("read failed: {e}"));
+                    conn.close(
+                        quinn::VarInt::from_u32(CLOSE_PROTOCOL_ERROR),
+                        b"distribution stream failed",
+                    );
+                    shared.report_closed(reason);
+                } else if conn.close_reason().is_none() {
+                    protocol_error(conn, shared, format!("data stream read failed: {e}"));
+                } else {
+                    debug!(error = %e, channel, "data reader stops: connection closed");
+                }
+                return ReadEnd::Gone;
+            }
+        };
+        for chunk in &mut chunks[..n] {
+            decoder.push(chunk);
+            *chunk = Bytes::new();
+        }
+        loop {
+            let packet = match decoder.next_frame() {
+                Ok(Some(Frame::Tick)) => {
+                    shared.packets_received.fetch_add(1, SeqCst);
+                    continue;
+                }
+                Ok(Some(Frame::Packet(p))) => p,
+                Ok(Some(Frame::Ordered { after, packet })) => {
+                    deliver(shared, &mut batch);
+                    if channel > 0 && !wait_for_streams(conn, shared, &after, channel - 1).await {
+                        return ReadEnd::Gone;
+                    }
+                    packet
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    warn!(remote = %conn.remote_address(), error = %e, "closing connection: peer broke the framing");
+                    conn.close(
+                        quinn::VarInt::from_u32(CLOSE_PROTOCOL_ERROR),
+                        b"framing error",
+                    );
+                    shared.report_closed(format!("protocol error from peer: {e}"));
+                    return ReadEnd::Gone;
+                }
+            };
+            shared.packets_received.fetch_add(1, SeqCst);
+            batch.bytes += packet.len();
+            batch.packets.push(packet);
+            if batch.packets.len() >= RECV_BATCH_PACKETS || batch.bytes >= RECV_BATCH_BYTES {
+                deliver(shared, &mut batch);
+            }
+        }
+        deliver(shared, &mut batch);
+    }
+}
+
+/// Waits until every other data stream delivered what an ordered packet names; false if the
+/// connection closed meanwhile.
+async fn wait_for_streams(
+    conn: &quinn::Connection,
+    shared: &Shared,
+    after: &[u64],
+    own: usize,
+) -> bool {
+    let delivered = |i: usize| {
+        shared
+            .channels
+            .get(i + 1)
+            .map_or(0, |c| c.delivered.load(SeqCst))
+    };
+    loop {
+        let changed = shared.delivered_changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        if ordered_ready(after, own, delivered) {
+            return true;
+        }
+        tokio::select! {
+            () = changed => {}
+            _ = conn.closed() => return false,
+        }
+    }
+}
+
+fn deliver(shared: &Shared, batch: &mut PacketBatch) {
+    if batch.packets.is_empty() {
+        return;
+    }
+    let channel = batch.channel;
+    let b = std::mem::replace(
+        batch,
+        PacketBatch {
+            channel,
+            ..PacketBatch::default()
+        },
+    );
+    let count = b.packets.len() as u64;
+    let ch = &shared.channels[channel];
+    ch.unacked.fetch_add(b.bytes, SeqCst);
+    if let Some(ev) = shared.events.get() {
+        ev.packets(b);
+    }
+    // Counted once handed over: an ordered packet of another stream, delivered after this
+    // count changes, reaches the owner after these packets.
+    ch.delivered.fetch_add(count, SeqCst);
+    shared.delivered_changed.notify_waiters();
+}

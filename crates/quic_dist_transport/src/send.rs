@@ -1,0 +1,345 @@
+//! The sending half of a connection: batches built by the caller, one queue and one writer task
+//! per stream.
+//!
+//! During the handshake, and always with one stream, every packet goes on the control stream, in
+//! order. In multi-stream data mode a [`SendBatch`] places each packet with the connection's
+//! [`StreamMapper`] and hands each data stream its share; the writers then push their queues
+//! into quinn independently, so a stream stuck behind bulk data (or flow control) never delays
+//! the others. Ticks always take the control stream, which has priority over data.
+
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::{Arc, MutexGuard};
+
+use bytes::{Bytes, BytesMut};
+use quic_dist_core::limits::{SEND_QUEUE_HIGH_WATER, SEND_QUEUE_LOW_WATER};
+use quic_dist_core::stream_map::StreamMapper;
+use quic_dist_core::{FrameError, FRAME_HEADER_LEN};
+use tokio::sync::{mpsc, oneshot};
+use tracing::debug;
+
+use crate::connection::{
+    closed_reason, DistConnection, SendStatus, Shared, CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR,
+    SHUTDOWN_GRACE,
+};
+use crate::error::TransportError;
+
+/// What a writer task receives, in order.
+pub(crate) enum Outgoing {
+    /// Framed packets (`bytes` in all).
+    Data(Vec<Bytes>, usize),
+    /// Data stream: end the stream after what is queued, wait (bounded) for the peer's
+    /// acknowledgement, then report on the channel.
+    Finish(oneshot::Sender<()>),
+    /// Control stream: end every stream after what is queued, then close the connection.
+    Shutdown(String),
+}
+
+/// The queue of one stream: the writer's channel and the bytes in it.
+pub(crate) struct StreamQueue {
+    pub(crate) tx: mpsc::UnboundedSender<Outgoing>,
+    pub(crate) queued: std::sync::atomic::AtomicUsize,
+}
+
+impl StreamQueue {
+    pub(crate) fn new() -> (Self, mpsc::UnboundedReceiver<Outgoing>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            Self {
+                tx,
+                queued: Default::default(),
+            },
+            rx,
+        )
+    }
+}
+
+/// Which queue a writer serves.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Lane {
+    Control,
+    Data(usize),
+}
+
+impl Shared {
+    fn queue(&self, lane: Lane) -> Option<&StreamQueue> {
+        match lane {
+            Lane::Control => Some(&self.control),
+            Lane::Data(i) => self.data.get().and_then(|d| d.get(i)),
+        }
+    }
+
+    /// Queues chunks on one lane; counts them before the writer can uncount them.
+    pub(crate) fn enqueue(
+        &self,
+        lane: Lane,
+        chunks: Vec<Bytes>,
+        bytes: usize,
+    ) -> Result<(), TransportError> {
+        let q = self.queue(lane).ok_or(TransportError::Closed)?;
+        q.queued.fetch_add(bytes, SeqCst);
+        self.queued.fetch_add(bytes, SeqCst);
+        if q.tx.send(Outgoing::Data(chunks, bytes)).is_err() {
+            q.queued.fetch_sub(bytes, SeqCst);
+            self.queued.fetch_sub(bytes, SeqCst);
+            return Err(TransportError::Closed);
+        }
+        Ok(())
+    }
+
+    /// `Busy` above the high-water mark (and remembers that `writable` is owed).
+    pub(crate) fn send_status(&self) -> SendStatus {
+        if self.queued.load(SeqCst) <= SEND_QUEUE_HIGH_WATER {
+            return SendStatus::Ready;
+        }
+        self.paused.store(true, SeqCst);
+        // A writer may have drained the queue between our add and the store above; it then did
+        // not see `paused` and will never call `writable`, so undo it here.
+        if self.queued.load(SeqCst) < SEND_QUEUE_LOW_WATER && self.paused.swap(false, SeqCst) {
+            return SendStatus::Ready;
+        }
+        SendStatus::Busy
+    }
+
+    fn dequeued(&self, lane: Lane, bytes: usize) {
+        if let Some(q) = self.queue(lane) {
+            q.queued.fetch_sub(bytes, SeqCst);
+        }
+        let left = self.queued.fetch_sub(bytes, SeqCst) - bytes;
+        if left < SEND_QUEUE_LOW_WATER && self.paused.swap(false, SeqCst) {
+            if let Some(ev) = self.events.get() {
+                ev.writable();
+            }
+        }
+    }
+}
+
+/// Packets being framed for one [`DistConnection::submit`]; see [`DistConnection::batch`].
+pub struct SendBatch<'c> {
+    conn: &'c DistConnection,
+    mapper: Option<MutexGuard<'c, Option<StreamMapper>>>,
+    staging: BytesMut,
+    start: usize,
+    /// Per data stream: chunks ready, and a frame being extended in place.
+    lanes: Vec<(Vec<Bytes>, Option<BytesMut>, usize)>,
+    /// Bytes queued per data stream when the batch began, plus this batch's: steers new keys.
+    queued_hint: Vec<usize>,
+    packets: u64,
+}
+
+impl std::fmt::Debug for SendBatch<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendBatch")
+            .field("packets", &self.packets)
+            .field("streams", &self.lanes.len().max(1))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'c> SendBatch<'c> {
+    pub(crate) fn new(conn: &'c DistConnection) -> Self {
+        let guard = conn.shared.mapper.lock().ok();
+        let multi = guard.as_ref().is_some_and(|g| g.is_some());
+        let (lanes, queued_hint) = match (multi, conn.shared.data.get()) {
+            (true, Some(data)) => (
+                (0..data.len()).map(|_| (Vec::new(), None, 0)).collect(),
+                data.iter().map(|q| q.queued.load(SeqCst)).collect(),
+            ),
+            _ => (Vec::new(), Vec::new()),
+        };
+        Self {
+            conn,
+            mapper: if multi { guard } else { None },
+            // Room for many small frames, so that they stay adjacent (see `end_packet`).
+            staging: BytesMut::with_capacity(if multi { 64 * 1024 } else { 0 }),
+            start: 0,
+            lanes,
+            queued_hint,
+            packets: 0,
+        }
+    }
+
+    /// Starts a packet: append its bytes to the returned buffer, then call
+    /// [`end_packet`](Self::end_packet).
+    pub fn begin_packet(&mut self) -> &mut BytesMut {
+        self.start = self.conn.encoder.begin_packet(&mut self.staging);
+        &mut self.staging
+    }
+
+    /// Completes the packet begun last and places it on its stream.
+    pub fn end_packet(&mut self) -> Result<(), FrameError> {
+        self.conn
+            .encoder
+            .end_packet(self.start, &mut self.staging)?;
+        self.packets += 1;
+        let Some(mapper) = self.mapper.as_mut().and_then(|g| g.as_mut()) else {
+            // One ordered stream: the frames stay together in `staging`.
+            return Ok(());
+        };
+        let frame = self.staging.split();
+        let placement = mapper.place(&frame[FRAME_HEADER_LEN..], &self.queued_hint);
+        let (chunks, pending, bytes) = &mut self.lanes[placement.stream];
+        self.queued_hint[placement.stream] += frame.len();
+        *bytes += frame.len();
+        match placement.after {
+            Some(after) => {
+                if let Some(p) = pending.take() {
+                    chunks.push(p.freeze());
+                }
+                let body = frame.freeze().slice(FRAME_HEADER_LEN..);
+                let header = self.conn.encoder.ordered_header(&after, body.len())?;
+                *bytes += header.len() - FRAME_HEADER_LEN;
+                chunks.push(header);
+                chunks.push(body);
+            }
+            None => match pending {
+                // Consecutive frames of one stream are usually adjacent in `staging`: join
+                // them without copying, so quinn gets few large chunks.
+                Some(p) if p.as_ptr().wrapping_add(p.len()) == frame.as_ptr() => p.unsplit(frame),
+                Some(_) => {
+                    let done = pending.replace(frame).map(BytesMut::freeze);
+                    chunks.extend(done);
+                }
+                None => *pending = Some(frame),
+            },
+        }
+        Ok(())
+    }
+
+    /// Queues everything framed so far. Never blocks.
+    pub fn submit(self) -> Result<SendStatus, TransportError> {
+        let shared = &self.conn.shared;
+        if self.packets == 0 {
+            return Ok(SendStatus::Ready);
+        }
+        shared.packets_sent.fetch_add(self.packets, SeqCst);
+        if self.mapper.is_none() {
+            let bytes = self.staging.len();
+            shared.enqueue(Lane::Control, vec![self.staging.freeze()], bytes)?;
+        } else {
+            for (i, (mut chunks, pending, bytes)) in self.lanes.into_iter().enumerate() {
+                chunks.extend(pending.map(BytesMut::freeze));
+                if !chunks.is_empty() {
+                    shared.enqueue(Lane::Data(i), chunks, bytes)?;
+                }
+            }
+        }
+        Ok(shared.send_status())
+    }
+}
+
+/// A data stream's writer: opens the stream, names it by its index, then writes its queue.
+pub(crate) async fn data_writer(
+    conn: quinn::Connection,
+    index: usize,
+    rx: mpsc::UnboundedReceiver<Outgoing>,
+    shared: Arc<Shared>,
+) {
+    let mut send = match conn.open_uni().await {
+        Ok(s) => s,
+        Err(e) => {
+            debug!(error = %e, index, "data stream not opened: connection closed");
+            return;
+        }
+    };
+    // Below the control stream (priority 1): ticks and handshake messages go first.
+    let _ = send.set_priority(0);
+    if send.write_all(&[index as u8]).await.is_err() {
+        return;
+    }
+    write_loop(conn, send, rx, shared, Lane::Data(index)).await;
+}
+
+/// Writes a lane's queue in batches of chunks, one `write_all_chunks` per batch.
+pub(crate) async fn write_loop(
+    conn: quinn::Connection,
+    mut send: quinn::SendStream,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    shared: Arc<Shared>,
+    lane: Lane,
+) {
+    let mut bufs: Vec<Bytes> = Vec::with_capacity(64);
+    loop {
+        let first = tokio::select! {
+            b = rx.recv() => b,
+            e = conn.closed() => { debug!(error = %e, ?lane, "writer stops: connection closed"); return; }
+        };
+        let mut n = 0;
+        let mut take = |msg, bufs: &mut Vec<Bytes>| match msg {
+            Outgoing::Data(chunks, bytes) => {
+                bufs.extend(chunks);
+                n += bytes;
+                None
+            }
+            other => Some(other),
+        };
+        let mut end = match first {
+            None => return,
+            Some(msg) => take(msg, &mut bufs),
+        };
+        while bufs.len() < 256 && end.is_none() {
+            match rx.try_recv() {
+                Ok(msg) => end = take(msg, &mut bufs),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = send.write_all_chunks(&mut bufs).await {
+            let reason = closed_reason(&conn, &shared, format!("write failed: {e}"));
+            // A stopped stream leaves the connection open: close it, the streams are the link.
+            conn.close(
+                quinn::VarInt::from_u32(CLOSE_PROTOCOL_ERROR),
+                b"distribution stream failed",
+            );
+            shared.report_closed(reason);
+            return;
+        }
+        bufs.clear();
+        shared.dequeued(lane, n);
+        match end.take() {
+            None => {}
+            Some(Outgoing::Finish(done)) => {
+                if send.finish().is_ok() {
+                    let _ = tokio::time::timeout(SHUTDOWN_GRACE, send.stopped()).await;
+                }
+                let _ = done.send(());
+                return;
+            }
+            Some(Outgoing::Shutdown(reason)) => {
+                finish_data_streams(&shared).await;
+                finish_and_close(&conn, &mut send, &reason).await;
+                return;
+            }
+            Some(Outgoing::Data(..)) => unreachable!("data is taken above"),
+        }
+    }
+}
+
+/// Ends every data stream after what is queued on it, waiting (bounded) for the peer to
+/// acknowledge them, so the control stream ends last.
+async fn finish_data_streams(shared: &Shared) {
+    let Some(data) = shared.data.get() else {
+        return;
+    };
+    let mut waits = Vec::with_capacity(data.len());
+    for q in data {
+        let (tx, rx) = oneshot::channel();
+        if q.tx.send(Outgoing::Finish(tx)).is_ok() {
+            waits.push(rx);
+        }
+    }
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        for w in waits {
+            let _ = w.await;
+        }
+    })
+    .await;
+}
+
+/// Ends the control stream after everything written so far, waits until the peer has
+/// acknowledged it (or closed, or [`SHUTDOWN_GRACE`] passed), then closes the connection. Like a
+/// TCP close, the last packets (a `nok` handshake status, the final messages) reach the peer.
+async fn finish_and_close(conn: &quinn::Connection, send: &mut quinn::SendStream, reason: &str) {
+    if send.finish().is_ok() {
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, send.stopped()).await;
+    }
+    conn.close(quinn::VarInt::from_u32(CLOSE_NORMAL), reason.as_bytes());
+}
