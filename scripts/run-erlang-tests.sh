@@ -33,7 +33,7 @@ export QUIC_DIST_ERL_FLAGS="$FLAGS"
 export QUIC_DIST_TEST_COUNTS="$COUNTS"
 # The modules to run (space-separated); override to run some only, e.g.
 # QUIC_DIST_ERLANG_TESTS=quic_dist_unit_tests scripts/run-erlang-tests.sh
-export QUIC_DIST_ERLANG_TESTS="${QUIC_DIST_ERLANG_TESTS:-quic_dist_unit_tests quic_dist_multinode_tests quic_dist_security_tests}"
+export QUIC_DIST_ERLANG_TESTS="${QUIC_DIST_ERLANG_TESTS:-quic_dist_unit_tests quic_dist_multinode_tests quic_dist_security_tests quic_dist_streams_tests}"
 
 cd "$ROOT"
 start=$(date +%s)

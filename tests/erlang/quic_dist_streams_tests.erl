@@ -1,0 +1,258 @@
+%%% @doc Multi-node tests of quic_dist's data streams (issue 4): Erlang's ordering guarantee
+%%% (signals from one process to another are never reordered) holds when packets of different
+%%% processes travel on different QUIC streams, and a large message between two processes does
+%%% not hold up the messages of others (no head-of-line blocking).
+%%%
+%%% Real nodes, started with `peer' (see quic_dist_test_peers); the work runs on the nodes in
+%%% the functions at the end of this module. Synchronisation is by messages and monitors;
+%%% `receive ... after' only bounds how long a failure may take.
+-module(quic_dist_streams_tests).
+
+-include_lib("eunit/include/eunit.hrl").
+
+%% Run on the nodes.
+-export([many_senders/4, order_receiver/4, signal_pairs/3, head_of_line/2, stream_counts/1]).
+
+-define(P, quic_dist_test_peers).
+-define(BIG, (100 * 1024)).          % above 64 KiB: fragmented
+-define(HOL_SIZE, (256 * 1024 * 1024)).
+
+%%% ------------------------------------------------------------------
+%%% Test generators
+%%% ------------------------------------------------------------------
+
+streams_test_() ->
+    [pair("64 senders x 10 000 messages of mixed sizes to 4 receivers: each sender's order kept",
+          180, [], fun t_many_senders/1),
+     pair("messages, then exit: links, monitors and monitors by name report after the messages",
+          120, [], fun t_signals/1),
+     pair("a small message overtakes a 256 MiB message between another pair", 180, [],
+          fun t_no_head_of_line/1),
+     pair("streams 1: one ordered stream, the small message waits for the 256 MiB one", 180,
+          ["-quic_dist_opt", "streams", "1"], fun t_one_stream_blocks/1)].
+
+pair(Title, Secs, Args, Fun) ->
+    {Title, {setup,
+             fun() ->
+                     Reg = ?P:new_registry(),
+                     try ?P:start_many(Reg, [#{prefix => "sa", args => Args},
+                                             #{prefix => "sb", args => Args}]) of
+                         [A, B] -> #{reg => Reg, a => A, b => B}
+                     catch
+                         Class:Reason:Stack ->
+                             ?P:cleanup(Reg),
+                             erlang:raise(Class, Reason, Stack)
+                     end
+             end,
+             fun(#{reg := Reg}) -> ?P:cleanup(Reg) end,
+             fun(Ctx) -> {timeout, Secs, fun() -> Fun(Ctx) end} end}}.
+
+%%% ------------------------------------------------------------------
+%%% Tests
+%%% ------------------------------------------------------------------
+
+t_many_senders(#{a := A, b := B}) ->
+    connect(A, B),
+    Result = ?P:call(A, ?MODULE, many_senders, [?P:nodename(B), 64, 10000, 4], 170000),
+    ?assertMatch({ok, _}, Result),
+    {ok, PerReceiver} = Result,
+    %% Every receiver got all the messages of its 16 senders, each sender in order.
+    ?assertEqual(lists:duplicate(4, {16, 16 * 10000}),
+                 [{map_size(Counts), lists:sum(maps:values(Counts))} || Counts <- PerReceiver]),
+    %% And they really travelled on several streams.
+    {Streams, PeerStreams} = ?P:call(A, ?MODULE, stream_counts, [?P:nodename(B)]),
+    ?assertEqual(8, Streams),
+    ?assertEqual(8, PeerStreams).
+
+t_signals(#{a := A, b := B}) ->
+    connect(A, B),
+    Result = ?P:call(A, ?MODULE, signal_pairs, [?P:nodename(B), 100, 50], 110000),
+    ?assertEqual(#{monitor => 100, link => 100, monitor_by_name => 100}, Result).
+
+t_no_head_of_line(#{a := A, b := B}) ->
+    connect(A, B),
+    ?assertEqual([small, {big, ?HOL_SIZE}],
+                 ?P:call(A, ?MODULE, head_of_line, [?P:nodename(B), ?HOL_SIZE], 170000)).
+
+t_one_stream_blocks(#{a := A, b := B}) ->
+    connect(A, B),
+    ?assertEqual({1, 0}, ?P:call(A, ?MODULE, stream_counts, [?P:nodename(B)])),
+    ?assertEqual([{big, ?HOL_SIZE}, small],
+                 ?P:call(A, ?MODULE, head_of_line, [?P:nodename(B), ?HOL_SIZE], 170000)).
+
+connect(From, To) ->
+    ?assertEqual(true, ?P:call(From, net_kernel, connect_node, [?P:nodename(To)])).
+
+%%% ------------------------------------------------------------------
+%%% Run on the nodes
+%%% ------------------------------------------------------------------
+
+%% @doc Streams used to Node, each way: {this node's, the peer's}.
+stream_counts(Node) ->
+    {ok, #{stats := Stats}} = quic_dist:info(Node),
+    {maps:get(streams, Stats), maps:get(peer_streams, Stats)}.
+
+%% @doc Senders processes each send PerSender numbered messages (every 50th carries 2 KiB, every
+%% 1000th 100 KiB) to one of Receivers processes on Node; each receiver checks that every
+%% sender's messages arrive complete and in order. Returns {ok, [#{Sender => Count}]}.
+many_senders(Node, Senders, PerSender, Receivers) ->
+    Self = self(),
+    Ref = make_ref(),
+    PerReceiver = Senders div Receivers,
+    Rs = [spawn(Node, ?MODULE, order_receiver, [Self, Ref, PerReceiver, PerSender])
+          || _ <- lists:seq(1, Receivers)],
+    RsT = list_to_tuple(Rs),
+    Big = binary:copy(<<"b">>, ?BIG),
+    Mid = binary:copy(<<"m">>, 2048),
+    _ = [spawn_link(fun() ->
+                            R = element(1 + Id rem Receivers, RsT),
+                            send_numbered(R, Id, 1, PerSender, Big, Mid)
+                    end) || Id <- lists:seq(1, Senders)],
+    collect([{Ref, R} || R <- Rs], 160000).
+
+send_numbered(_R, _Id, N, Last, _Big, _Mid) when N > Last ->
+    ok;
+send_numbered(R, Id, N, Last, Big, Mid) ->
+    Payload = if N rem 1000 =:= 0 -> Big;
+                 N rem 50 =:= 0 -> Mid;
+                 true -> <<N:32>>
+              end,
+    R ! {seq, self(), Id, N, Payload},
+    send_numbered(R, Id, N + 1, Last, Big, Mid).
+
+%% @doc Receives Senders x PerSender messages; checks each sender's order and payloads.
+order_receiver(ReportTo, Ref, Senders, PerSender) ->
+    ReportTo ! {{Ref, self()}, order_loop(#{}, Senders * PerSender)}.
+
+order_loop(Next, 0) ->
+    {ok, maps:map(fun(_, N) -> N - 1 end, Next)};
+order_loop(Next, Left) ->
+    receive
+        {seq, _Pid, Id, N, Payload} ->
+            Expected = maps:get(Id, Next, 1),
+            Size = if N rem 1000 =:= 0 -> ?BIG; N rem 50 =:= 0 -> 2048; true -> 4 end,
+            case {N, byte_size(Payload)} of
+                {Expected, Size} -> order_loop(Next#{Id => N + 1}, Left - 1);
+                Got -> {error, {sender, Id, expected, {Expected, Size}, got, Got}}
+            end
+    after 60000 ->
+            {error, {stalled, Next}}
+    end.
+
+collect(Tags, Timeout) ->
+    Results = [receive {Tag, R} -> R after Timeout -> {error, timeout} end || Tag <- Tags],
+    case [E || {error, _} = E <- Results] of
+        [] -> {ok, [Counts || {ok, Counts} <- Results]};
+        [E | _] -> E
+    end.
+
+%% @doc For each kind (monitor, link, monitor_by_name), Pairs processes here each send PerPair
+%% messages to a partner on Node and then exit; the partner, which monitors or links to it
+%% (by name for monitor_by_name), must see all the messages before the signal of the exit.
+%% A process streaming 8 MiB messages to Node keeps other streams busy meanwhile.
+%% Returns #{Kind => pairs that saw the right order}.
+signal_pairs(Node, Pairs, PerPair) ->
+    Self = self(),
+    Sink = spawn(Node, fun() -> sink() end),
+    Bulk = spawn(fun() -> bulk(Sink, binary:copy(<<"x">>, 8 * 1024 * 1024)) end),
+    Kinds = [monitor, link, monitor_by_name],
+    Runs = [{Kind, I, spawn(fun() -> signal_pair(Self, Node, Kind, I, PerPair) end)}
+            || Kind <- Kinds, I <- lists:seq(1, Pairs)],
+    Results = [receive {pair_result, Kind, I, R} -> {Kind, R} after 100000 -> {Kind, timeout} end
+               || {Kind, I, _} <- Runs],
+    exit(Bulk, kill),
+    exit(Sink, kill),
+    Bad = [{K, R} || {K, R} <- Results, R =/= ok],
+    case Bad of
+        [] -> maps:from_list([{K, Pairs} || K <- Kinds]);
+        _ -> {bad, lists:sublist(Bad, 5)}
+    end.
+
+sink() ->
+    receive _ -> sink() end.
+
+bulk(Sink, Bin) ->
+    Sink ! Bin,
+    bulk(Sink, Bin).
+
+%% One pair: this process spawns its partner on Node, waits until it watches, sends, exits.
+signal_pair(Report, Node, Kind, I, PerPair) ->
+    Name = list_to_atom("qdt_named_" ++ integer_to_list(I)),
+    Kind =:= monitor_by_name andalso register(Name, self()),
+    Me = self(),
+    Partner = spawn(Node, fun() -> partner(Report, Kind, I, Me, {Name, node(Me)}, PerPair) end),
+    receive {Partner, watching} -> ok after 30000 -> exit(partner_not_ready) end,
+    Big = binary:copy(<<"p">>, ?BIG),
+    [Partner ! {msg, N, if N =:= PerPair div 2 -> Big; true -> <<>> end}
+     || N <- lists:seq(1, PerPair)],
+    exit({done, I}).
+
+partner(Report, Kind, I, Sender, Named, PerPair) ->
+    Ref = case Kind of
+              monitor -> monitor(process, Sender);
+              monitor_by_name -> monitor(process, Named);
+              link -> process_flag(trap_exit, true), link(Sender), undefined
+          end,
+    Sender ! {self(), watching},
+    Result = partner_loop(Ref, Sender, 1, PerPair),
+    Report ! {pair_result, Kind, I, Result}.
+
+partner_loop(Ref, Sender, N, PerPair) ->
+    receive
+        {msg, N, _} ->
+            partner_loop(Ref, Sender, N + 1, PerPair);
+        {msg, Other, _} ->
+            {out_of_order, expected, N, got, Other};
+        {'DOWN', Ref, process, _, Reason} when N > PerPair ->
+            check_reason(Reason);
+        {'DOWN', Ref, process, _, Reason} ->
+            {signal_before_message, N, Reason};
+        {'EXIT', Sender, Reason} when N > PerPair ->
+            check_reason(Reason);
+        {'EXIT', Sender, Reason} ->
+            {signal_before_message, N, Reason}
+    after 60000 ->
+            {stalled, N}
+    end.
+
+check_reason({done, _}) -> ok;
+check_reason(Other) -> {wrong_reason, Other}.
+
+%% @doc Sends a Size-byte binary from one process to a process on Node and, once at least an
+%% eighth of it has left this node, a small message between two other processes. Returns the
+%% order in which the receivers on Node got them.
+head_of_line(Node, Size) ->
+    Self = self(),
+    Ref = make_ref(),
+    Observer = spawn(Node, fun() -> observe(Self, Ref, []) end),
+    BigReceiver = spawn(Node, fun() ->
+                                      receive {big, B} -> Observer ! {big, byte_size(B)} end
+                              end),
+    SmallReceiver = spawn(Node, fun() -> receive small -> Observer ! small end end),
+    Big = binary:copy(<<"h">>, Size),
+    Sent0 = udp_bytes_sent(Node),
+    _ = spawn(fun() -> BigReceiver ! {big, Big} end),
+    ok = wait_until(fun() -> udp_bytes_sent(Node) - Sent0 >= Size div 8 end, 60000),
+    _ = spawn(fun() -> SmallReceiver ! small end),
+    receive {Ref, Order} -> Order after 150000 -> timeout end.
+
+observe(Report, Ref, Seen) when length(Seen) =:= 2 ->
+    Report ! {Ref, lists:reverse(Seen)};
+observe(Report, Ref, Seen) ->
+    receive What -> observe(Report, Ref, [What | Seen]) end.
+
+udp_bytes_sent(Node) ->
+    {ok, #{stats := #{udp_bytes_sent := Sent}}} = quic_dist:info(Node),
+    Sent.
+
+%% Polls Cond every 2 ms until it holds (nothing else can tell when bytes have left).
+wait_until(Cond, Timeout) when Timeout =< 0 ->
+    Cond() orelse error(condition_never_held),
+    ok;
+wait_until(Cond, Timeout) ->
+    case Cond() of
+        true -> ok;
+        false ->
+            receive after 2 -> ok end,
+            wait_until(Cond, Timeout - 2)
+    end.
