@@ -8,9 +8,16 @@
 %%% - The controller is what `f_getll' returns and what the runtime registers for the node.
 %%%   During the handshake it runs at max priority and answers synchronous calls; afterwards
 %%%   it drains `dist_ctrl_get_data/1' in batches (up to ?BATCH_PACKETS packets or
-%%%   ?BATCH_BYTES bytes) and hands each batch to the NIF in one call. When the NIF says
-%%%   `busy' it stops pulling until `quic_dist_writable': the runtime's queue then fills up and
-%%%   senders are suspended (busy_dist_port), which is the end-to-end backpressure.
+%%%   ?BATCH_BYTES bytes) and hands each batch to the NIF in one call. Backpressure, two levels:
+%%%   * per sender: when a data stream's queue is over its mark, the NIF names the local
+%%%     processes that just sent on it; the controller suspends them (asynchronously) and
+%%%     resumes them on `{quic_dist_stream_writable, Stream}'. The runtime's queue, shared by
+%%%     all senders to the node, keeps draining, so idle processes are not held up by busy ones.
+%%%     Suspensions by a process end when it dies, so a dead controller frees them all.
+%%%   * per connection (a safety net, and the only level with one stream): when all queues
+%%%     together are over their mark the NIF says `busy' and the controller stops pulling until
+%%%     `quic_dist_writable': the runtime's queue fills up and senders are suspended
+%%%     (busy_dist_port).
 %%% - The input handler receives the NIF's batches of packets, each from one stream. During the
 %%%   handshake only the control stream is delivered: it queues them and serves `hs_recv'.
 %%%   After `handshake_complete' it opens the data streams (`conn_open_input'), calls
@@ -97,6 +104,7 @@ hs_send({quic_dist, _Ctrl, _Input, Conn}, Data) ->
     case quic_dist_nif:conn_send(Conn, [Data]) of
         ok -> ok;
         busy -> ok;
+        {OkOrBusy, _NoThrottleBeforeDataMode} when is_atom(OkOrBusy), OkOrBusy =/= error -> ok;
         {error, _} = Error -> Error
     end.
 
@@ -145,7 +153,8 @@ remote_address({quic_dist, _Ctrl, _Input, Conn}) ->
 %%% Controller
 %%% ------------------------------------------------------------------
 
--record(ctrl, {conn, input, dhandle, node}).
+-record(ctrl, {conn, input, dhandle, node,
+               suspended = #{} :: #{non_neg_integer() => [pid()]}}).
 
 %% Spawns the input handler, starts the NIF connection, then serves the handshake.
 controller_init(Starter, Conn) ->
@@ -220,6 +229,7 @@ output_loop(S) ->
     receive
         dist_data -> output_drain(S);
         quic_dist_writable -> output_drain(S);
+        {quic_dist_stream_writable, Stream} -> output_loop(resume_stream(Stream, S));
         {From, Ref, Request} ->
             From ! {Ref, handle_request(Request, S)},
             output_loop(S)
@@ -238,9 +248,46 @@ output_drain(#ctrl{dhandle = DH, conn = Conn} = S) ->
                     ok = erlang:dist_ctrl_get_data_notification(DH),
                     output_loop(S);
                 busy -> output_busy(S);
+                {ok, Throttle} when More -> output_drain(suspend_senders(Throttle, S));
+                {ok, Throttle} ->
+                    ok = erlang:dist_ctrl_get_data_notification(DH),
+                    output_loop(suspend_senders(Throttle, S));
+                {busy, Throttle} -> output_busy(suspend_senders(Throttle, S));
                 {error, Reason} -> exit({send_failed, Reason})
             end
     end.
+
+%% Suspends local processes whose stream is over its mark, once each, until it drains.
+suspend_senders(Throttle, #ctrl{suspended = Suspended} = S) ->
+    S#ctrl{suspended = lists:foldl(fun suspend_sender/2, Suspended, Throttle)}.
+
+suspend_sender({Stream, EncodedPid}, Suspended) ->
+    try binary_to_term(<<131, EncodedPid/binary>>) of
+        Pid when node(Pid) =:= node(), Pid =/= self() ->
+            %% Not processes that run at high priority (system ones): they are never the
+            %% bulk senders, and holding them could hold up the node.
+            case erlang:process_info(Pid, priority) of
+                {priority, P} when P =:= normal; P =:= low ->
+                    case erlang:suspend_process(Pid, [asynchronous, unless_suspending]) of
+                        true -> maps:update_with(Stream, fun(Ps) -> [Pid | Ps] end, [Pid],
+                                                 Suspended);
+                        false -> Suspended
+                    end;
+                _ -> Suspended
+            end;
+        _ -> Suspended
+    catch
+        error:badarg -> Suspended  % gone meanwhile, or not a pid
+    end.
+
+%% Resumes the processes suspended for Stream.
+resume_stream(Stream, #ctrl{suspended = Suspended} = S) ->
+    {Pids, Rest} = case maps:take(Stream, Suspended) of
+                       {Ps, R} -> {Ps, R};
+                       error -> {[], Suspended}
+                   end,
+    lists:foreach(fun(Pid) -> catch erlang:resume_process(Pid) end, Pids),
+    S#ctrl{suspended = Rest}.
 
 %% Pulls packets until the queue is empty (More = false) or the batch is full.
 collect(_DH, Acc, Packets, Bytes) when Packets >= ?BATCH_PACKETS; Bytes >= ?BATCH_BYTES ->
@@ -255,6 +302,7 @@ collect(DH, Acc, Packets, Bytes) ->
 output_busy(S) ->
     receive
         quic_dist_writable -> output_drain(S);
+        {quic_dist_stream_writable, Stream} -> output_busy(resume_stream(Stream, S));
         {From, Ref, Request} ->
             From ! {Ref, handle_request(Request, S)},
             output_busy(S)

@@ -74,7 +74,8 @@ connect(_Ep, _Ip, _Port, _ServerName, _Owner, _Ref) -> ?NOT_LOADED.
 -spec conn_start(reference(), pid(), pid()) -> ok | {error, binary()}.
 conn_start(_Conn, _Input, _Controller) -> ?NOT_LOADED.
 
--spec conn_send(reference(), [iodata()]) -> ok | busy | {error, binary()}.
+-spec conn_send(reference(), [iodata()]) ->
+          ok | busy | {ok | busy, [{non_neg_integer(), binary()}]} | {error, binary()}.
 conn_send(_Conn, _Packets) -> ?NOT_LOADED.
 
 -spec conn_tick(reference()) -> ok.

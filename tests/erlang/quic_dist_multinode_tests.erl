@@ -714,9 +714,17 @@ do_link_checks(Node) ->
     Self = self(),
     Ref6 = make_ref(),
     R6 = spawn(Node, erlang, apply,
-               [fun() -> link(Local6), Self ! {Ref6, linked}, receive after infinity -> ok end end,
+               [fun() ->
+                        link(Local6),
+                        receive {ready, Self} -> Self ! {Ref6, linked} end,
+                        receive after infinity -> ok end
+                end,
                 []]),
     M6 = monitor(process, R6),
+    %% Erlang orders signals per pair of processes only: this node's monitor (from this
+    %% process) and Local6's exit signal may travel on different streams. R6 answering this
+    %% process's message proves that the monitor, sent before it, is in place.
+    R6 ! {ready, Self},
     LocalKills = receive
                      {Ref6, linked} ->
                          Local6 ! {exit_with, {local_death, 7}},

@@ -6,19 +6,32 @@
 /// only stops a broken or hostile peer from making us buffer an unbounded frame.
 pub const DEFAULT_MAX_FRAME: usize = 64 * 1024 * 1024;
 
-/// Bytes queued for sending above which the output handler is told to stop pulling packets
-/// (the runtime then suspends senders with `busy_dist_port`).
-pub const SEND_QUEUE_HIGH_WATER: usize = 8 * 1024 * 1024;
+/// Bytes queued for sending (all streams) above which the output handler is told to stop
+/// pulling packets (the runtime then suspends every sender to that node with
+/// `busy_dist_port`, the idle ones too: it has one queue per connection). With several streams
+/// this is only a safety net: the stream limit below slows down the busy senders first.
+pub const SEND_QUEUE_HIGH_WATER: usize = 16 * 1024 * 1024;
 
 /// Bytes queued for sending below which a paused output handler is woken up again.
-pub const SEND_QUEUE_LOW_WATER: usize = 2 * 1024 * 1024;
+pub const SEND_QUEUE_LOW_WATER: usize = 8 * 1024 * 1024;
 
-/// Bytes delivered to the input handler and not yet consumed, above which the reader stops
-/// reading the stream (QUIC flow control then stops the peer).
-pub const RECV_UNACKED_LIMIT: usize = 8 * 1024 * 1024;
+/// Bytes queued on one data stream above which the processes that send on it are suspended
+/// (by the output handler) until it drains below [`STREAM_QUEUE_LOW_WATER`]: a process that
+/// sends faster than its stream drains waits, and the others go on. QUIC's own send buffers, up
+/// to the stream's flow-control window, keep the stream busy meanwhile.
+pub const STREAM_QUEUE_HIGH_WATER: usize = 1024 * 1024;
+
+/// Bytes queued on one data stream below which its suspended senders are resumed.
+pub const STREAM_QUEUE_LOW_WATER: usize = 512 * 1024;
+
+/// Bytes delivered to the input handler from one stream and not yet consumed, above which the
+/// reader stops reading that stream (QUIC flow control then stops the peer's stream). It is
+/// also the most that packets of other streams can find ahead of them in the input handler's
+/// mailbox, per busy stream.
+pub const RECV_UNACKED_LIMIT: usize = 1024 * 1024;
 
 /// Most packets handed to the input handler in one message.
 pub const RECV_BATCH_PACKETS: usize = 512;
 
 /// Most bytes handed to the input handler in one message (a single larger packet still goes).
-pub const RECV_BATCH_BYTES: usize = 1024 * 1024;
+pub const RECV_BATCH_BYTES: usize = 256 * 1024;

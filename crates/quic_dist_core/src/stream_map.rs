@@ -41,6 +41,9 @@ pub struct Placement {
     pub stream: usize,
     /// For an ordered packet: how many packets had been sent on each data stream before it.
     pub after: Option<Vec<u64>>,
+    /// Where the sending process (its encoded pid) is in the packet, when the packet names one:
+    /// the process to slow down if its stream is congested.
+    pub sender: Option<std::ops::Range<usize>>,
 }
 
 /// Sender side: assigns packets to data streams. One per connection and direction.
@@ -80,9 +83,14 @@ impl StreamMapper {
     /// Places one packet (as `dist_ctrl_get_data/1` returned it). `queued[i]` is the number of
     /// bytes waiting to be sent on stream `i`; it only steers where new keys go.
     pub fn place(&mut self, packet: &[u8], queued: &[usize]) -> Placement {
+        let mut sender = None;
         let (stream, ordered) = match route(packet) {
-            Ok(Route::Packet { key }) => self.stream_for_key(key, queued),
+            Ok(Route::Packet { key }) => {
+                sender = process_range(packet, key);
+                self.stream_for_key(key, queued)
+            }
             Ok(Route::FirstFragment { seq, frag, key }) => {
+                sender = process_range(packet, key);
                 let (stream, ordered) = self.stream_for_key(key, queued);
                 if frag > 1 {
                     self.remember_fragments(seq, stream);
@@ -111,7 +119,11 @@ impl StreamMapper {
         };
         let after = ordered.then(|| self.sent.clone());
         self.sent[stream] += 1;
-        Placement { stream, after }
+        Placement {
+            stream,
+            after,
+            sender,
+        }
     }
 
     fn remember_fragments(&mut self, seq: u64, stream: usize) {
@@ -149,6 +161,12 @@ pub fn ordered_ready(after: &[u64], own: usize, delivered: impl Fn(usize) -> u64
         .iter()
         .enumerate()
         .all(|(i, &n)| i == own || delivered(i) >= n)
+}
+
+/// The range of `key` (a slice of `packet`) if it is a pid.
+fn process_range(packet: &[u8], key: &[u8]) -> Option<std::ops::Range<usize>> {
+    let start = (key.as_ptr() as usize).checked_sub(packet.as_ptr() as usize)?;
+    matches!(key.first(), Some(88 | 103)).then(|| start..start + key.len())
 }
 
 /// A pid (or port) identifies one process; anything else (an atom: a registered name) does not.
@@ -218,7 +236,8 @@ mod tests {
             m.place(&next_fragment(9, 2, &[2]), &queued_elsewhere),
             Placement {
                 stream: first.stream,
-                after: None
+                after: None,
+                sender: None
             }
         );
         assert_eq!(
@@ -258,6 +277,19 @@ mod tests {
         let garbage = m.place(&[131, 68, 3, 1, 2, 3], &idle);
         assert_eq!(garbage.stream, 0);
         assert!(garbage.after.is_some());
+    }
+
+    #[test]
+    fn the_sender_is_located_in_the_packet() {
+        let mut m = StreamMapper::new(2);
+        let p = send(7, 1);
+        let range = m.place(&p, &[0, 0]).sender.expect("a sender");
+        assert_eq!(&p[range], &pid("a@h", 7)[..]);
+        let control = tuple(&[small(22), pid("a@h", 8), pid("b@h", 1)]);
+        let first = first_fragment(3, 2, control, &[1]);
+        let range = m.place(&first, &[0, 0]).sender.expect("a sender");
+        assert_eq!(&first[range], &pid("a@h", 8)[..]);
+        assert_eq!(m.place(&next_fragment(3, 1, &[2]), &[0, 0]).sender, None);
     }
 
     #[test]

@@ -10,6 +10,7 @@ rustler::atoms! {
     quic_dist_data,
     quic_dist_closed,
     quic_dist_writable,
+    quic_dist_stream_writable,
     quic_dist_log,
     // log levels
     debug,

@@ -3,7 +3,7 @@
 //! Messages sent to Erlang processes:
 //! - input handler: `{quic_dist_data, [Packet :: binary()], Channel, Bytes}` (acknowledge with
 //!   `conn_ack(Conn, Channel, Bytes)` once consumed) and `{quic_dist_closed, Reason}`
-//! - controller: `quic_dist_writable`
+//! - controller: `quic_dist_writable`, `{quic_dist_stream_writable, Stream}`
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -76,6 +76,12 @@ impl ConnectionEvents for ErlangEvents {
             atoms::quic_dist_writable().encode(env)
         });
     }
+
+    fn stream_writable(&self, stream: usize) {
+        send_from_worker(&self.controller, |env| {
+            (atoms::quic_dist_stream_writable(), stream).encode(env)
+        });
+    }
 }
 
 /// Starts delivery: packets and close notices go to `input`, writable notices to `controller`.
@@ -96,7 +102,8 @@ fn conn_start<'a>(
 }
 
 /// Frames and queues a list of packets (each an iodata); `ok`, `busy` (stop until
-/// `quic_dist_writable`), or `{error, Reason}`.
+/// `quic_dist_writable`), `{ok | busy, [{Stream, EncodedPid}]}` (also suspend those senders
+/// until `{quic_dist_stream_writable, Stream}`), or `{error, Reason}`.
 #[rustler::nif]
 fn conn_send<'a>(
     env: Env<'a>,
@@ -110,11 +117,28 @@ fn conn_send<'a>(
             return Ok(error_tuple(env, e));
         }
     }
-    Ok(match batch.submit() {
-        Ok(SendStatus::Ready) => atoms::ok().encode(env),
-        Ok(SendStatus::Busy) => atoms::busy().encode(env),
-        Err(e) => error_tuple(env, e),
-    })
+    let submitted = match batch.submit() {
+        Ok(s) => s,
+        Err(e) => return Ok(error_tuple(env, e)),
+    };
+    let status = match submitted.status {
+        SendStatus::Ready => atoms::ok(),
+        SendStatus::Busy => atoms::busy(),
+    };
+    if submitted.throttle.is_empty() {
+        return Ok(status.encode(env));
+    }
+    let throttle: Vec<Term> = submitted
+        .throttle
+        .iter()
+        .map(|(stream, pid)| {
+            let mut b = NewBinary::new(env, pid.len());
+            b.as_mut_slice().copy_from_slice(pid);
+            let bin: rustler::Binary = b.into();
+            (*stream, bin).encode(env)
+        })
+        .collect();
+    Ok((status, throttle).encode(env))
 }
 
 /// The handshake is over: send data over `streams` data streams from now on (1: all on the

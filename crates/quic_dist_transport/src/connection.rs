@@ -51,6 +51,11 @@ pub trait ConnectionEvents: Send + Sync + 'static {
     fn closed(&self, reason: String);
     /// The send queue drained below the low-water mark after a [`SendStatus::Busy`].
     fn writable(&self);
+    /// Data stream `stream` drained below its low-water mark after senders on it were
+    /// throttled (see [`Submitted::throttle`](crate::send::Submitted::throttle)).
+    fn stream_writable(&self, stream: usize) {
+        let _ = stream;
+    }
 }
 
 /// Answer of [`DistConnection::send`]: the batch is always queued; `Busy` asks the caller to stop

@@ -30,5 +30,5 @@ pub use connection::{
 };
 pub use endpoint::DistEndpoint;
 pub use error::TransportError;
-pub use send::SendBatch;
+pub use send::{SendBatch, Submitted};
 pub use tls::{TlsMaterial, ALPN};

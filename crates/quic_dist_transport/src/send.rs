@@ -11,7 +11,9 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::sync::{Arc, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
-use quic_dist_core::limits::{SEND_QUEUE_HIGH_WATER, SEND_QUEUE_LOW_WATER};
+use quic_dist_core::limits::{
+    SEND_QUEUE_HIGH_WATER, SEND_QUEUE_LOW_WATER, STREAM_QUEUE_HIGH_WATER, STREAM_QUEUE_LOW_WATER,
+};
 use quic_dist_core::stream_map::StreamMapper;
 use quic_dist_core::{FrameError, FRAME_HEADER_LEN};
 use tokio::sync::{mpsc, oneshot};
@@ -38,6 +40,8 @@ pub(crate) enum Outgoing {
 pub(crate) struct StreamQueue {
     pub(crate) tx: mpsc::UnboundedSender<Outgoing>,
     pub(crate) queued: std::sync::atomic::AtomicUsize,
+    /// Senders on this stream were told to wait: report when it drains.
+    pub(crate) throttled: std::sync::atomic::AtomicBool,
 }
 
 impl StreamQueue {
@@ -47,6 +51,7 @@ impl StreamQueue {
             Self {
                 tx,
                 queued: Default::default(),
+                throttled: Default::default(),
             },
             rx,
         )
@@ -102,7 +107,14 @@ impl Shared {
 
     fn dequeued(&self, lane: Lane, bytes: usize) {
         if let Some(q) = self.queue(lane) {
-            q.queued.fetch_sub(bytes, SeqCst);
+            let left = q.queued.fetch_sub(bytes, SeqCst) - bytes;
+            if let Lane::Data(i) = lane {
+                if left < STREAM_QUEUE_LOW_WATER && q.throttled.swap(false, SeqCst) {
+                    if let Some(ev) = self.events.get() {
+                        ev.stream_writable(i);
+                    }
+                }
+            }
         }
         let left = self.queued.fetch_sub(bytes, SeqCst) - bytes;
         if left < SEND_QUEUE_LOW_WATER && self.paused.swap(false, SeqCst) {
@@ -113,7 +125,17 @@ impl Shared {
     }
 }
 
-/// Packets being framed for one [`DistConnection::submit`]; see [`DistConnection::batch`].
+/// What [`SendBatch::submit`] did.
+#[derive(Debug)]
+pub struct Submitted {
+    /// Whether the caller may keep sending.
+    pub status: SendStatus,
+    /// Senders (data stream, encoded pid) whose stream is above its high-water mark: the caller
+    /// should suspend them until [`ConnectionEvents::stream_writable`] for that stream.
+    pub throttle: Vec<(usize, Bytes)>,
+}
+
+/// Packets being framed for one submit; see [`DistConnection::batch`].
 pub struct SendBatch<'c> {
     conn: &'c DistConnection,
     mapper: Option<MutexGuard<'c, Option<StreamMapper>>>,
@@ -123,6 +145,7 @@ pub struct SendBatch<'c> {
     lanes: Vec<(Vec<Bytes>, Option<BytesMut>, usize)>,
     /// Bytes queued per data stream when the batch began, plus this batch's: steers new keys.
     queued_hint: Vec<usize>,
+    throttle: Vec<(usize, Bytes)>,
     packets: u64,
 }
 
@@ -154,6 +177,7 @@ impl<'c> SendBatch<'c> {
             start: 0,
             lanes,
             queued_hint,
+            throttle: Vec::new(),
             packets: 0,
         }
     }
@@ -177,8 +201,21 @@ impl<'c> SendBatch<'c> {
         };
         let frame = self.staging.split();
         let placement = mapper.place(&frame[FRAME_HEADER_LEN..], &self.queued_hint);
-        let (chunks, pending, bytes) = &mut self.lanes[placement.stream];
         self.queued_hint[placement.stream] += frame.len();
+        if let Some(range) = placement.sender.as_ref() {
+            if self.queued_hint[placement.stream] > STREAM_QUEUE_HIGH_WATER {
+                let key = &frame[FRAME_HEADER_LEN + range.start..FRAME_HEADER_LEN + range.end];
+                if !self
+                    .throttle
+                    .iter()
+                    .any(|(s, k)| *s == placement.stream && &k[..] == key)
+                {
+                    self.throttle
+                        .push((placement.stream, Bytes::copy_from_slice(key)));
+                }
+            }
+        }
+        let (chunks, pending, bytes) = &mut self.lanes[placement.stream];
         *bytes += frame.len();
         match placement.after {
             Some(after) => {
@@ -206,24 +243,42 @@ impl<'c> SendBatch<'c> {
     }
 
     /// Queues everything framed so far. Never blocks.
-    pub fn submit(self) -> Result<SendStatus, TransportError> {
+    pub fn submit(mut self) -> Result<Submitted, TransportError> {
         let shared = &self.conn.shared;
         if self.packets == 0 {
-            return Ok(SendStatus::Ready);
+            return Ok(Submitted {
+                status: SendStatus::Ready,
+                throttle: Vec::new(),
+            });
         }
         shared.packets_sent.fetch_add(self.packets, SeqCst);
         if self.mapper.is_none() {
             let bytes = self.staging.len();
             shared.enqueue(Lane::Control, vec![self.staging.freeze()], bytes)?;
         } else {
-            for (i, (mut chunks, pending, bytes)) in self.lanes.into_iter().enumerate() {
+            for (i, (mut chunks, pending, bytes)) in
+                std::mem::take(&mut self.lanes).into_iter().enumerate()
+            {
                 chunks.extend(pending.map(BytesMut::freeze));
                 if !chunks.is_empty() {
                     shared.enqueue(Lane::Data(i), chunks, bytes)?;
                 }
             }
+            if let Some(data) = shared.data.get() {
+                // Owe a `stream_writable` for each throttled stream, unless it drained already
+                // (its writer then did not see the flag): then nobody needs to wait.
+                self.throttle.retain(|(i, _)| {
+                    let q = &data[*i];
+                    q.throttled.store(true, SeqCst);
+                    !(q.queued.load(SeqCst) < STREAM_QUEUE_LOW_WATER
+                        && q.throttled.swap(false, SeqCst))
+                });
+            }
         }
-        Ok(shared.send_status())
+        Ok(Submitted {
+            status: shared.send_status(),
+            throttle: self.throttle,
+        })
     }
 }
 

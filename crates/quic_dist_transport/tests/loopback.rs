@@ -931,7 +931,7 @@ fn send_batch(side: &Side, packets: &[Vec<u8>]) -> SendStatus {
         batch.begin_packet().extend_from_slice(p);
         batch.end_packet().expect("frame packet");
     }
-    batch.submit().expect("submit")
+    batch.submit().expect("submit").status
 }
 
 async fn data_pair(streams: usize) -> Pair {
