@@ -1,4 +1,4 @@
-//! Transport settings: windows, timeouts, frame limits.
+//! Transport settings: windows, timeouts, frame limits, datagram sizes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +11,28 @@ pub const DEFAULT_STREAMS: usize = 8;
 
 /// Receive window of one stream unless configured, bytes.
 pub const DEFAULT_STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+
+/// The smallest UDP payload every QUIC path must carry (RFC 9000, section 14): the size of the
+/// first datagrams, and the size path MTU discovery falls back to on a black hole.
+pub const MIN_UDP_PAYLOAD: u16 = 1200;
+
+/// Largest UDP payload per datagram at which a full segmentation offload (GSO) batch still fits
+/// one `sendmsg`.
+///
+/// quinn 0.11 puts up to 10 datagrams of the current path MTU into one GSO send
+/// (`MAX_TRANSMIT_SEGMENTS` in quinn's `connection.rs`) and does not cap the batch's total size,
+/// while Linux refuses a UDP send whose total exceeds 65535 bytes of IP packet with `EMSGSIZE`,
+/// which quinn-udp takes for a failed MTU probe and drops silently. Datagrams above this size
+/// therefore lose whole batches: quinn counts them as lost packets, and after a few such loss
+/// bursts its black-hole detector resets the path to [`MIN_UDP_PAYLOAD`] for the cooldown.
+/// IPv4: (65535 - 20 IP header - 8 UDP header) / 10 = 6550. (IPv6 allows 6552.)
+pub const GSO_SAFE_UDP_PAYLOAD: u16 = 6550;
+
+/// How long path MTU discovery waits after a suspected black hole before probing up again
+/// (quinn's default is 60 s). Bursts of congestion loss of full-size packets can look like a
+/// black hole; a wrong guess then costs 1200-byte datagrams (about twice the CPU per byte) until
+/// the next search, while a real black hole costs only a few lost probe packets per search.
+pub const MTU_BLACK_HOLE_COOLDOWN: Duration = Duration::from_secs(10);
 
 /// Settings shared by every connection of an endpoint.
 #[derive(Debug, Clone)]
@@ -33,6 +55,25 @@ pub struct TransportOptions {
     pub max_frame: usize,
     /// Kernel buffer asked for the UDP socket, each direction, in bytes.
     pub socket_buffer: usize,
+    /// UDP payload size of the first datagrams of a connection, before path MTU discovery
+    /// (at least [`MIN_UDP_PAYLOAD`], which every path must carry).
+    pub initial_mtu: u16,
+    /// Upper bound of path MTU discovery towards peers on the network. Discovery (RFC 8899
+    /// probes, DF set on the socket, black-hole detection) finds what the path carries up to
+    /// this bound. quinn's default, 1452, fits Ethernet with room for IPv6 and finds it within a
+    /// probe or two; raise it for jumbo-frame networks (at most [`GSO_SAFE_UDP_PAYLOAD`] with
+    /// `segmentation_offload`, and at most `max_udp_payload`).
+    pub mtu_upper_bound: u16,
+    /// Largest UDP payload per datagram: the limit announced to peers (`max_udp_payload_size`,
+    /// which bounds their discovery) and the upper bound of discovery towards loopback peers,
+    /// whose path (the `lo` interface, MTU 65536) carries it (at most [`GSO_SAFE_UDP_PAYLOAD`]
+    /// with `segmentation_offload`).
+    pub max_udp_payload: u16,
+    /// Probe for datagrams larger than `initial_mtu` (path MTU discovery, with black-hole
+    /// detection). Without it every datagram has `initial_mtu` bytes.
+    pub mtu_discovery: bool,
+    /// Hand the kernel several datagrams per send (Linux UDP GSO), where the kernel supports it.
+    pub segmentation_offload: bool,
 }
 
 impl Default for TransportOptions {
@@ -46,6 +87,11 @@ impl Default for TransportOptions {
             handshake_timeout: Duration::from_secs(10),
             max_frame: DEFAULT_MAX_FRAME,
             socket_buffer: 4 * 1024 * 1024,
+            initial_mtu: MIN_UDP_PAYLOAD,
+            mtu_upper_bound: 1452,
+            max_udp_payload: GSO_SAFE_UDP_PAYLOAD,
+            mtu_discovery: true,
+            segmentation_offload: true,
         }
     }
 }
@@ -65,6 +111,123 @@ impl TransportOptions {
         let idle = quinn::IdleTimeout::try_from(self.idle_timeout)
             .unwrap_or_else(|_| quinn::IdleTimeout::from(quinn::VarInt::from_u32(300_000)));
         t.max_idle_timeout(Some(idle));
+        t.initial_mtu(self.initial_mtu)
+            .min_mtu(MIN_UDP_PAYLOAD)
+            .enable_segmentation_offload(self.segmentation_offload)
+            .mtu_discovery_config(self.mtu_discovery_upper_bound().map(|upper| {
+                let mut mtud = quinn::MtuDiscoveryConfig::default();
+                mtud.upper_bound(upper)
+                    .black_hole_cooldown(MTU_BLACK_HOLE_COOLDOWN);
+                mtud
+            }));
         Arc::new(t)
+    }
+
+    /// The settings for a connection to a loopback address: path MTU discovery may go up to
+    /// `max_udp_payload`.
+    pub fn for_loopback(&self) -> Self {
+        Self {
+            mtu_upper_bound: self.max_udp_payload,
+            ..self.clone()
+        }
+    }
+
+    /// Upper bound of path MTU discovery, `None` when discovery is off or cannot go above the
+    /// initial size.
+    pub fn mtu_discovery_upper_bound(&self) -> Option<u16> {
+        if !self.mtu_discovery {
+            return None;
+        }
+        let mut upper = self.mtu_upper_bound.min(self.max_udp_payload);
+        if self.segmentation_offload {
+            upper = upper.min(GSO_SAFE_UDP_PAYLOAD);
+        }
+        (upper > self.initial_mtu.max(MIN_UDP_PAYLOAD)).then_some(upper)
+    }
+
+    /// The quinn endpoint configuration these settings describe.
+    pub fn quinn_endpoint(&self) -> quinn::EndpointConfig {
+        let mut e = quinn::EndpointConfig::default();
+        // quinn refuses values below 1200 (and sizes its receive buffers by this value).
+        let _ = e.max_udp_payload_size(self.max_udp_payload.max(MIN_UDP_PAYLOAD));
+        e
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// IPv4 and UDP headers: what the kernel adds to a send's payload before its 65535 limit.
+    const HEADERS: usize = 20 + 8;
+    /// Datagrams quinn 0.11 puts in one GSO send (`MAX_TRANSMIT_SEGMENTS`).
+    const QUINN_GSO_BATCH: usize = 10;
+
+    #[test]
+    fn a_full_gso_batch_of_the_largest_datagrams_fits_one_send() {
+        assert!(QUINN_GSO_BATCH * GSO_SAFE_UDP_PAYLOAD as usize + HEADERS <= 65535);
+        let defaults = TransportOptions::default();
+        assert_eq!(defaults.mtu_discovery_upper_bound(), Some(1452));
+        assert_eq!(
+            defaults.for_loopback().mtu_discovery_upper_bound(),
+            Some(GSO_SAFE_UDP_PAYLOAD)
+        );
+        let jumbo = TransportOptions {
+            mtu_upper_bound: 8972,
+            max_udp_payload: 8972,
+            ..TransportOptions::default()
+        };
+        assert_eq!(
+            jumbo.mtu_discovery_upper_bound(),
+            Some(GSO_SAFE_UDP_PAYLOAD)
+        );
+    }
+
+    #[test]
+    fn discovery_bounds() {
+        let no_gso = TransportOptions {
+            max_udp_payload: 65527,
+            segmentation_offload: false,
+            ..TransportOptions::default()
+        };
+        assert_eq!(no_gso.mtu_discovery_upper_bound(), Some(1452));
+        assert_eq!(
+            no_gso.for_loopback().mtu_discovery_upper_bound(),
+            Some(65527)
+        );
+        // The announced limit caps the network bound too.
+        let small = TransportOptions {
+            max_udp_payload: 1400,
+            ..TransportOptions::default()
+        };
+        assert_eq!(small.mtu_discovery_upper_bound(), Some(1400));
+        let off = TransportOptions {
+            mtu_discovery: false,
+            ..TransportOptions::default()
+        };
+        assert_eq!(off.for_loopback().mtu_discovery_upper_bound(), None);
+        let nothing_to_find = TransportOptions {
+            max_udp_payload: 1200,
+            ..TransportOptions::default()
+        };
+        assert_eq!(nothing_to_find.mtu_discovery_upper_bound(), None);
+        // quinn rejects an endpoint limit below 1200; it is raised, not dropped.
+        let tiny = TransportOptions {
+            max_udp_payload: 500,
+            ..TransportOptions::default()
+        };
+        assert_eq!(tiny.quinn_endpoint().get_max_udp_payload_size(), 1200);
+        // The transport configuration builds for every combination.
+        for o in [
+            no_gso,
+            small,
+            off,
+            nothing_to_find,
+            tiny,
+            TransportOptions::default(),
+        ] {
+            let _ = o.quinn_transport();
+            let _ = o.for_loopback().quinn_transport();
+        }
     }
 }

@@ -85,12 +85,21 @@ impl RateLimit {
     }
 }
 
+/// True for addresses whose path is the `lo` interface (including IPv4-mapped IPv6 ones).
+fn is_loopback(addr: SocketAddr) -> bool {
+    addr.ip().to_canonical().is_loopback()
+}
+
 /// A quinn endpoint with the node's TLS configuration.
 #[derive(Debug, Clone)]
 pub struct DistEndpoint {
     endpoint: quinn::Endpoint,
     runtime: tokio::runtime::Handle,
     opts: TransportOptions,
+    /// Client and server configurations for loopback peers: path MTU discovery may go up to
+    /// `max_udp_payload` there (see [`TransportOptions::for_loopback`]).
+    loopback_client: quinn::ClientConfig,
+    loopback_server: Option<Arc<quinn::ServerConfig>>,
 }
 
 impl DistEndpoint {
@@ -103,25 +112,31 @@ impl DistEndpoint {
         runtime: tokio::runtime::Handle,
     ) -> Result<Self, TransportError> {
         let _guard = runtime.enter();
-        let server = if listen {
-            Some(tls.server_config(&opts)?)
+        let (server, loopback_server) = if listen {
+            (
+                Some(tls.server_config(&opts)?),
+                Some(Arc::new(tls.server_config(&opts.for_loopback())?)),
+            )
         } else {
-            None
+            (None, None)
         };
         let socket = bind_udp(addr, opts.socket_buffer)
             .map_err(|source| TransportError::Bind { addr, source })?;
         let mut endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
+            opts.quinn_endpoint(),
             server,
             socket,
             Arc::new(quinn::TokioRuntime),
         )
         .map_err(|source| TransportError::Bind { addr, source })?;
         endpoint.set_default_client_config(tls.client_config(&opts)?);
+        let loopback_client = tls.client_config(&opts.for_loopback())?;
         Ok(Self {
             endpoint,
             runtime,
             opts,
+            loopback_client,
+            loopback_server,
         })
     }
 
@@ -147,6 +162,7 @@ impl DistEndpoint {
         let opts = self.opts.clone();
         let on_connection = Arc::new(on_connection);
         let refusal_log = Arc::new(RateLimit::new());
+        let loopback_server = self.loopback_server.clone();
         self.runtime.spawn(async move {
             while let Some(incoming) = endpoint.accept().await {
                 let remote = incoming.remote_address();
@@ -154,9 +170,13 @@ impl DistEndpoint {
                 let runtime = runtime.clone();
                 let opts = opts.clone();
                 let refusal_log = refusal_log.clone();
+                let loopback_server = loopback_server.clone().filter(|_| is_loopback(remote));
                 runtime.clone().spawn(async move {
                     let handshake = async {
-                        let conn = incoming.await?;
+                        let conn = match loopback_server {
+                            Some(config) => incoming.accept_with(config)?.await?,
+                            None => incoming.await?,
+                        };
                         let (send, recv) = conn.accept_bi().await?;
                         Ok::<_, TransportError>(DistConnection::new(
                             conn,
@@ -194,7 +214,12 @@ impl DistEndpoint {
         addr: SocketAddr,
         server_name: &str,
     ) -> Result<DistConnection, TransportError> {
-        let connecting = self.endpoint.connect(addr, server_name)?;
+        let connecting = if is_loopback(addr) {
+            self.endpoint
+                .connect_with(self.loopback_client.clone(), addr, server_name)?
+        } else {
+            self.endpoint.connect(addr, server_name)?
+        };
         let handshake = async {
             let conn = connecting.await?;
             let (send, recv) = conn.open_bi().await?;
@@ -252,6 +277,26 @@ impl DistEndpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_addresses() {
+        for a in [
+            "127.0.0.1:1",
+            "127.1.2.3:1",
+            "[::1]:1",
+            "[::ffff:127.0.0.1]:1",
+        ] {
+            assert!(is_loopback(a.parse().unwrap()), "{a}");
+        }
+        for a in [
+            "10.0.0.1:1",
+            "[::ffff:10.0.0.1]:1",
+            "[2001:db8::1]:1",
+            "0.0.0.0:1",
+        ] {
+            assert!(!is_loopback(a.parse().unwrap()), "{a}");
+        }
+    }
 
     #[test]
     fn refusal_logging_is_bounded_per_address_and_overall_and_counts_the_rest() {
