@@ -52,5 +52,7 @@ rustler::atoms! {
     quic_packets_sent,
     streams,
     peer_streams,
+    mtu,
+    black_holes,
     undefined,
 }

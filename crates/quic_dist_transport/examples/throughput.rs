@@ -345,7 +345,7 @@ async fn receive_all(server: &mut Side, total: u64) {
             .await
             .expect("packets in time")
             .expect("connection alive");
-        server.conn.ack(batch.bytes);
+        server.conn.ack(batch.channel, batch.bytes);
         got += batch.bytes as u64;
     }
 }
@@ -507,7 +507,7 @@ fn main() {
                         .await
                         .expect("server's done in time")
                         .expect("connection alive");
-                    client.conn.ack(done.bytes);
+                    client.conn.ack(done.channel, done.bytes);
                 }
             }
             let secs = t0.elapsed().as_secs_f64();

@@ -95,6 +95,10 @@ pub struct ConnectionStats {
     pub lost_packets: u64,
     /// QUIC packets sent.
     pub quic_packets_sent: u64,
+    /// Current maximum UDP payload of the path (PLPMTUD), bytes.
+    pub mtu: u16,
+    /// Times the path MTU fell back to the minimum after suspected black holes.
+    pub black_holes: u64,
     /// Streams this side sends distribution data on (the control stream when only one).
     pub streams: u32,
     /// Data streams the peer opened towards us.
@@ -356,6 +360,8 @@ impl DistConnection {
             cwnd: s.path.cwnd,
             lost_packets: s.path.lost_packets,
             quic_packets_sent: s.path.sent_packets,
+            mtu: s.path.current_mtu,
+            black_holes: s.path.black_holes_detected,
             streams: self.shared.data.get().map_or(1, |d| d.len() as u32),
             peer_streams: self.shared.peer_streams.load(SeqCst).count_ones(),
         }
