@@ -28,10 +28,10 @@ pub const STREAM_QUEUE_LOW_WATER: usize = 512 * 1024;
 /// reader stops reading that stream (QUIC flow control then stops the peer's stream). It is
 /// also the most that packets of other streams can find ahead of them in the input handler's
 /// mailbox, per busy stream.
-pub const RECV_UNACKED_LIMIT: usize = 1024 * 1024;
+pub const RECV_UNACKED_LIMIT: usize = 512 * 1024;
 
 /// Most packets handed to the input handler in one message.
 pub const RECV_BATCH_PACKETS: usize = 512;
 
 /// Most bytes handed to the input handler in one message (a single larger packet still goes).
-pub const RECV_BATCH_BYTES: usize = 256 * 1024;
+pub const RECV_BATCH_BYTES: usize = 128 * 1024;

@@ -125,6 +125,9 @@ pub struct ConnectionInfo {
 /// Longest a graceful shutdown waits for the peer to acknowledge the end of the streams.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
+/// Longest a graceful shutdown takes in all, queued data included: then the connection closes.
+pub const SHUTDOWN_LIMIT: Duration = Duration::from_secs(5);
+
 /// Receive-side state of one stream (a channel: 0 = control, `i + 1` = data stream `i`).
 #[derive(Default)]
 pub(crate) struct Channel {
@@ -423,8 +426,9 @@ impl DistConnection {
             .close(quinn::VarInt::from_u32(CLOSE_NORMAL), reason.as_bytes());
     }
 
-    /// Closes gracefully: what is queued is still sent, the stream is ended, and the connection
-    /// closes once the peer has acknowledged it (at most [`SHUTDOWN_GRACE`] later). Never blocks.
+    /// Closes gracefully: what is queued is still sent, the streams are ended, and the
+    /// connection closes once the peer has acknowledged them, or at the latest
+    /// [`SHUTDOWN_LIMIT`] after this call. Never blocks.
     pub fn shutdown(&self, reason: &str) {
         if self.unstarted.lock().map(|u| u.is_some()).unwrap_or(false) {
             // No writer runs yet: nothing can be queued behind us.
@@ -437,6 +441,16 @@ impl DistConnection {
             .is_err()
         {
             self.close(reason);
+        } else {
+            // The shutdown waits behind queued data, which a dead or stalled peer never takes:
+            // close anyway once the grace is over, which frees the queues and buffers at once
+            // instead of at QUIC's idle timeout.
+            let conn = self.conn.clone();
+            let reason = reason.as_bytes().to_vec();
+            self.runtime.spawn(async move {
+                tokio::time::sleep(SHUTDOWN_LIMIT).await;
+                conn.close(quinn::VarInt::from_u32(CLOSE_NORMAL), &reason);
+            });
         }
     }
 }

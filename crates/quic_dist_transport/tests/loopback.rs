@@ -1040,3 +1040,30 @@ async fn data_streams_are_held_until_the_owner_opens_its_input() {
     let (got, _) = p.server.recv_packets(1, true).await;
     assert_eq!(sender_and_seq(&got[0]), (7, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_behind_data_the_peer_never_takes_still_closes_within_the_limit() {
+    // One stream: the shutdown itself is queued behind the data.
+    let mut p = pair(TransportOptions::default(), TransportOptions::default()).await;
+    // 32 MiB the server never acknowledges: most of it stays queued on the client.
+    let packets: Vec<Vec<u8>> = (0..512).map(|seq| dist_send(1, seq, 65536)).collect();
+    send_batch(&p.client, &packets);
+    assert!(
+        p.client.conn.stats().queued_bytes > 0,
+        "nothing left queued"
+    );
+    let started = std::time::Instant::now();
+    p.client.conn.shutdown("giving up");
+    let reason = timeout(
+        quic_dist_transport::connection::SHUTDOWN_LIMIT + Duration::from_secs(3),
+        p.server.closed.recv(),
+    )
+    .await
+    .expect("the connection stayed open past the shutdown limit")
+    .expect("closed channel");
+    assert!(reason.contains("giving up"), "{reason}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "closed before any grace"
+    );
+}
