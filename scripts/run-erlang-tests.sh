@@ -53,6 +53,7 @@ cleanup_netns() {
   done
 }
 trap cleanup_netns EXIT
+trap 'exit 130' INT TERM
 
 cd "$ROOT"
 start=$(date +%s)
