@@ -10,14 +10,16 @@
 %%%    nodeup/nodedown messages, and a wait for a connection to appear.
 %%% 3. An EUnit listener (`{report, {quic_dist_test_peers, [{counts_file, F}]}}') that writes
 %%%    `PASSED FAILED SKIPPED' to F for the test runner (cancelled tests and timeouts count as
-%%%    failed).
+%%%    failed). EUnit itself has no way for a test to say "skipped": a test that cannot run
+%%%    here (no root, a tool missing) calls `skip(Reason)' and returns (`skipped_test/2' makes
+%%%    such a test); EUnit counts it as passed, and this listener moves it to the skipped count.
 -module(quic_dist_test_peers).
 
 %% Nodes.
 -export([new_registry/0, cleanup/1,
          start/2, start_many/2, unique_name/1,
          call/4, call/5, cast/4, nodename/1, os_pid/1, kill/1, stop/1,
-         erl_flags/0, default_cookie/0]).
+         erl_flags/0, default_cookie/0, skip/1, skipped_test/2]).
 %% Run on a node.
 -export([watch/2, wait_event/3, events/1, wait_connected/2, wait_disconnected/2]).
 %% EUnit listener.
@@ -27,6 +29,8 @@
 -define(BOOT_TIMEOUT, 30000).
 -define(CALL_TIMEOUT, 30000).
 -define(STOP_WAIT_S, 5).
+%% Named ETS table, owned by the listener: one row per skipped test.
+-define(SKIPS, quic_dist_test_skips).
 
 -type peer() :: #{peer := pid(), node := node(), os_pid := string(), name := string()}.
 -export_type([peer/0]).
@@ -84,7 +88,10 @@ unique_name(Prefix) ->
 %% @doc Starts a node over QUIC. Options (all optional):
 %% `name' (exact node name; default a unique name from `prefix'), `prefix' (default "n"),
 %% `cookie' (atom or string; default one per test run, see default_cookie/0), `ticktime'
-%% (net_ticktime, default 60), `args' (extra erl arguments).
+%% (net_ticktime, default 60), `args' (extra erl arguments), `host' (the host part of the
+%% node name, default "127.0.0.1"), `netns' (a network namespace: the node runs under
+%% `ip netns exec NETNS'), `carrier' (`quic', the default, or `tcp' for OTP's own
+%% inet_tcp_dist, to compare with).
 -spec start(ets:tid(), map()) -> peer().
 start(Reg, Opts) ->
     Name = case maps:find(name, Opts) of
@@ -97,24 +104,40 @@ start(Reg, Opts) ->
              end,
     Tick = integer_to_list(maps:get(ticktime, Opts, 60)),
     TestEbin = filename:dirname(code:which(?MODULE)),
-    Args = erl_flags() ++
+    Carrier = maps:get(carrier, Opts, quic),
+    CarrierFlags = case Carrier of
+                       quic -> erl_flags();
+                       tcp -> []
+                   end,
+    Args = CarrierFlags ++
         ["-setcookie", Cookie,
          "-pa", TestEbin,
          "-kernel", "net_ticktime", Tick,
          %% Warnings and errors only: each node's output is copied into the test output.
          "-kernel", "logger_level", "warning"]
         ++ maps:get(args, Opts, []),
-    {ok, Pid, Node} = peer:start(#{name => Name,
-                                   host => "127.0.0.1",
-                                   longnames => true,
-                                   connection => standard_io,
-                                   wait_boot => ?BOOT_TIMEOUT,
-                                   args => Args}),
+    Exec = case maps:find(netns, Opts) of
+               {ok, Ns} ->
+                   #{exec => {os:find_executable("ip"),
+                              ["netns", "exec", Ns, os:find_executable("erl")]}};
+               error ->
+                   #{}
+           end,
+    {ok, Pid, Node} = peer:start(Exec#{name => Name,
+                                       host => maps:get(host, Opts, "127.0.0.1"),
+                                       longnames => true,
+                                       connection => standard_io,
+                                       wait_boot => ?BOOT_TIMEOUT,
+                                       args => Args}),
     OsPid = peer:call(Pid, os, getpid, [], ?CALL_TIMEOUT),
     Peer = #{peer => Pid, node => Node, os_pid => OsPid, name => Name},
     true = ets:insert(Reg, {Pid, Peer}),
-    %% The carrier really is QUIC: nothing else would do on this node.
-    {ok, [["quic"]]} = peer:call(Pid, init, get_argument, [proto_dist], ?CALL_TIMEOUT),
+    %% The carrier really is the one asked for: nothing else would do on this node.
+    ProtoDist = case Carrier of
+                    quic -> {ok, [["quic"]]};
+                    tcp -> error
+                end,
+    ProtoDist = peer:call(Pid, init, get_argument, [proto_dist], ?CALL_TIMEOUT),
     Peer.
 
 %% @doc Starts several nodes in parallel (node start-up is mostly waiting).
@@ -296,6 +319,8 @@ start(Options) ->
 
 %% @private
 init(Options) ->
+    %% skip/1 records here (the listener runs in the same VM as the tests).
+    _ = ets:new(?SKIPS, [named_table, public, set]),
     proplists:get_value(counts_file, Options).
 
 %% @private
@@ -309,12 +334,38 @@ handle_cancel(_Kind, _Data, St) -> St.
 
 %% @private
 terminate({ok, Data}, File) ->
-    Pass = proplists:get_value(pass, Data, 0),
+    Skipped = length(ets:tab2list(?SKIPS)),
+    %% A skipped test returned normally: EUnit counted it as passed.
+    Pass = max(0, proplists:get_value(pass, Data, 0) - Skipped),
     Fail = proplists:get_value(fail, Data, 0) + proplists:get_value(cancel, Data, 0),
-    Skip = proplists:get_value(skip, Data, 0),
+    Skip = proplists:get_value(skip, Data, 0) + Skipped,
+    Whys = lists:foldl(fun({_, Why}, Acc) -> maps:update_with(Why, fun(N) -> N + 1 end, 1, Acc) end,
+                       #{}, ets:tab2list(?SKIPS)),
+    %% One write, so that it does not interleave with EUnit's own summary.
+    io:put_chars([io_lib:format("quic_dist_test_peers: ~b passed, ~b failed (with cancelled), "
+                                "~b skipped~n", [Pass, Fail, Skip]) |
+                  [io_lib:format("  skipped (~b): ~ts~n", [N, Why])
+                   || {Why, N} <- lists:sort(maps:to_list(Whys))]]),
     write_counts(File, io_lib:format("~b ~b ~b~n", [Pass, Fail, Skip]));
 terminate({error, _Reason}, File) ->
     write_counts(File, "0 1 0\n").
+
+%% @doc Marks the calling test as skipped (it must return normally right after): the listener
+%% counts it as skipped instead of passed, and lists the reason at the end.
+-spec skip(iodata()) -> ok.
+skip(Reason) ->
+    Text = unicode:characters_to_binary(Reason),
+    try ets:insert(?SKIPS, {erlang:unique_integer(), Text}) of
+        true -> ok
+    catch
+        %% Not under this listener (e.g. eunit:test/1 from a shell): printed only.
+        error:badarg -> io:format(user, "~n    SKIPPED: ~ts ", [Text])
+    end.
+
+%% @doc An EUnit test that skips: its title says so and why.
+-spec skipped_test(string(), string()) -> {string(), fun(() -> ok)}.
+skipped_test(Title, Why) ->
+    {Title ++ " [SKIPPED: " ++ Why ++ "]", fun() -> skip(Why) end}.
 
 write_counts(undefined, _Line) ->
     ok;
