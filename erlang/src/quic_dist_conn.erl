@@ -23,6 +23,11 @@
 %%%   After `handshake_complete' it opens the data streams (`conn_open_input'), calls
 %%%   `dist_ctrl_put_data/2' for each packet, in order, and acknowledges the bytes per stream so
 %%%   the NIF reads more of that stream.
+%%% - A receiving process that does not keep up: the input handler counts the bytes delivered to
+%%%   each receiver since its mailbox was last seen empty. Above the `mailbox_limit' option it
+%%%   stops acknowledging that stream's batches until the mailbox has halved: the stream stops
+%%%   being read, QUIC flow control stops the peer's stream, and the peer suspends the senders
+%%%   on it (see the controller). Other streams go on.
 %%% - Streams: with the `streams' option above 1 (the default), the NIF spreads outgoing packets
 %%%   over that many QUIC streams by sending process (the atom cache is rejected for this), so a
 %%%   large message between two processes does not hold up the others. Ticks take the control
@@ -43,6 +48,7 @@
 -define(BATCH_BYTES, (1024 * 1024)).
 -define(SPAWN_OPTS, [{message_queue_data, off_heap}, {fullsweep_after, 0}]).
 -define(SUPERVISOR_WAIT_MS, 120000).
+-define(MAILBOX_RECHECK_MS, 20).
 
 -type socket() :: {quic_dist, Ctrl :: pid(), Input :: pid(), Conn :: reference() | term()}.
 -export_type([socket/0]).
@@ -153,6 +159,12 @@ remote_address({quic_dist, _Ctrl, _Input, Conn}) ->
 %%% Controller
 %%% ------------------------------------------------------------------
 
+-record(input, {dhandle, conn, node,
+                limit :: non_neg_integer(),
+                pending = #{} :: #{pid() => non_neg_integer()},
+                held = #{} :: #{pid() => {[{non_neg_integer(), non_neg_integer()}],
+                                          non_neg_integer()}},
+                timer :: reference() | undefined}).
 -record(ctrl, {conn, input, dhandle, node,
                suspended = #{} :: #{non_neg_integer() => [pid()]}}).
 
@@ -338,7 +350,7 @@ input_init(Ctrl, Conn) ->
 
 input_handshake(Ctrl, Conn, Queue, Waiting) ->
     receive
-        {quic_dist_data, Packets, Channel, Bytes} ->
+        {quic_dist_data, Packets, Channel, Bytes, _Receivers} ->
             ok = quic_dist_nif:conn_ack(Conn, Channel, Bytes),
             Queue1 = lists:foldl(fun queue:in/2, Queue, Packets),
             {Queue2, Waiting1} = serve_recv(Queue1, Waiting),
@@ -349,7 +361,8 @@ input_handshake(Ctrl, Conn, Queue, Waiting) ->
         {handshake_complete, Node, DH} ->
             put_queue(DH, Queue),
             ok = quic_dist_nif:conn_open_input(Conn),
-            input_loop(DH, Conn, Node);
+            input_loop(#input{dhandle = DH, conn = Conn, node = Node,
+                              limit = quic_dist:mailbox_limit()});
         {quic_dist_closed, Reason} ->
             %% Log before answering: the answer makes the handshake fail, and its process
             %% takes this one down through the links, possibly before a later log call.
@@ -379,17 +392,110 @@ serve_recv(Queue, {From, Ref} = Waiting) ->
 put_queue(DH, Queue) ->
     lists:foreach(fun(P) -> erlang:dist_ctrl_put_data(DH, P) end, queue:to_list(Queue)).
 
-%% Data phase: every packet to the runtime, in order, then acknowledge the bytes.
-input_loop(DH, Conn, Node) ->
+%% Data phase: every packet to the runtime, in order, then acknowledge the bytes (unless a
+%% receiver is too far behind: see mailbox_check/4).
+input_loop(#input{dhandle = DH, node = Node} = S) ->
     receive
-        {quic_dist_data, Packets, Channel, Bytes} ->
+        {quic_dist_data, Packets, Channel, Bytes, Receivers} ->
             put_packets(DH, Packets),
-            ok = quic_dist_nif:conn_ack(Conn, Channel, Bytes),
-            input_loop(DH, Conn, Node);
+            input_loop(mailbox_check(Receivers, Channel, Bytes, S));
+        mailbox_recheck ->
+            input_loop(mailbox_recheck(S#input{timer = undefined}));
         {quic_dist_closed, Reason} ->
             ?LOG_INFO("quic_dist connection to ~p closed: ~ts", [Node, Reason],
                       #{}),
             exit({connection_closed, Reason})
+    end.
+
+%% Counts what each receiver got; acknowledges the batch unless one of them is over the limit,
+%% in which case the acknowledgement waits for its mailbox (mailbox_recheck/1).
+mailbox_check(_Receivers, Channel, Bytes, #input{limit = 0, conn = Conn} = S) ->
+    ok = quic_dist_nif:conn_ack(Conn, Channel, Bytes),
+    S;
+mailbox_check(Receivers, Channel, Bytes, #input{conn = Conn, pending = Pending0} = S) ->
+    Pending = lists:foldl(fun({To, N}, Acc) ->
+                                  case local_process(To) of
+                                      undefined -> Acc;
+                                      Pid -> maps:update_with(Pid, fun(M) -> M + N end, N, Acc)
+                                  end
+                          end, trim_pending(Pending0, S#input.limit), Receivers),
+    S1 = S#input{pending = Pending},
+    case over_limit([P || {To, _} <- Receivers, P <- [local_process(To)], P =/= undefined], S1) of
+        {none, S2} ->
+            ok = quic_dist_nif:conn_ack(Conn, Channel, Bytes),
+            S2;
+        {Pid, Len, S2} ->
+            hold(Pid, Len, Channel, Bytes, S2)
+    end.
+
+%% The first receiver over the limit whose mailbox is not empty; resets those found empty.
+over_limit([], S) ->
+    {none, S};
+over_limit([Pid | Rest], #input{pending = Pending, limit = Limit} = S) ->
+    case maps:get(Pid, Pending, 0) > Limit div 4 of
+        false -> over_limit(Rest, S);
+        true ->
+            case queue_len(Pid) of
+                0 -> over_limit(Rest, S#input{pending = maps:remove(Pid, Pending)});
+                Len when map_get(Pid, Pending) > Limit -> {Pid, Len, S};
+                _ -> over_limit(Rest, S)
+            end
+    end.
+
+hold(Pid, Len, Channel, Bytes, #input{held = Held} = S) ->
+    Entry = case maps:find(Pid, Held) of
+                {ok, {Acks, Len0}} -> {[{Channel, Bytes} | Acks], Len0};
+                error ->
+                    ?LOG_DEBUG("quic_dist: ~p is ~b messages behind; pausing its stream",
+                               [Pid, Len], #{}),
+                    {[{Channel, Bytes}], Len}
+            end,
+    arm(S#input{held = Held#{Pid => Entry}}).
+
+%% Releases the acknowledgements held for receivers that are gone or have halved their mailbox.
+mailbox_recheck(#input{held = Held, pending = Pending, conn = Conn} = S) ->
+    {Keep, Pending1} =
+        maps:fold(fun(Pid, {Acks, Len0} = Entry, {K, P}) ->
+                          case queue_len(Pid) of
+                              Len when Len > Len0 div 2 -> {K#{Pid => Entry}, P};
+                              Len ->
+                                  [ok = quic_dist_nif:conn_ack(Conn, C, B)
+                                   || {C, B} <- lists:reverse(Acks)],
+                                  Left = maps:get(Pid, P, 0) * Len div max(Len0, 1),
+                                  {K, P#{Pid => Left}}
+                          end
+                  end, {#{}, Pending}, Held),
+    arm(S#input{held = Keep, pending = Pending1}).
+
+arm(#input{held = Held, timer = undefined} = S) when map_size(Held) > 0 ->
+    S#input{timer = erlang:send_after(?MAILBOX_RECHECK_MS, self(), mailbox_recheck)};
+arm(S) ->
+    S.
+
+%% Forgets receivers far below the limit when there are many (short-lived processes).
+trim_pending(Pending, Limit) when map_size(Pending) > 4096 ->
+    maps:filter(fun(_, N) -> N > Limit div 4 end, Pending);
+trim_pending(Pending, _Limit) ->
+    Pending.
+
+queue_len(Pid) ->
+    case erlang:process_info(Pid, message_queue_len) of
+        {message_queue_len, Len} -> Len;
+        undefined -> 0
+    end.
+
+%% The local process an encoded receiver (pid or registered name) is, if any.
+local_process(Encoded) ->
+    try binary_to_term(<<131, Encoded/binary>>) of
+        Pid when is_pid(Pid), node(Pid) =:= node() -> Pid;
+        Name when is_atom(Name) ->
+            case whereis(Name) of
+                Pid when is_pid(Pid) -> Pid;
+                _ -> undefined
+            end;
+        _ -> undefined
+    catch
+        error:badarg -> undefined
     end.
 
 put_packets(DH, [P | Ps]) ->

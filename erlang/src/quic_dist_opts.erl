@@ -4,12 +4,12 @@
 %%% Read during boot, before the file server runs: files are read with prim_file.
 -module(quic_dist_opts).
 
--export([get/0, tls/2, transport/1, streams/1, mode/1, describe_mode/1, parse_pairs/1]).
+-export([get/0, tls/2, transport/1, streams/1, mailbox_limit/1, mode/1, describe_mode/1, parse_pairs/1]).
 
 -define(KEYS, [certfile, keyfile, cacertfile, password, verify_node_name, allowed_subjects,
                insecure, port, ip, threads, log_filter,
                idle_timeout_ms, handshake_timeout_ms, max_frame,
-               stream_window, connection_window, streams]).
+               stream_window, connection_window, streams, mailbox_limit]).
 
 %% Data streams per direction unless the `streams' option says otherwise (see the README).
 -define(DEFAULT_STREAMS, 8).
@@ -81,6 +81,14 @@ decrypt_key(Pem, Password) ->
 transport(Opts) ->
     (maps:with([idle_timeout_ms, handshake_timeout_ms, max_frame, stream_window,
                 connection_window], Opts))#{streams => streams(Opts)}.
+
+%% @doc Bytes a local process may have waiting from one peer before its stream pauses.
+-spec mailbox_limit(opts()) -> non_neg_integer().
+mailbox_limit(Opts) ->
+    case maps:get(mailbox_limit, Opts, 64 * 1024 * 1024) of
+        N when is_integer(N), N >= 0 -> N;
+        Other -> error({bad_option, mailbox_limit, Other, "a non-negative integer (bytes)"})
+    end.
 
 %% @doc Data streams to send on: 1 keeps one ordered stream and the atom cache; more spread
 %% independent sender processes over streams (no head-of-line blocking between them).
@@ -170,7 +178,8 @@ parse_terms(String, Acc) ->
 
 convert(Key, V) when Key =:= port; Key =:= threads; Key =:= idle_timeout_ms;
                      Key =:= handshake_timeout_ms; Key =:= max_frame;
-                     Key =:= stream_window; Key =:= connection_window; Key =:= streams ->
+                     Key =:= stream_window; Key =:= connection_window; Key =:= streams;
+                     Key =:= mailbox_limit ->
     list_to_integer(V);
 convert(ip, V) ->
     {ok, Ip} = inet:parse_address(V),

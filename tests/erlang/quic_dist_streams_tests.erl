@@ -11,7 +11,7 @@
 -include_lib("eunit/include/eunit.hrl").
 
 %% Run on the nodes.
--export([many_senders/4, order_receiver/4, signal_pairs/3, head_of_line/2, stream_counts/1]).
+-export([memory/0, start_flood/3, wait_stuck/1, wait_flood_done/1, many_senders/4, order_receiver/4, signal_pairs/3, head_of_line/2, stream_counts/1]).
 
 -define(P, quic_dist_test_peers).
 -define(BIG, (100 * 1024)).          % above 64 KiB: fragmented
@@ -28,6 +28,9 @@ streams_test_() ->
           120, [], fun t_signals/1),
      pair("a small message overtakes a 256 MiB message between another pair", 180, [],
           fun t_no_head_of_line/1),
+     pair("a receiver that does not read its mailbox while 2 GB are sent to it: the sender "
+          "is suspended, memory stays bounded, and it goes on once the receiver is gone", 180,
+          [], fun t_slow_receiver/1),
      pair("streams 1: everything on the control stream, in order", 60,
           ["-quic_dist_opt", "streams", "1"], fun t_one_stream/1)].
 
@@ -74,6 +77,30 @@ t_no_head_of_line(#{a := A, b := B}) ->
     ?assertEqual([small, {big, ?HOL_SIZE}],
                  ?P:call(A, ?MODULE, head_of_line, [?P:nodename(B), ?HOL_SIZE], 170000)).
 
+t_slow_receiver(#{a := A, b := B}) ->
+    connect(A, B),
+    NB = ?P:nodename(B),
+    Before = #{a => ?P:call(A, ?MODULE, memory, []), b => ?P:call(B, ?MODULE, memory, [])},
+    {Sender, Receiver} = ?P:call(A, ?MODULE, start_flood, [NB, 2048, 1024 * 1024]),
+    %% Stuck: suspended, and no progress over a second.
+    Sent = ?P:call(A, ?MODULE, wait_stuck, [Sender], 90000),
+    Stuck = #{a => ?P:call(A, ?MODULE, memory, []), b => ?P:call(B, ?MODULE, memory, [])},
+    Queued = ?P:call(B, erlang, process_info, [Receiver, message_queue_len]),
+    io:format(user, "~n    sender stuck after ~b MiB; receiver holds ~w; "
+              "erlang:memory(total) / RSS MiB: A ~w -> ~w, B ~w -> ~w ",
+              [Sent, Queued, mib(maps:get(a, Before)), mib(maps:get(a, Stuck)),
+               mib(maps:get(b, Before)), mib(maps:get(b, Stuck))]),
+    ?assert(Sent < 512),
+    %% Documented bound: mailbox_limit (64 MiB) plus the carrier's buffers, well under 256 MiB
+    %% more than before on each node, both by erlang:memory and by the OS (the NIF's memory).
+    [?assert(element(I, maps:get(N, Stuck)) - element(I, maps:get(N, Before)) < 256 * 1024 * 1024)
+     || N <- [a, b], I <- [1, 2]],
+    %% The receiver goes: its messages are freed, the sender is resumed and finishes.
+    ?P:call(B, erlang, exit, [Receiver, kill]),
+    ?assertEqual(2048, ?P:call(A, ?MODULE, wait_flood_done, [Sender], 120000)).
+
+mib({Total, Rss}) -> {Total div (1024 * 1024), Rss div (1024 * 1024)}.
+
 t_one_stream(#{a := A, b := B}) ->
     connect(A, B),
     ?assertEqual({1, 0}, ?P:call(A, ?MODULE, stream_counts, [?P:nodename(B)])),
@@ -86,6 +113,53 @@ connect(From, To) ->
 %%% ------------------------------------------------------------------
 %%% Run on the nodes
 %%% ------------------------------------------------------------------
+
+%% @doc {erlang:memory(total), OS resident set size} of this node, bytes.
+memory() ->
+    {ok, Status} = file:read_file("/proc/self/status"),
+    [_, Rest] = binary:split(Status, <<"VmRSS:">>),
+    [Kb | _] = string:lexemes(binary_to_list(Rest), " \t\n"),
+    {erlang:memory(total), list_to_integer(Kb) * 1024}.
+
+%% @doc A receiver on Node that never reads, and a sender here that sends it Count binaries of
+%% Size bytes, counting them in its dictionary.
+start_flood(Node, Count, Size) ->
+    Receiver = spawn(Node, fun() -> receive after infinity -> ok end end),
+    Bin = binary:copy(<<"f">>, Size),
+    Sender = spawn(fun() -> flood(Receiver, Bin, 0, Count) end),
+    {Sender, Receiver}.
+
+flood(_To, _Bin, Count, Count) ->
+    put(sent, Count),
+    receive after infinity -> ok end;
+flood(To, Bin, N, Count) ->
+    put(sent, N),
+    To ! Bin,
+    flood(To, Bin, N + 1, Count).
+
+sent(Pid) ->
+    {dictionary, D} = erlang:process_info(Pid, dictionary),
+    proplists:get_value(sent, D, 0).
+
+%% @doc Waits until Sender is suspended and has not progressed for a second; returns how many
+%% it sent. Polls: nothing else tells when a process stops making progress.
+wait_stuck(Sender) ->
+    wait_stuck(Sender, -1, 60).
+
+wait_stuck(Sender, _Last, 0) ->
+    error({never_stuck, sent(Sender)});
+wait_stuck(Sender, Last, Tries) ->
+    receive after 1000 -> ok end,
+    Now = sent(Sender),
+    case {Now, erlang:process_info(Sender, status)} of
+        {Last, {status, suspended}} -> Now;
+        _ -> wait_stuck(Sender, Now, Tries - 1)
+    end.
+
+%% @doc Waits (bounded) until the flood's sender sent everything; returns the count.
+wait_flood_done(Sender) ->
+    ok = wait_until(fun() -> sent(Sender) =:= 2048 end, 110000),
+    sent(Sender).
 
 %% @doc Streams used to Node, each way: {this node's, the peer's}.
 stream_counts(Node) ->

@@ -106,6 +106,52 @@ pub fn route(packet: &[u8]) -> Result<Route<'_>, HeaderError> {
     }
 }
 
+/// The receiver of a message (the encoded pid, or the registered name for a send by name) of a
+/// whole packet or first fragment; `None` for other signals, later fragments and anything
+/// unreadable. Used to notice a process whose mailbox grows without bound.
+pub fn receiver(packet: &[u8]) -> Option<&[u8]> {
+    let op_of = |p: &[u8]| -> Option<u64> {
+        let mut r = Reader { buf: p, pos: 1 };
+        match r.u8().ok()? {
+            DIST_HEADER => {}
+            DIST_FRAG_HEADER => {
+                r.u64().ok()?;
+                r.u64().ok()?;
+            }
+            _ => return None,
+        }
+        r.no_atom_cache().ok()?;
+        match r.u8().ok()? {
+            104 => {
+                r.u8().ok()?;
+            }
+            105 => {
+                r.u32().ok()?;
+            }
+            _ => return None,
+        }
+        match r.u8().ok()? {
+            97 => r.u8().ok().map(u64::from),
+            98 => r.u32().ok().map(u64::from),
+            _ => None,
+        }
+    };
+    let position = match op_of(packet)? {
+        // SEND_SENDER(_TT) {Op, From, To, ...}, SEND(_TT) {Op, Unused, To, ...}
+        22 | 23 | 2 | 12 => 2,
+        // REG_SEND(_TT) {Op, From, Unused, ToName, ...}
+        6 | 16 => 3,
+        _ => return None,
+    };
+    let start = start_of_element(packet, position).ok()?;
+    let mut r = Reader {
+        buf: packet,
+        pos: start,
+    };
+    r.skip_term(0).ok()?;
+    Some(&packet[start..r.pos])
+}
+
 /// Position (1-based, after the operation) of the element naming the ordering domain.
 fn key_position(op: u64, arity: usize) -> usize {
     match op {
@@ -396,6 +442,24 @@ mod tests {
     use super::*;
 
     use crate::test_terms::*;
+
+    #[test]
+    fn receivers_of_messages_are_found_and_other_signals_have_none() {
+        let to = pid("b@h", 2);
+        let send = packet(tuple(&[small(22), pid("a@h", 1), to.clone()]), &[97, 1]);
+        assert_eq!(receiver(&send), Some(&to[..]));
+        let by_name = packet(
+            tuple(&[small(6), pid("a@h", 1), atom(""), atom("rex")]),
+            &[],
+        );
+        assert_eq!(receiver(&by_name), Some(&atom("rex")[..]));
+        let first = first_fragment(5, 2, tuple(&[small(22), pid("a@h", 1), to.clone()]), &[1]);
+        assert_eq!(receiver(&first), Some(&to[..]));
+        assert_eq!(receiver(&next_fragment(5, 1, &[2])), None);
+        let link = packet(tuple(&[small(1), pid("a@h", 1), to]), &[]);
+        assert_eq!(receiver(&link), None);
+        assert_eq!(receiver(&[131, 68, 0, 104]), None);
+    }
 
     #[test]
     fn send_sender_is_routed_by_its_sender() {

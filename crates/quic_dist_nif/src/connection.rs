@@ -1,8 +1,9 @@
 //! NIFs for one distribution connection, and the events it sends back to Erlang.
 //!
 //! Messages sent to Erlang processes:
-//! - input handler: `{quic_dist_data, [Packet :: binary()], Channel, Bytes}` (acknowledge with
-//!   `conn_ack(Conn, Channel, Bytes)` once consumed) and `{quic_dist_closed, Reason}`
+//! - input handler: `{quic_dist_data, [Packet :: binary()], Channel, Bytes, Receivers}`
+//!   (acknowledge with `conn_ack(Conn, Channel, Bytes)` once consumed; `Receivers` is
+//!   `[{EncodedPidOrName :: binary(), Bytes}]`) and `{quic_dist_closed, Reason}`
 //! - controller: `quic_dist_writable`, `{quic_dist_stream_writable, Stream}`
 
 use std::cell::RefCell;
@@ -61,7 +62,24 @@ impl ConnectionEvents for ErlangEvents {
                     bin.to_term(env)
                 })
                 .collect();
-            (atoms::quic_dist_data(), list, batch.channel, batch.bytes).encode(env)
+            let receivers: Vec<Term> = batch
+                .receivers
+                .iter()
+                .map(|(to, n)| {
+                    let mut b = NewBinary::new(env, to.len());
+                    b.as_mut_slice().copy_from_slice(to);
+                    let bin: rustler::Binary = b.into();
+                    (bin, *n).encode(env)
+                })
+                .collect();
+            (
+                atoms::quic_dist_data(),
+                list,
+                batch.channel,
+                batch.bytes,
+                receivers,
+            )
+                .encode(env)
         });
     }
 

@@ -41,6 +41,9 @@ pub struct PacketBatch {
     pub packets: Vec<Bytes>,
     /// Their total size; pass it back with `channel` to [`DistConnection::ack`] once consumed.
     pub bytes: usize,
+    /// The receivers of the messages among them (encoded pid or registered name) and how many
+    /// bytes each got, fragments included: lets the owner notice a mailbox that grows.
+    pub receivers: Vec<(Bytes, usize)>,
 }
 
 /// What the connection tells its owner. Called from tokio worker threads.

@@ -15,6 +15,7 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use quic_dist_core::dist_header::{receiver, route, Route};
 use quic_dist_core::limits::{RECV_BATCH_BYTES, RECV_BATCH_PACKETS, RECV_UNACKED_LIMIT};
 use quic_dist_core::stream_map::{ordered_ready, MAX_DATA_STREAMS};
 use quic_dist_core::{Frame, FrameDecoder};
@@ -167,6 +168,7 @@ async fn read_frames(
         ..PacketBatch::default()
     };
     let ch = &shared.channels[channel];
+    let mut receivers = Receivers::default();
     loop {
         // Backpressure: stop reading while the owner has too much of this channel unconsumed,
         // but still notice a close: otherwise a stalled owner is never told, and a dropped one
@@ -229,6 +231,7 @@ async fn read_frames(
                 }
             };
             shared.packets_received.fetch_add(1, SeqCst);
+            receivers.note(&packet, &mut batch.receivers);
             batch.bytes += packet.len();
             batch.packets.push(packet);
             if batch.packets.len() >= RECV_BATCH_PACKETS || batch.bytes >= RECV_BATCH_BYTES {
@@ -263,6 +266,51 @@ async fn wait_for_streams(
         tokio::select! {
             () = changed => {}
             _ = conn.closed() => return false,
+        }
+    }
+}
+
+/// Who the messages of a stream are for, fragments included.
+#[derive(Default)]
+struct Receivers {
+    /// Receiver of each fragmented message still arriving, by sequence.
+    fragments: std::collections::HashMap<u64, Bytes>,
+}
+
+/// Fragmented messages followed at once per stream; more are forgotten (not counted).
+const MAX_FOLLOWED_FRAGMENTS: usize = 4096;
+
+impl Receivers {
+    /// Adds `packet`'s bytes to its receiver's share of the batch.
+    fn note(&mut self, packet: &Bytes, batch: &mut Vec<(Bytes, usize)>) {
+        let to = match route(packet) {
+            Ok(Route::Packet { .. }) => receiver(packet).map(|r| packet.slice_ref(r)),
+            Ok(Route::FirstFragment { seq, frag, .. }) => {
+                let to = receiver(packet).map(|r| packet.slice_ref(r));
+                if let (Some(to), true) = (&to, frag > 1) {
+                    if self.fragments.len() >= MAX_FOLLOWED_FRAGMENTS {
+                        self.fragments.clear();
+                    }
+                    // A copy: a slice would keep the whole receive buffer alive meanwhile.
+                    self.fragments.insert(seq, Bytes::copy_from_slice(to));
+                }
+                to
+            }
+            Ok(Route::NextFragment { seq, frag }) => {
+                if frag > 1 {
+                    self.fragments.get(&seq).cloned()
+                } else {
+                    self.fragments.remove(&seq)
+                }
+            }
+            Err(_) => None,
+        };
+        let Some(to) = to else {
+            return;
+        };
+        match batch.iter_mut().find(|(r, _)| *r == to) {
+            Some((_, n)) => *n += packet.len(),
+            None => batch.push((to, packet.len())),
         }
     }
 }
