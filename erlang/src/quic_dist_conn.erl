@@ -368,14 +368,28 @@ input_handshake(Ctrl, Conn, Queue, Waiting) ->
             %% takes this one down through the links, possibly before a later log call.
             ?LOG_INFO("quic_dist connection closed during handshake: ~ts", [Reason],
                       #{}),
-            case Waiting of
-                {From, Ref} -> From ! {Ref, {error, {closed, Reason}}};
-                undefined -> ok
-            end,
-            %% `normal': the handshake learns of the close from its hs_recv (or f_send), and
-            %% the link must not kill it: after a `nok' status it waits to be killed by
-            %% net_kernel, which then hands the node to the simultaneous connection.
-            exit(normal)
+            input_handshake_closed(Queue, Waiting, Reason)
+    end.
+
+%% The peer closed during the handshake. What it sent before (such as the `nok' status that
+%% settles a simultaneous connect) is still handed out, then hs_recv fails. We exit `normal':
+%% the handshake learns of the close from its hs_recv (or f_send), and the link must not kill
+%% it: after a `nok' status it waits to be killed by net_kernel, which then hands the node to
+%% the simultaneous connection.
+input_handshake_closed(Queue, Waiting, Reason) ->
+    case serve_recv(Queue, Waiting) of
+        {_Empty, {From, Ref}} ->
+            %% Waiting with nothing left to hand out.
+            From ! {Ref, {error, {closed, Reason}}},
+            exit(normal);
+        {Queue1, undefined} ->
+            receive
+                {hs_recv, From, Ref} ->
+                    input_handshake_closed(Queue1, {From, Ref}, Reason);
+                {handshake_complete, _Node, DH} ->
+                    put_queue(DH, Queue1),
+                    exit({connection_closed, Reason})
+            end
     end.
 
 serve_recv(Queue, undefined) ->

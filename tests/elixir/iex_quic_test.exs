@@ -880,11 +880,6 @@ defmodule QuicDistTest.IexQuicTest do
     await_mesh(node, others)
   end
 
-  # Known issue (seen once in ~8 runs after the graceful-shutdown fix): right after b disconnects
-  # c, c shows up again in b's Node.list/0, i.e. something reconnected them between rounds. Both
-  # Node.connect/1 calls do return true; the race is in the disconnect between rounds. Tracked as
-  # an open question for the fault-testing issue; run with QUIC_DIST_TEST_KNOWN_ISSUES=1.
-  @tag :known_issue
   test "two nodes that connect to each other at the same moment both get true from Node.connect/1" do
     # This is what global does whenever a node joins a cluster of two or more: it tells the
     # others about the newcomer and the newcomer about them, and both sides dial at once. One

@@ -25,6 +25,7 @@ use crate::connection::{
     closed_reason, describe_close, PacketBatch, Shared, CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR,
     SHUTDOWN_GRACE,
 };
+use crate::send::Outgoing;
 
 /// Why a reader stopped.
 enum ReadEnd {
@@ -47,6 +48,14 @@ pub(crate) async fn control_reader(
         ReadEnd::Finished => {
             let reason = match decoder.finish() {
                 Ok(()) => {
+                    // End our control stream at once, as a TCP close answers a FIN: the packet
+                    // with our FIN carries the acknowledgement now. Otherwise QUIC delays it (up
+                    // to max_ack_delay, 25 ms), and all that time this node still counts the
+                    // peer as connected: a new connection from the peer in that window is taken
+                    // for a replacement of this one ("alive"), and the two nodes end up
+                    // connected again right after the peer's disconnect_node/1.
+                    let (done, _) = tokio::sync::oneshot::channel();
+                    let _ = shared.control.tx.send(Outgoing::Finish(done));
                     // A graceful shutdown ends the data streams first: let their readers deliver
                     // what they still have, then wait (bounded) for the peer to close with its
                     // reason, once it has our acknowledgement of the end of the stream.
