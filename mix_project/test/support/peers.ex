@@ -55,6 +55,9 @@ defmodule QuicDistTest.Peers do
   @doc "Starts several nodes in parallel (start-up is mostly waiting)."
   def start_many(opts_list) do
     log_dir = tmp_dir()
+    # Fix the run's cookie here, not in the tasks: two tasks calling cookie/0 for the first time
+    # at once would each make one, and the nodes could not connect (BadSignature).
+    _ = cookie()
 
     opts_list
     |> Enum.map(fn opts ->
