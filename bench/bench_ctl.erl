@@ -291,7 +291,8 @@ netns_scenarios(Carrier, A, B, #{params := #{netns := P}} = Cfg) ->
                                          maps:get(hol_window, P),
                                          100, maps:get(hol_max_ms, P)])
                || _ <- lists:seq(1, maps:get(hol_reps, P))],
-    Hol = latency([S || {S, _, _} <- HolRuns]),
+    Hol = (latency([S || {S, _, _} <- HolRuns]))#{
+            stream_mb_per_s => median([Bytes / Secs / 1.0e6 || {_, Bytes, Secs} <- HolRuns])},
     Rate = #{rtt => RateRtt, bulk_1m => RateBulk, hol => Hol},
     log("[~s] netns rate ~s: rtt p50 ~s us, bulk 1 MiB ~s MB/s, "
         "head-of-line p50 ~s us p99 ~s us",
@@ -551,7 +552,9 @@ row_specs() ->
      {rate_hol_p50, "netns 100 Mbit/s: RTT p50 w/ stream", "us", lower,
       [netns_rate, hol, p50_us]},
      {rate_hol_p99, "netns 100 Mbit/s: RTT p99 w/ stream", "us", lower,
-      [netns_rate, hol, p99_us]}].
+      [netns_rate, hol, p99_us]},
+     {rate_hol_stream, "  8 MiB stream meanwhile", "MB/s", higher,
+      [netns_rate, hol, stream_mb_per_s]}].
 
 rows(Carriers, Results) ->
     [#{id => Id, label => Label, unit => Unit, better => Better,

@@ -65,7 +65,12 @@ t_many_senders(#{a := A, b := B}) ->
     %% And they really travelled on several streams.
     {Streams, PeerStreams} = ?P:call(A, ?MODULE, stream_counts, [?P:nodename(B)]),
     ?assertEqual(8, Streams),
-    ?assertEqual(8, PeerStreams).
+    ?assertEqual(8, PeerStreams),
+    %% The runtime's own counters and net_kernel's views keep working with several streams.
+    {ok, Info} = ?P:call(A, net_kernel, node_info, [?P:nodename(B)]),
+    ?assert(proplists:get_value(out, Info) >= 640000),
+    ?assert(proplists:get_value(in, Info) > 0),
+    ?assertMatch({ok, _}, ?P:call(A, net_kernel, getopts, [?P:nodename(B), [nodelay]])).
 
 t_signals(#{a := A, b := B}) ->
     connect(A, B),
