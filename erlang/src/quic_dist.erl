@@ -34,7 +34,7 @@
          select/1, address/0, is_node_name/1, setopts/2, getopts/2, childspecs/0]).
 
 %% User API.
--export([info/1, info/0, connections/0, data_streams/0, mailbox_limit/0]).
+-export([info/1, info/0, connections/0, data_streams/0, mailbox_limit/0, nif_memory/0]).
 
 -include_lib("kernel/include/net_address.hrl").
 -include_lib("kernel/include/dist_util.hrl").
@@ -419,6 +419,12 @@ log_mode(What, Opts) ->
                 _ -> notice
             end,
     quic_dist_log:log_when_ready(Level, "quic_dist ~ts; ~ts", [What, Mode]).
+
+%% @doc The carrier's own memory outside the BEAM (quinn, TLS, buffers), which
+%% `erlang:memory/0' does not include: `#{allocated => Bytes, peak => Bytes}'.
+-spec nif_memory() -> #{allocated := non_neg_integer(), peak := non_neg_integer()}.
+nif_memory() ->
+    quic_dist_nif:nif_memory().
 
 %% @doc Bytes a local process may have waiting in its mailbox from one peer before that peer's
 %% stream is paused (option `mailbox_limit'; 0: never).

@@ -8,7 +8,7 @@
 %%% the library explicitly with load/0, which is idempotent.
 -module(quic_dist_nif).
 
--export([load/0]).
+-export([load/0, nif_memory/0]).
 -export([runtime_init/3,
          endpoint_open/5, endpoint_port/1, endpoint_accept/2, endpoint_close/2, connect/6,
          conn_start/3, conn_send/2, conn_data_mode/2, conn_open_input/1, conn_tick/1, conn_ack/3, conn_getstat/1, conn_stats/1,
@@ -80,6 +80,10 @@ conn_send(_Conn, _Packets) -> ?NOT_LOADED.
 
 -spec conn_tick(reference()) -> ok.
 conn_tick(_Conn) -> ?NOT_LOADED.
+
+%% The NIF's own heap memory (bytes now and at most), which erlang:memory/0 does not count.
+-spec nif_memory() -> #{allocated := non_neg_integer(), peak := non_neg_integer()}.
+nif_memory() -> ?NOT_LOADED.
 
 -spec conn_data_mode(reference(), pos_integer()) -> ok | {error, binary()}.
 conn_data_mode(_Conn, _Streams) -> ?NOT_LOADED.

@@ -53,6 +53,8 @@ rustler::atoms! {
     streams,
     peer_streams,
     mtu,
+    allocated,
+    peak,
     black_holes,
     undefined,
 }

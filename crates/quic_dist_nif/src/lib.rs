@@ -5,6 +5,7 @@
 //! the tokio runtime, which reports back with messages to Erlang processes.
 #![warn(missing_docs)]
 
+mod alloc_count;
 mod atoms;
 mod certs;
 mod connection;

@@ -1,0 +1,77 @@
+//! Counts the NIF's own heap memory (quinn, rustls, tokio and the carrier's buffers), so that
+//! `quic_dist:nif_memory/0` can show it next to `erlang:memory/0`, which does not see it.
+#![allow(unsafe_code)] // A global allocator is an unsafe trait; this one only forwards to System.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+static ALLOCATED: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+/// The system allocator, counting.
+pub struct Counting;
+
+fn grew(n: usize) {
+    let now = ALLOCATED.fetch_add(n, Relaxed) + n;
+    PEAK.fetch_max(now, Relaxed);
+}
+
+fn shrank(n: usize) {
+    ALLOCATED.fetch_sub(n, Relaxed);
+}
+
+// SAFETY: every call is forwarded unchanged to `System`, which upholds the contract; the
+// counters are plain atomics.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = System.alloc(layout);
+        if !p.is_null() {
+            grew(layout.size());
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let p = System.alloc_zeroed(layout);
+        if !p.is_null() {
+            grew(layout.size());
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout);
+        shrank(layout.size());
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = System.realloc(ptr, layout, new_size);
+        if !p.is_null() {
+            grew(new_size);
+            shrank(layout.size());
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Bytes the NIF has allocated now, and at most since it was loaded.
+pub fn allocated() -> (usize, usize) {
+    (ALLOCATED.load(Relaxed), PEAK.load(Relaxed))
+}
+
+/// `#{allocated => Bytes, peak => Bytes}`: the NIF's own heap memory.
+#[rustler::nif]
+fn nif_memory(env: rustler::Env) -> rustler::NifResult<rustler::Term> {
+    use rustler::Encoder;
+    let (now, peak) = allocated();
+    rustler::Term::map_from_pairs(
+        env,
+        &[
+            (crate::atoms::allocated().encode(env), now.encode(env)),
+            (crate::atoms::peak().encode(env), peak.encode(env)),
+        ],
+    )
+}
