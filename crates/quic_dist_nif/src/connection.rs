@@ -10,11 +10,10 @@ use std::cell::RefCell;
 use std::sync::Arc;
 
 use quic_dist_transport::{ConnectionEvents, DistConnection, PacketBatch, SendStatus};
-use rustler::types::binary::NewBinary;
 use rustler::{Atom, Encoder, Env, LocalPid, NifResult, OwnedEnv, Resource, ResourceArc, Term};
 
 use crate::atoms;
-use crate::terms::{append_iodata, encode_socket_addr, error_tuple};
+use crate::terms::{append_iodata, binary, encode_socket_addr, error_tuple};
 
 /// A connection, held by the Erlang side as a resource. Dropping it closes the connection.
 pub struct ConnRes {
@@ -55,22 +54,12 @@ impl ConnectionEvents for ErlangEvents {
             let list: Vec<Term> = batch
                 .packets
                 .iter()
-                .map(|p| {
-                    let mut b = NewBinary::new(env, p.len());
-                    b.as_mut_slice().copy_from_slice(p);
-                    let bin: rustler::Binary = b.into();
-                    bin.to_term(env)
-                })
+                .map(|p| binary(env, p).to_term(env))
                 .collect();
             let receivers: Vec<Term> = batch
                 .receivers
                 .iter()
-                .map(|(to, n)| {
-                    let mut b = NewBinary::new(env, to.len());
-                    b.as_mut_slice().copy_from_slice(to);
-                    let bin: rustler::Binary = b.into();
-                    (bin, *n).encode(env)
-                })
+                .map(|(to, n)| (binary(env, to), *n).encode(env))
                 .collect();
             (
                 atoms::quic_dist_data(),
@@ -149,12 +138,7 @@ fn conn_send<'a>(
     let throttle: Vec<Term> = submitted
         .throttle
         .iter()
-        .map(|(stream, pid)| {
-            let mut b = NewBinary::new(env, pid.len());
-            b.as_mut_slice().copy_from_slice(pid);
-            let bin: rustler::Binary = b.into();
-            (*stream, bin).encode(env)
-        })
+        .map(|(stream, pid)| (*stream, binary(env, pid)).encode(env))
         .collect();
     Ok((status, throttle).encode(env))
 }
@@ -266,12 +250,7 @@ fn conn_stats<'a>(env: Env<'a>, conn: ResourceArc<ConnRes>) -> NifResult<Term<'a
 #[rustler::nif]
 fn conn_info<'a>(env: Env<'a>, conn: ResourceArc<ConnRes>) -> NifResult<Term<'a>> {
     let i = conn.conn.info();
-    let bin = |bytes: &[u8]| {
-        let mut b = NewBinary::new(env, bytes.len());
-        b.as_mut_slice().copy_from_slice(bytes);
-        let b: rustler::Binary = b.into();
-        b.to_term(env)
-    };
+    let bin = |bytes: &[u8]| binary(env, bytes).to_term(env);
     let certs: Vec<Term> = i
         .peer_certificates
         .iter()

@@ -12,6 +12,13 @@ pub fn error_tuple<'a>(env: Env<'a>, reason: impl std::fmt::Display) -> Term<'a>
     (atoms::error(), reason.to_string()).encode(env)
 }
 
+/// A new Erlang binary holding a copy of `bytes`.
+pub fn binary<'a>(env: Env<'a>, bytes: &[u8]) -> Binary<'a> {
+    let mut b = rustler::types::binary::NewBinary::new(env, bytes.len());
+    b.as_mut_slice().copy_from_slice(bytes);
+    b.into()
+}
+
 /// Reads an `inet:ip_address()` tuple.
 pub fn decode_ip(term: Term) -> NifResult<IpAddr> {
     if let Ok((a, b, c, d)) = term.decode::<(u8, u8, u8, u8)>() {
