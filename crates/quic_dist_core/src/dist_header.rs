@@ -110,46 +110,29 @@ pub fn route(packet: &[u8]) -> Result<Route<'_>, HeaderError> {
 /// whole packet or first fragment; `None` for other signals, later fragments and anything
 /// unreadable. Used to notice a process whose mailbox grows without bound.
 pub fn receiver(packet: &[u8]) -> Option<&[u8]> {
-    let op_of = |p: &[u8]| -> Option<u64> {
-        let mut r = Reader { buf: p, pos: 1 };
-        match r.u8().ok()? {
-            DIST_HEADER => {}
-            DIST_FRAG_HEADER => {
-                r.u64().ok()?;
-                r.u64().ok()?;
-            }
-            _ => return None,
-        }
-        r.no_atom_cache().ok()?;
-        match r.u8().ok()? {
-            104 => {
-                r.u8().ok()?;
-            }
-            105 => {
-                r.u32().ok()?;
-            }
-            _ => return None,
-        }
-        match r.u8().ok()? {
-            97 => r.u8().ok().map(u64::from),
-            98 => r.u32().ok().map(u64::from),
-            _ => None,
-        }
-    };
-    let position = match op_of(packet)? {
+    let mut r = control_tuple(packet).ok()?;
+    tuple_arity(&mut r).ok()?;
+    let position = match operation(&mut r).ok()? {
         // SEND_SENDER(_TT) {Op, From, To, ...}, SEND(_TT) {Op, Unused, To, ...}
         22 | 23 | 2 | 12 => 2,
         // REG_SEND(_TT) {Op, From, Unused, ToName, ...}
         6 | 16 => 3,
         _ => return None,
     };
-    let start = start_of_element(packet, position).ok()?;
-    let mut r = Reader {
-        buf: packet,
-        pos: start,
-    };
+    for _ in 1..position {
+        r.skip_term(0).ok()?;
+    }
+    let start = r.pos;
     r.skip_term(0).ok()?;
     Some(&packet[start..r.pos])
+}
+
+/// True for the fragments of a fragmented message (first or later).
+pub fn is_fragment(packet: &[u8]) -> bool {
+    matches!(
+        packet.get(1),
+        Some(&DIST_FRAG_HEADER) | Some(&DIST_FRAG_CONT)
+    )
 }
 
 /// Position (1-based, after the operation) of the element naming the ordering domain.
@@ -174,31 +157,8 @@ fn key_position(op: u64, arity: usize) -> usize {
 }
 
 fn control_key<'a>(r: &mut Reader<'a>) -> Result<&'a [u8], HeaderError> {
-    let arity = match r.u8()? {
-        104 => r.u8()? as usize,
-        105 => r.u32()? as usize,
-        byte => {
-            return Err(HeaderError::Unexpected {
-                at: r.pos - 1,
-                byte,
-                what: "control message tuple",
-            })
-        }
-    };
-    if arity < 2 {
-        return Err(HeaderError::Truncated(r.pos));
-    }
-    let op = match r.u8()? {
-        97 => u64::from(r.u8()?),
-        98 => u64::from(r.u32()?),
-        byte => {
-            return Err(HeaderError::Unexpected {
-                at: r.pos - 1,
-                byte,
-                what: "operation code",
-            })
-        }
-    };
+    let arity = tuple_arity(r)?;
+    let op = operation(r)?;
     let wanted = key_position(op, arity).min(arity - 1);
     for _ in 1..wanted {
         r.skip_term(0)?;
@@ -223,31 +183,71 @@ fn is_pid(term: &[u8]) -> bool {
 
 /// Offset of element `n` (1-based after the operation) of the control tuple of `packet`.
 fn start_of_element(packet: &[u8], n: usize) -> Result<usize, HeaderError> {
-    let mut r = Reader {
-        buf: packet,
-        pos: 1,
-    };
-    match r.u8()? {
-        DIST_HEADER => {}
-        _ => {
-            r.u64()?;
-            r.u64()?;
-        }
-    }
-    r.no_atom_cache()?;
-    match r.u8()? {
-        104 => {
-            r.u8()?;
-        }
-        _ => {
-            r.u32()?;
-        }
-    }
+    let mut r = control_tuple(packet)?;
+    tuple_arity(&mut r)?;
     r.skip_term(0)?; // operation
     for _ in 1..n {
         r.skip_term(0)?;
     }
     Ok(r.pos)
+}
+
+/// A reader at the control tuple of a whole packet or first fragment (after the distribution
+/// header, which must not use the atom cache).
+fn control_tuple(packet: &[u8]) -> Result<Reader<'_>, HeaderError> {
+    let mut r = Reader {
+        buf: packet,
+        pos: 0,
+    };
+    r.expect(VERSION, "version 131")?;
+    match r.u8()? {
+        DIST_HEADER => {}
+        DIST_FRAG_HEADER => {
+            r.u64()?;
+            r.u64()?;
+        }
+        byte => {
+            return Err(HeaderError::Unexpected {
+                at: 1,
+                byte,
+                what: "distribution header 68 or 69",
+            })
+        }
+    }
+    r.no_atom_cache()?;
+    Ok(r)
+}
+
+/// Reads the header of the control tuple; its arity, at least 2 (operation and one element).
+fn tuple_arity(r: &mut Reader<'_>) -> Result<usize, HeaderError> {
+    let arity = match r.u8()? {
+        104 => r.u8()? as usize,
+        105 => r.u32()? as usize,
+        byte => {
+            return Err(HeaderError::Unexpected {
+                at: r.pos - 1,
+                byte,
+                what: "control message tuple",
+            })
+        }
+    };
+    if arity < 2 {
+        return Err(HeaderError::Truncated(r.pos));
+    }
+    Ok(arity)
+}
+
+/// Reads the operation code, the first element of the control tuple.
+fn operation(r: &mut Reader<'_>) -> Result<u64, HeaderError> {
+    match r.u8()? {
+        97 => Ok(u64::from(r.u8()?)),
+        98 => Ok(u64::from(r.u32()?)),
+        byte => Err(HeaderError::Unexpected {
+            at: r.pos - 1,
+            byte,
+            what: "operation code",
+        }),
+    }
 }
 
 struct Reader<'a> {

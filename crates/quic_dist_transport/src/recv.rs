@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use quic_dist_core::dist_header::{receiver, route, Route};
+use quic_dist_core::dist_header::{is_fragment, receiver, route, Route};
 use quic_dist_core::limits::{RECV_BATCH_BYTES, RECV_BATCH_PACKETS, RECV_UNACKED_LIMIT};
 use quic_dist_core::stream_map::{ordered_ready, MAX_DATA_STREAMS};
 use quic_dist_core::{Frame, FrameDecoder};
@@ -292,27 +292,31 @@ const MAX_FOLLOWED_FRAGMENTS: usize = 4096;
 impl Receivers {
     /// Adds `packet`'s bytes to its receiver's share of the batch.
     fn note(&mut self, packet: &Bytes, batch: &mut Vec<(Bytes, usize)>) {
-        let to = match route(packet) {
-            Ok(Route::Packet { .. }) => receiver(packet).map(|r| packet.slice_ref(r)),
-            Ok(Route::FirstFragment { seq, frag, .. }) => {
-                let to = receiver(packet).map(|r| packet.slice_ref(r));
-                if let (Some(to), true) = (&to, frag > 1) {
-                    if self.fragments.len() >= MAX_FOLLOWED_FRAGMENTS {
-                        self.fragments.clear();
+        // Whole packets (nearly all) need only the receiver; fragments also their sequence.
+        let to = if !is_fragment(packet) {
+            receiver(packet).map(|r| packet.slice_ref(r))
+        } else {
+            match route(packet) {
+                Ok(Route::FirstFragment { seq, frag, .. }) => {
+                    let to = receiver(packet).map(|r| packet.slice_ref(r));
+                    if let (Some(to), true) = (&to, frag > 1) {
+                        if self.fragments.len() >= MAX_FOLLOWED_FRAGMENTS {
+                            self.fragments.clear();
+                        }
+                        // A copy: a slice would keep the whole receive buffer alive meanwhile.
+                        self.fragments.insert(seq, Bytes::copy_from_slice(to));
                     }
-                    // A copy: a slice would keep the whole receive buffer alive meanwhile.
-                    self.fragments.insert(seq, Bytes::copy_from_slice(to));
+                    to
                 }
-                to
-            }
-            Ok(Route::NextFragment { seq, frag }) => {
-                if frag > 1 {
-                    self.fragments.get(&seq).cloned()
-                } else {
-                    self.fragments.remove(&seq)
+                Ok(Route::NextFragment { seq, frag }) => {
+                    if frag > 1 {
+                        self.fragments.get(&seq).cloned()
+                    } else {
+                        self.fragments.remove(&seq)
+                    }
                 }
+                Ok(Route::Packet { .. }) | Err(_) => None,
             }
-            Err(_) => None,
         };
         let Some(to) = to else {
             return;
