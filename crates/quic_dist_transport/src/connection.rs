@@ -330,7 +330,12 @@ impl DistConnection {
         }
         let mut buf = BytesMut::with_capacity(4);
         self.encoder.encode_tick(&mut buf);
-        self.send(buf.freeze(), 1).map(|_| ())
+        // Not through `send`: the ticker runs beside the controller, and the busy/writable
+        // handshake belongs to the controller alone (a tick must never consume the `writable`
+        // a busy controller waits for).
+        self.shared.enqueue(Lane::Control, vec![buf.freeze()], 4)?;
+        self.shared.packets_sent.fetch_add(1, SeqCst);
+        Ok(())
     }
 
     /// The owner consumed `bytes` of the packets delivered on `channel`: its reader may read
