@@ -427,14 +427,12 @@ mailbox_check(_Receivers, Channel, Bytes, #input{limit = 0, conn = Conn} = S) ->
     ok = quic_dist_nif:conn_ack(Conn, Channel, Bytes),
     S;
 mailbox_check(Receivers, Channel, Bytes, #input{conn = Conn, pending = Pending0} = S) ->
-    Pending = lists:foldl(fun({To, N}, Acc) ->
-                                  case local_process(To) of
-                                      undefined -> Acc;
-                                      Pid -> maps:update_with(Pid, fun(M) -> M + N end, N, Acc)
-                                  end
-                          end, trim_pending(Pending0, S#input.limit), Receivers),
+    Local = [{Pid, N} || {To, N} <- Receivers, Pid <- [local_process(To)], Pid =/= undefined],
+    Pending = lists:foldl(fun({Pid, N}, Acc) ->
+                                  maps:update_with(Pid, fun(M) -> M + N end, N, Acc)
+                          end, trim_pending(Pending0, S#input.limit), Local),
     S1 = S#input{pending = Pending},
-    case over_limit([P || {To, _} <- Receivers, P <- [local_process(To)], P =/= undefined], S1) of
+    case over_limit([Pid || {Pid, _} <- Local], S1) of
         {none, S2} ->
             ok = quic_dist_nif:conn_ack(Conn, Channel, Bytes),
             S2;
