@@ -140,7 +140,7 @@ t_loss(#{net := Net, reg := Reg}, Carrier, Percent, Messages) ->
     [A, B] = ?P:start_many(Reg, [?NS:node_opts(Net, a, #{prefix => "a", carrier => Carrier}),
                                  ?NS:node_opts(Net, b, #{prefix => "b", carrier => Carrier})]),
     NB = ?P:nodename(B),
-    connect(A, B),
+    ?P:connect(A, B),
     PerPair = Messages div ?LOSS_PAIRS,
     Opts = #{count => PerPair, window => 4000, ack_every => 500},
     Job = call(A, ?MODULE, job_start, [?MODULE, run_pairs,
@@ -166,7 +166,7 @@ t_partition(#{net := Net, reg := Reg}) ->
                                  ?NS:node_opts(Net, b, #{prefix => "b", ticktime => Tick})]),
     NA = ?P:nodename(A),
     NB = ?P:nodename(B),
-    connect(A, B),
+    ?P:connect(A, B),
     [call(P, ?MODULE, watch_start, []) || P <- [A, B]],
     %% Receivers, registered on both sides, outlive the partition.
     call(A, ?MODULE, seq_rx_register, [?RX, 2, 500]),
@@ -205,7 +205,7 @@ t_blip(#{net := Net, reg := Reg}) ->
                                  ?NS:node_opts(Net, b, #{prefix => "b", ticktime => 8})]),
     NA = ?P:nodename(A),
     NB = ?P:nodename(B),
-    connect(A, B),
+    ?P:connect(A, B),
     [call(P, ?MODULE, watch_start, []) || P <- [A, B]],
     call(A, ?MODULE, progress_init, []),
     %% About 10 000 messages/s for 8 s; the window is larger than what a 1 s blip holds back,
@@ -250,7 +250,7 @@ t_liveness_under_bulk(#{net := Net, reg := Reg}) ->
     NA = ?P:nodename(A),
     NB = ?P:nodename(B),
     ok = ?NS:set_rate(Net, "20mbit"),
-    connect(A, B),
+    ?P:connect(A, B),
     [call(P, ?MODULE, watch_start, []) || P <- [A, B]],
     %% 12 s of 1 MiB messages, far more than the link carries: the link stays full, ticks must
     %% still get through (and data received counts as liveness).
@@ -305,8 +305,8 @@ t_peer_death(#{net := Net, reg := Reg}, Carrier, Rss) ->
     NA = ?P:nodename(A),
     NB = ?P:nodename(B),
     NC = ?P:nodename(C),
-    connect(A, B),
-    connect(C, A),
+    ?P:connect(A, B),
+    ?P:connect(C, A),
     call(A, ?MODULE, watch_start, []),
     [call(P, ?MODULE, sink_start, []) || P <- [A, B]],
     Before = call(A, ?MODULE, mem_settled, []),
@@ -369,7 +369,7 @@ t_load(Reg) ->
     Peers = ?P:start_many(Reg, [#{prefix => "l" ++ integer_to_list(I), ticktime => 15}
                                 || I <- lists:seq(1, ?LOAD_NODES)]),
     Nodes = [?P:nodename(P) || P <- Peers],
-    [connect(P, Q) || P <- Peers, Q <- Peers, ?P:nodename(P) < ?P:nodename(Q)],
+    [?P:connect(P, Q) || P <- Peers, Q <- Peers, ?P:nodename(P) < ?P:nodename(Q)],
     [?assertEqual(lists:sort(Nodes -- [?P:nodename(P)]), lists:sort(call(P, erlang, nodes, [])))
      || P <- Peers],
     [call(P, ?MODULE, watch_start, []) || P <- Peers],
@@ -416,7 +416,7 @@ t_restart_storm(Reg) ->
     Others = [A, B],
     [call(P, ?MODULE, watch_start, []) || P <- Others],
     call(R0, ?MODULE, sink_start, []),
-    connect(A, B),
+    ?P:connect(A, B),
     %% The others send to R every 10 ms; their sends connect them to R.
     [call(P, ?MODULE, pinger_start, [{?SINK, NR}, 10]) || P <- Others],
     [{ok, _, _} = call(P, ?MODULE, watch_wait, [nodeup, NR, 1, 20000], 25000) || P <- Others],
@@ -487,8 +487,6 @@ settled_counts(P, Expected) ->
 call(Peer, M, F, A) -> ?P:call(Peer, M, F, A).
 call(Peer, M, F, A, Timeout) -> ?P:call(Peer, M, F, A, Timeout).
 
-connect(From, To) ->
-    ?assertEqual(true, call(From, net_kernel, connect_node, [?P:nodename(To)])).
 
 %% Polls Fun every 50 ms until it returns true (or {true, V}); gives up after TimeoutMs.
 %% {ok, V} or {timeout, LastV}.

@@ -121,7 +121,7 @@ t_connect(#{a := A, b := B}) ->
 t_rpc(#{a := A, b := B}) ->
     NA = ?P:nodename(A),
     NB = ?P:nodename(B),
-    connect(A, B),
+    ?P:connect(A, B),
     ?assertEqual(NB, call(A, rpc, call, [NB, erlang, node, []])),
     ?assertEqual(?P:os_pid(B), call(A, rpc, call, [NB, os, getpid, []])),
     ?assertEqual(lists:seq(1000, 1, -1), call(A, rpc, call, [NB, lists, reverse, [lists:seq(1, 1000)]])),
@@ -133,7 +133,7 @@ t_rpc(#{a := A, b := B}) ->
                  call(A, rpc, pmap, [{?MODULE, double}, [], lists:seq(1, 300)])).
 
 t_binary(#{a := A, b := B}, Size) ->
-    connect(A, B),
+    ?P:connect(A, B),
     Echo = call(B, ?MODULE, start_echo, []),
     {RemoteSize, RemoteMd5Ok, BackOk, Ms} =
         call(A, ?MODULE, echo_binary, [Echo, Size, 100000], 110000),
@@ -145,12 +145,12 @@ t_binary(#{a := A, b := B}, Size) ->
     ok.
 
 t_deep_terms(#{a := A, b := B}) ->
-    connect(A, B),
+    ?P:connect(A, B),
     Echo = call(B, ?MODULE, start_echo, []),
     ?assertEqual({true, true}, call(A, ?MODULE, echo_term, [Echo, deep_term, 30000])).
 
 t_identities(#{a := A, b := B}) ->
-    connect(A, B),
+    ?P:connect(A, B),
     Echo = call(B, ?MODULE, start_echo, []),
     Result = call(A, ?MODULE, roundtrip_identities, [Echo]),
     NA = ?P:nodename(A),
@@ -162,7 +162,7 @@ t_identities(#{a := A, b := B}) ->
                    b_identities_local_again := true}, Result).
 
 t_atoms(#{a := A, b := B}) ->
-    connect(A, B),
+    ?P:connect(A, B),
     Prefix = ?P:unique_name("atom") ++ "_",
     Names = [Prefix ++ integer_to_list(I) || I <- lists:seq(1, 5000)],
     %% Fresh: neither node has any of them.
@@ -176,19 +176,19 @@ t_atoms(#{a := A, b := B}) ->
     ?assertEqual(5000, call(B, ?MODULE, count_existing_atoms, [Names])).
 
 t_ordered(#{a := A, b := B}) ->
-    connect(A, B),
+    ?P:connect(A, B),
     N = 100000,
     {Result, Ms} = call(A, ?MODULE, send_sequence, [?P:nodename(B), N], 80000),
     ?assertEqual({done, N}, Result),
     io:format(user, "~n    ~b messages in ~b ms ", [N, Ms]).
 
 t_ordered_multi(#{a := A, b := B}) ->
-    connect(A, B),
+    ?P:connect(A, B),
     {Result, _Ms} = call(A, ?MODULE, send_sequences, [?P:nodename(B), 4, 25000], 80000),
     ?assertEqual({done, #{1 => 25000, 2 => 25000, 3 => 25000, 4 => 25000}}, Result).
 
 t_links(#{a := A, b := B}) ->
-    connect(A, B),
+    ?P:connect(A, B),
     R = call(A, ?MODULE, link_checks, [?P:nodename(B)]),
     ?assertMatch(#{trapped_remote_exit := {custom_reason, _},
                    killed_by_remote_exit := boom,
@@ -198,7 +198,7 @@ t_links(#{a := A, b := B}) ->
                    local_exit_kills_remote := {local_death, 7}}, R).
 
 t_monitors(#{a := A, b := B}) ->
-    connect(A, B),
+    ?P:connect(A, B),
     NB = ?P:nodename(B),
     R = call(A, ?MODULE, monitor_checks, [NB]),
     ?assertMatch(#{custom := {custom, _},
@@ -218,7 +218,7 @@ t_nodedown_on_stop(Reg) ->
                                  #{prefix => "b", ticktime => 60}]),
     NB = ?P:nodename(B),
     ?assertEqual(60, call(A, net_kernel, get_net_ticktime, [])),
-    connect(A, B),
+    ?P:connect(A, B),
     call(A, ?P, watch, [?WATCHER, [{monitor_node, NB}, monitor_nodes]]),
     ok = ?P:cast(B, init, stop, []),
     %% A tick timeout would take 45-75 s: 15 s proves the carrier reported the close.
@@ -236,7 +236,7 @@ t_nodedown_on_kill(Reg) ->
                                  #{prefix => "b", ticktime => 4}]),
     NB = ?P:nodename(B),
     ?assertEqual(4, call(A, net_kernel, get_net_ticktime, [])),
-    connect(A, B),
+    ?P:connect(A, B),
     call(A, ?P, watch, [?WATCHER, [{monitor_node, NB}, monitor_nodes]]),
     ok = ?P:kill(B),
     {ok, {nodedown, NB}, Ms} =
@@ -252,7 +252,7 @@ t_reconnect_after_kill(Reg) ->
                                  #{prefix => "b", ticktime => 4}]),
     NA = ?P:nodename(A),
     NB = ?P:nodename(B),
-    connect(A, B),
+    ?P:connect(A, B),
     call(A, ?P, watch, [?WATCHER, [monitor_nodes]]),
     ok = ?P:kill(B),
     ?assertMatch({ok, {nodedown, NB, _}, _},
@@ -273,8 +273,8 @@ t_reconnect_after_kill(Reg) ->
 t_mesh_global(Reg) ->
     [A, B, C] = ?P:start_many(Reg, [#{prefix => "a"}, #{prefix => "b"}, #{prefix => "c"}]),
     [NA, NB, NC] = Nodes = [?P:nodename(P) || P <- [A, B, C]],
-    connect(A, B),
-    connect(A, C),
+    ?P:connect(A, B),
+    ?P:connect(A, C),
     %% global connects B and C by itself.
     ?assertEqual(ok, call(B, ?P, wait_connected, [NC, 20000])),
     ?assertEqual(ok, call(C, ?P, wait_connected, [NB, 20000])),
@@ -352,8 +352,8 @@ t_fixed_ports(Reg) ->
     {port, Port, _} = call(A, erl_epmd, port_please, [maps:get(name, B), {127, 0, 0, 1}]),
     {port, RPort, _} = call(A, erl_epmd, port_please, [maps:get(name, C), {127, 0, 0, 1}]),
     ?assert(RPort >= Min andalso RPort =< Max),
-    connect(A, B),
-    connect(A, C),
+    ?P:connect(A, B),
+    ?P:connect(A, C),
     {ok, #{remote := {_, Port}}} = call(A, quic_dist, info, [?P:nodename(B)]),
     {ok, #{remote := {_, RPort}}} = call(A, quic_dist, info, [?P:nodename(C)]).
 
@@ -373,7 +373,7 @@ t_certificate_chain(Reg) ->
                end,
         [A, B] = ?P:start_many(Reg, [#{prefix => "a", args => Opts("a")},
                                      #{prefix => "b", args => Opts("b")}]),
-        connect(A, B),
+        ?P:connect(A, B),
         {ok, #{mode := certificates, peer_certificate := #{issuer := Issuer}}} =
             call(A, quic_dist, info, [?P:nodename(B)]),
         ?assertMatch({match, _}, re:run(Issuer, "CN=issuing"))
@@ -406,8 +406,6 @@ free_udp_range(N) ->
 call(Peer, M, F, A) -> ?P:call(Peer, M, F, A).
 call(Peer, M, F, A, Timeout) -> ?P:call(Peer, M, F, A, Timeout).
 
-connect(From, To) ->
-    ?assertEqual(true, call(From, net_kernel, connect_node, [?P:nodename(To)])).
 
 %%% ------------------------------------------------------------------
 %%% Run on the nodes

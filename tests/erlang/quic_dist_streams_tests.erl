@@ -55,7 +55,7 @@ pair(Title, Secs, Args, Fun) ->
 %%% ------------------------------------------------------------------
 
 t_many_senders(#{a := A, b := B}) ->
-    connect(A, B),
+    ?P:connect(A, B),
     Result = ?P:call(A, ?MODULE, many_senders, [?P:nodename(B), 64, 10000, 4], 170000),
     ?assertMatch({ok, _}, Result),
     {ok, PerReceiver} = Result,
@@ -73,17 +73,17 @@ t_many_senders(#{a := A, b := B}) ->
     ?assertMatch({ok, _}, ?P:call(A, net_kernel, getopts, [?P:nodename(B), [nodelay]])).
 
 t_signals(#{a := A, b := B}) ->
-    connect(A, B),
+    ?P:connect(A, B),
     Result = ?P:call(A, ?MODULE, signal_pairs, [?P:nodename(B), 100, 50], 110000),
     ?assertEqual(#{monitor => 100, link => 100, monitor_by_name => 100}, Result).
 
 t_no_head_of_line(#{a := A, b := B}) ->
-    connect(A, B),
+    ?P:connect(A, B),
     ?assertEqual([small, {big, ?HOL_SIZE}],
                  ?P:call(A, ?MODULE, head_of_line, [?P:nodename(B), ?HOL_SIZE], 170000)).
 
 t_slow_receiver(#{a := A, b := B}) ->
-    connect(A, B),
+    ?P:connect(A, B),
     NB = ?P:nodename(B),
     Before = #{a => ?P:call(A, ?MODULE, memory, []), b => ?P:call(B, ?MODULE, memory, [])},
     {Sender, Receiver} = ?P:call(A, ?MODULE, start_flood, [NB, 2048, 1024 * 1024]),
@@ -109,13 +109,11 @@ t_slow_receiver(#{a := A, b := B}) ->
 mib(Bytes) -> list_to_tuple([B div (1024 * 1024) || B <- tuple_to_list(Bytes)]).
 
 t_one_stream(#{a := A, b := B}) ->
-    connect(A, B),
+    ?P:connect(A, B),
     ?assertEqual({1, 0}, ?P:call(A, ?MODULE, stream_counts, [?P:nodename(B)])),
     ?assertMatch({ok, _}, ?P:call(A, ?MODULE, many_senders, [?P:nodename(B), 8, 2000, 2],
                                   60000)).
 
-connect(From, To) ->
-    ?assertEqual(true, ?P:call(From, net_kernel, connect_node, [?P:nodename(To)])).
 
 %%% ------------------------------------------------------------------
 %%% Run on the nodes

@@ -18,7 +18,7 @@
 %% Nodes.
 -export([new_registry/0, cleanup/1,
          start/2, start_many/2, unique_name/1,
-         call/4, call/5, cast/4, nodename/1, os_pid/1, kill/1, stop/1,
+         call/4, call/5, connect/2, cast/4, nodename/1, os_pid/1, kill/1, stop/1,
          erl_flags/0, default_cookie/0, skip/1, skipped_test/2]).
 %% Run on a node.
 -export([watch/2, wait_event/3, events/1, wait_connected/2, wait_disconnected/2]).
@@ -159,6 +159,14 @@ call(Peer, M, F, A) ->
 -spec call(peer(), module(), atom(), list(), timeout()) -> term().
 call(#{peer := Pid}, M, F, A, Timeout) ->
     peer:call(Pid, M, F, A, Timeout).
+
+%% @doc Connects node From to node To; fails unless net_kernel:connect_node/1 returns true.
+-spec connect(peer(), peer()) -> ok.
+connect(From, To) ->
+    case call(From, net_kernel, connect_node, [nodename(To)]) of
+        true -> ok;
+        Other -> error({connect_failed, nodename(From), nodename(To), Other})
+    end.
 
 %% @doc Runs M:F(A) on the node without waiting for a result.
 -spec cast(peer(), module(), atom(), list()) -> ok.
