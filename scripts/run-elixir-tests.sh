@@ -12,6 +12,8 @@
 #   QUIC_DIST_TEST_TIMEOUT=300     bound on the whole run, seconds
 set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+# shellcheck source=scripts/test-counts.sh
+. "$ROOT/scripts/test-counts.sh"
 OUT="$ROOT/_build/test-results"
 COUNTS="$OUT/elixir.counts"
 PIDS="$OUT/elixir.pids"
@@ -77,13 +79,5 @@ vm=""
 kill "$watchdog" 2>/dev/null
 wait "$watchdog" 2>/dev/null
 watchdog=""
-echo "run-elixir-tests: exit status $rc after $(( $(date +%s) - start )) s"
-
-if [ ! -s "$COUNTS" ]; then
-  echo "run-elixir-tests: the suite did not finish (no counts written)" >&2
-  echo "0 1 0" > "$COUNTS"
-  [ "$rc" -ne 0 ] || rc=1
-fi
-read -r _passed failed _skipped < "$COUNTS"
-if [ "$rc" -eq 0 ] && [ "$failed" -ne 0 ]; then rc=1; fi
+settle_counts run-elixir-tests "$rc" "$COUNTS" "$start"
 exit "$rc"

@@ -9,6 +9,8 @@
 # run here, and known issues unless QUIC_DIST_TEST_KNOWN_ISSUES=1, count as skipped).
 set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+# shellcheck source=scripts/test-counts.sh
+. "$ROOT/scripts/test-counts.sh"
 OUT="$ROOT/_build/test-results"
 COUNTS="$OUT/erlang.counts"
 TEST_EBIN="$ROOT/_build/test/ebin"
@@ -67,14 +69,6 @@ timeout --kill-after=10 1800 \
                         [verbose, {report, {quic_dist_test_peers, [{counts_file, Counts}]}}]),
     halt(case Result of ok -> 0; _ -> 1 end).'
 rc=$?
-echo "run-erlang-tests: exit status $rc after $(( $(date +%s) - start )) s"
-
-if [ ! -s "$COUNTS" ]; then
-  echo "run-erlang-tests: the suite did not finish (no counts written)" >&2
-  echo "0 1 0" > "$COUNTS"
-  [ "$rc" -ne 0 ] || rc=1
-fi
-read -r passed failed skipped < "$COUNTS"
+settle_counts run-erlang-tests "$rc" "$COUNTS" "$start"
 echo "run-erlang-tests: $passed passed, $failed failed, $skipped skipped"
-if [ "$rc" -eq 0 ] && [ "$failed" -ne 0 ]; then rc=1; fi
 exit "$rc"

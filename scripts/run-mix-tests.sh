@@ -7,6 +7,8 @@
 # _build/test-results/mix.counts as "PASSED FAILED SKIPPED".
 set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+# shellcheck source=scripts/test-counts.sh
+. "$ROOT/scripts/test-counts.sh"
 OUT="$ROOT/_build/test-results"
 COUNTS="$OUT/mix.counts"
 mkdir -p "$OUT"
@@ -31,16 +33,8 @@ LOG="$OUT/mix.log"
 # VM's pipes close; release daemons are stopped by the tests' on_exit callbacks.
 timeout --kill-after=10 600 mix test 2>&1 | tee "$LOG"
 rc=${PIPESTATUS[0]}
-echo "run-mix-tests: exit status $rc after $(( $(date +%s) - start )) s"
-
-if [ ! -s "$COUNTS" ]; then
-  echo "run-mix-tests: the suite did not finish (no counts written)" >&2
-  echo "0 1 0" > "$COUNTS"
-  [ "$rc" -ne 0 ] || rc=1
-fi
-read -r passed failed skipped < "$COUNTS"
+settle_counts run-mix-tests "$rc" "$COUNTS" "$start"
 # ExUnit's closing line ("N tests, N failures, N skipped"), last, for whoever reads the tail.
 closing="$(sed 's/\x1b\[[0-9;]*m//g' "$LOG" | grep -E '^[0-9]+ (doctests?, )?tests?, [0-9]+ failures?' | tail -n 1)"
 echo "${closing:-ExUnit printed no closing line} (counts: $passed passed, $failed failed, $skipped skipped)"
-if [ "$rc" -eq 0 ] && [ "$failed" -ne 0 ]; then rc=1; fi
 exit "$rc"
