@@ -25,39 +25,8 @@
 # QUIC_DIST_TEST_PIDS, QUIC_DIST_TEST_KNOWN_ISSUES, QUIC_DIST_TEST_TRACE (ExUnit trace mode),
 # QUIC_DIST_TEST_VERBOSE (print every node's output and this node's nodeup/nodedown).
 
-defmodule QuicDistTest.CountsFormatter do
-  @moduledoc false
-  # An ExUnit formatter that only counts results and writes "PASSED FAILED SKIPPED" to the file
-  # named by QUIC_DIST_TEST_COUNTS when the suite finishes.
-  use GenServer
-
-  def init(_opts), do: {:ok, %{passed: 0, failed: 0, skipped: 0}}
-
-  def handle_cast({:test_finished, %ExUnit.Test{state: state}}, counts) do
-    key =
-      case state do
-        nil -> :passed
-        {:failed, _} -> :failed
-        {:invalid, _} -> :failed
-        {:skipped, _} -> :skipped
-        {:excluded, _} -> :skipped
-      end
-
-    {:noreply, Map.update!(counts, key, &(&1 + 1))}
-  end
-
-  def handle_cast({:suite_finished, _times}, counts) do
-    case System.get_env("QUIC_DIST_TEST_COUNTS") do
-      nil -> :ok
-      "" -> :ok
-      file -> File.write!(file, "#{counts.passed} #{counts.failed} #{counts.skipped}\n")
-    end
-
-    {:noreply, counts}
-  end
-
-  def handle_cast(_event, counts), do: {:noreply, counts}
-end
+# The same counting formatter as the Mix suite's (writes "PASSED FAILED SKIPPED").
+Code.require_file("../../mix_project/test/support/counts_formatter.ex", __DIR__)
 
 known_issues? = System.get_env("QUIC_DIST_TEST_KNOWN_ISSUES") in ["1", "true"]
 

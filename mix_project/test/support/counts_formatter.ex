@@ -2,7 +2,7 @@ defmodule QuicDistTest.CountsFormatter do
   @moduledoc """
   An ExUnit formatter that writes `PASSED FAILED SKIPPED` on one line to the file named by the
   environment variable `QUIC_DIST_TEST_COUNTS` when the suite finishes (scripts/run-mix-tests.sh
-  reads it). Skipped and excluded tests count as skipped; invalid tests (a failed
+  and scripts/run-elixir-tests.sh read it; the plain-ExUnit suite in tests/elixir loads this file). Skipped and excluded tests count as skipped; invalid tests (a failed
   `setup_all`) count as failed.
   """
   use GenServer
