@@ -27,6 +27,9 @@ use crate::connection::{
 };
 use crate::send::Outgoing;
 
+/// Largest chunk a stream read returns: the stream data of one datagram (at most 64 KiB).
+const MAX_CHUNK: usize = 64 * 1024;
+
 /// Why a reader stopped.
 enum ReadEnd {
     /// The stream ended cleanly.
@@ -191,7 +194,10 @@ async fn read_frames(
                 }
             }
         }
-        let n = match recv.read_chunks(&mut chunks).await {
+        // At most about the room left under the limit: a chunk is part of one datagram.
+        let room = RECV_UNACKED_LIMIT.saturating_sub(ch.unacked.load(SeqCst));
+        let slots = (room / MAX_CHUNK).clamp(1, chunks.len());
+        let n = match recv.read_chunks(&mut chunks[..slots]).await {
             Ok(Some(n)) => n,
             Ok(None) => return ReadEnd::Finished,
             Err(e) => {
