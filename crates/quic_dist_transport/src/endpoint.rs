@@ -9,6 +9,7 @@ use crate::config::TransportOptions;
 use crate::connection::DistConnection;
 use crate::error::TransportError;
 use crate::tls::TlsMaterial;
+use crate::udp_socket::SizedReceives;
 
 /// Binds the UDP socket with large kernel buffers: bursts of full-size datagrams overflow
 /// the default ones on loopback, and every drop costs a QUIC loss recovery. The kernel caps the
@@ -122,10 +123,14 @@ impl DistEndpoint {
         };
         let socket = bind_udp(addr, opts.socket_buffer)
             .map_err(|source| TransportError::Bind { addr, source })?;
-        let mut endpoint = quinn::Endpoint::new(
-            opts.quinn_endpoint(),
+        let udp = quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, socket)
+            .map_err(|source| TransportError::Bind { addr, source })?;
+        let endpoint_config = opts.quinn_endpoint();
+        let udp = SizedReceives::new(udp, endpoint_config.get_max_udp_payload_size() as usize);
+        let mut endpoint = quinn::Endpoint::new_with_abstract_socket(
+            endpoint_config,
             server,
-            socket,
+            Arc::new(udp),
             Arc::new(quinn::TokioRuntime),
         )
         .map_err(|source| TransportError::Bind { addr, source })?;

@@ -23,6 +23,7 @@ pub mod insecure;
 mod recv;
 mod send;
 pub mod tls;
+mod udp_socket;
 
 pub use config::TransportOptions;
 pub use connection::{
