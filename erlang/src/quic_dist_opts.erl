@@ -9,7 +9,7 @@
 -define(KEYS, [certfile, keyfile, cacertfile, password, verify_node_name, allowed_subjects,
                insecure, port, ip, threads, log_filter,
                idle_timeout_ms, handshake_timeout_ms, max_frame,
-               stream_window, connection_window, streams, mailbox_limit]).
+               stream_window, connection_window, streams, mailbox_limit, congestion]).
 
 %% Data streams per direction unless the `streams' option says otherwise (see the README).
 -define(DEFAULT_STREAMS, 8).
@@ -80,7 +80,16 @@ decrypt_key(Pem, Password) ->
 -spec transport(opts()) -> map().
 transport(Opts) ->
     (maps:with([idle_timeout_ms, handshake_timeout_ms, max_frame, stream_window,
-                connection_window], Opts))#{streams => streams(Opts)}.
+                connection_window], Opts))#{streams => streams(Opts),
+                                            congestion => congestion(Opts)}.
+
+%% @doc The congestion controller: bbr (the default), cubic or new_reno.
+-spec congestion(opts()) -> bbr | cubic | new_reno.
+congestion(Opts) ->
+    case maps:get(congestion, Opts, bbr) of
+        C when C =:= bbr; C =:= cubic; C =:= new_reno -> C;
+        Other -> error({bad_option, congestion, Other, "bbr, cubic or new_reno"})
+    end.
 
 %% @doc Bytes a local process may have waiting from one peer before its stream pauses.
 -spec mailbox_limit(opts()) -> non_neg_integer().
@@ -184,6 +193,8 @@ convert(Key, V) when Key =:= port; Key =:= threads; Key =:= idle_timeout_ms;
 convert(ip, V) ->
     {ok, Ip} = inet:parse_address(V),
     Ip;
+convert(congestion, V) ->
+    list_to_atom(V);
 convert(Key, V) when Key =:= verify_node_name; Key =:= insecure ->
     list_to_existing_atom(V) =:= true;
 convert(allowed_subjects, V) ->

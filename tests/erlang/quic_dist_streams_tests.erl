@@ -32,7 +32,9 @@ streams_test_() ->
           "is suspended, memory stays bounded, and it goes on once the receiver is gone", 180,
           [], fun t_slow_receiver/1),
      pair("streams 1: everything on the control stream, in order", 60,
-          ["-quic_dist_opt", "streams", "1"], fun t_one_stream/1)].
+          ["-quic_dist_opt", "streams", "1"], fun t_one_stream/1),
+     pair("congestion cubic instead of bbr: the same traffic gets through", 60,
+          ["-quic_dist_opt", "congestion", "cubic"], fun t_cubic/1)].
 
 pair(Title, Secs, Args, Fun) ->
     {Title, {setup,
@@ -114,6 +116,11 @@ t_one_stream(#{a := A, b := B}) ->
     ?assertMatch({ok, _}, ?P:call(A, ?MODULE, many_senders, [?P:nodename(B), 8, 2000, 2],
                                   60000)).
 
+
+t_cubic(#{a := A, b := B}) ->
+    ?P:connect(A, B),
+    ?assertMatch({ok, _}, ?P:call(A, ?MODULE, many_senders, [?P:nodename(B), 8, 2000, 2],
+                                  60000)).
 
 %%% ------------------------------------------------------------------
 %%% Run on the nodes

@@ -47,6 +47,14 @@ parse_pairs_booleans_and_lists_test() ->
                  quic_dist_opts:parse_pairs(["verify_node_name", "false", "insecure", "true",
                                              "allowed_subjects", "CN=a,O=x;b"])).
 
+congestion_option_test() ->
+    ?assertEqual(#{congestion => cubic}, quic_dist_opts:parse_pairs(["congestion", "cubic"])),
+    ?assertMatch(#{congestion := bbr}, quic_dist_opts:transport(#{})),
+    ?assertMatch(#{congestion := new_reno},
+                 quic_dist_opts:transport(#{congestion => new_reno})),
+    ?assertError({bad_option, congestion, vegas, _},
+                 quic_dist_opts:transport(#{congestion => vegas})).
+
 %%% ------------------------------------------------------------------
 %%% quic_dist_certs:generate/3 and quic_dist_cert_info:summary/1
 %%% ------------------------------------------------------------------

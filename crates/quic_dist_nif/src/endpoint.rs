@@ -95,6 +95,12 @@ fn transport_options(opts: Term) -> NifResult<TransportOptions> {
     if let Some(n) = get::<usize>(opts, atoms::streams())? {
         t.streams = n;
     }
+    if let Some(name) = get::<Term>(opts, atoms::congestion())? {
+        t.congestion = name
+            .atom_to_string()?
+            .parse()
+            .map_err(|_| rustler::Error::BadArg)?;
+    }
     // Room for every data stream and the control stream (see TransportOptions), unless set.
     let all_streams = (t.streams.clamp(1, 64) as u32 + 1).saturating_mul(t.stream_window);
     t.connection_window = get::<u32>(opts, atoms::connection_window())?.unwrap_or(all_streams);

@@ -44,6 +44,35 @@ pub const LOOPBACK_UDP_PAYLOAD: u16 = 65_000;
 /// the next search, while a real black hole costs only a few lost probe packets per search.
 pub const MTU_BLACK_HOLE_COOLDOWN: Duration = Duration::from_secs(10);
 
+/// The congestion controller of each connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Congestion {
+    /// BBR: paces sending at the measured bottleneck rate and keeps little queued at the
+    /// bottleneck; a random loss is not taken for congestion. A small message behind a stream
+    /// then waits behind a short queue, and lossy links stay full.
+    #[default]
+    Bbr,
+    /// CUBIC, as Linux TCP: backs off on every loss and fills the bottleneck's buffer.
+    Cubic,
+    /// NewReno: the classic loss-based controller.
+    NewReno,
+}
+
+impl std::str::FromStr for Congestion {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "bbr" => Ok(Self::Bbr),
+            "cubic" => Ok(Self::Cubic),
+            "new_reno" => Ok(Self::NewReno),
+            other => Err(format!(
+                "unknown congestion controller {other:?}: bbr, cubic or new_reno"
+            )),
+        }
+    }
+}
+
 /// Settings shared by every connection of an endpoint.
 #[derive(Debug, Clone)]
 pub struct TransportOptions {
@@ -84,6 +113,8 @@ pub struct TransportOptions {
     pub mtu_discovery: bool,
     /// Hand the kernel several datagrams per send (Linux UDP GSO), where the kernel supports it.
     pub segmentation_offload: bool,
+    /// The congestion controller.
+    pub congestion: Congestion,
 }
 
 impl Default for TransportOptions {
@@ -102,6 +133,7 @@ impl Default for TransportOptions {
             max_udp_payload: LOOPBACK_UDP_PAYLOAD,
             mtu_discovery: true,
             segmentation_offload: true,
+            congestion: Congestion::default(),
         }
     }
 }
@@ -130,6 +162,17 @@ impl TransportOptions {
                     .black_hole_cooldown(MTU_BLACK_HOLE_COOLDOWN);
                 mtud
             }));
+        match self.congestion {
+            Congestion::Bbr => {
+                t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()))
+            }
+            Congestion::Cubic => {
+                t.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default()))
+            }
+            Congestion::NewReno => t.congestion_controller_factory(Arc::new(
+                quinn::congestion::NewRenoConfig::default(),
+            )),
+        };
         Arc::new(t)
     }
 
@@ -251,6 +294,14 @@ mod tests {
         };
         assert_eq!(tiny.quinn_endpoint().get_max_udp_payload_size(), 1200);
         // The transport configuration builds for every combination.
+        for congestion in ["bbr", "cubic", "new_reno"] {
+            let o = TransportOptions {
+                congestion: congestion.parse().unwrap(),
+                ..TransportOptions::default()
+            };
+            let _ = o.quinn_transport();
+        }
+        assert!("vegas".parse::<Congestion>().unwrap_err().contains("vegas"));
         for o in [
             no_gso,
             small,
