@@ -5,6 +5,7 @@
 #   bench/run.sh --carrier quic --scenario rtt     a selection (comma lists, or repeat the flag)
 #   bench/run.sh --quick                           less work per scenario (a smoke run)
 #   bench/run.sh --no-netns                        skip the network-namespace scenarios
+#   bench/run.sh --quic-opt "congestion cubic"     a quic_dist option for this run (repeatable)
 #
 # Carriers: tcp, tls, quic. Scenarios: connect, reconnect, rtt, small, bulk, hol, netns.
 # The table goes to stdout, progress to stderr. A full run (all carriers and scenarios, not
@@ -18,9 +19,9 @@ ALL_CARRIERS="tcp,tls,quic"
 ALL_SCENARIOS="connect,reconnect,rtt,small,bulk,hol,netns"
 export PATH="$HOME/.cargo/bin:$PATH"
 
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
 
-carriers="" scenarios="" quick=false no_netns=false
+carriers="" scenarios="" quick=false no_netns=false quic_opts=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --carrier|--carriers) carriers="${carriers:+$carriers,}${2:?}"; shift 2 ;;
@@ -29,6 +30,7 @@ while [ $# -gt 0 ]; do
     --scenario=*|--scenarios=*) scenarios="${scenarios:+$scenarios,}${1#*=}"; shift ;;
     --quick) quick=true; shift ;;
     --no-netns) no_netns=true; shift ;;
+    --quic-opt) quic_opts+=(-quic_dist_opt ${2:?}); full=false; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -40,7 +42,7 @@ check_list() { # NAME LIST ALLOWED
     [[ ",$3," == *",$x,"* ]] || { echo "unknown $1: $x (one of $3)" >&2; exit 2; }
   done
 }
-full=true
+full=${full:-true}
 [ -n "$carriers" ] && full=false || carriers=$ALL_CARRIERS
 [ -n "$scenarios" ] && full=false || scenarios=$ALL_SCENARIOS
 $quick && full=false
@@ -60,7 +62,7 @@ start_s=$(date +%s)
 is_root=false
 [ "$(id -u)" = 0 ] && is_root=true
 
-# --- tools: gnuplot for the plot, nftables for the loss scenario (root only) ---------------
+# --- tools: gnuplot for the plot, nftables and ethtool for the loss scenario (root only) ---
 apt_updated=false
 apt_install() { # PACKAGE: installs it as root; returns non-zero if it could not
   $is_root || return 1
@@ -85,13 +87,16 @@ if $want_netns; then
     netns_arg="skip:nftables missing and apt-get install nftables failed"
   else
     netns_arg="ok"
+    # Without it the veth keeps its segmentation offloads (see netns.sh); the run says so.
+    command -v ethtool >/dev/null 2>&1 || apt_install ethtool ||
+      echo "bench: ethtool missing: the veth keeps its offloads, TCP's loss is undercounted" >&2
   fi
 fi
 
 # --- build and scratch space -----------------------------------------------------------------
 quic_flags=""
 if [[ ",$carriers," == *",quic,"* ]]; then
-  quic_flags="$(make -s -C "$ROOT" print-erl-flags)"
+  quic_flags="$(make -s -C "$ROOT" print-erl-flags) ${quic_opts[*]}"
 fi
 epmd -daemon >/dev/null 2>&1 || true
 
