@@ -44,6 +44,9 @@ pub const LOOPBACK_UDP_PAYLOAD: u16 = 65_000;
 /// the next search, while a real black hole costs only a few lost probe packets per search.
 pub const MTU_BLACK_HOLE_COOLDOWN: Duration = Duration::from_secs(10);
 
+/// quinn's initial congestion window for CUBIC and NewReno (RFC 9002's 14 720 bytes).
+const LOSS_BASED_INITIAL_WINDOW: u64 = 14_720;
+
 /// The congestion controller of each connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Congestion {
@@ -162,24 +165,42 @@ impl TransportOptions {
                     .black_hole_cooldown(MTU_BLACK_HOLE_COOLDOWN);
                 mtud
             }));
+        // quinn's loss-based controllers start with 14 720 bytes, less than one datagram of a
+        // large initial MTU (65 000 towards loopback peers): nothing but probes could ever be
+        // sent. RFC 9002 (7.2) asks for at least two datagrams. BBR starts with 240 000 bytes.
+        let initial_window = u64::from(self.initial_mtu.max(MIN_UDP_PAYLOAD)) * 2;
         match self.congestion {
             Congestion::Bbr => {
                 t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()))
             }
             Congestion::Cubic => {
-                t.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default()))
+                let mut c = quinn::congestion::CubicConfig::default();
+                c.initial_window(initial_window.max(LOSS_BASED_INITIAL_WINDOW));
+                t.congestion_controller_factory(Arc::new(c))
             }
-            Congestion::NewReno => t.congestion_controller_factory(Arc::new(
-                quinn::congestion::NewRenoConfig::default(),
-            )),
+            Congestion::NewReno => {
+                let mut c = quinn::congestion::NewRenoConfig::default();
+                c.initial_window(initial_window.max(LOSS_BASED_INITIAL_WINDOW));
+                t.congestion_controller_factory(Arc::new(c))
+            }
         };
         Arc::new(t)
     }
 
-    /// The settings for a connection to a loopback address: path MTU discovery may go up to
-    /// `max_udp_payload`, in single datagrams when a GSO batch of that size would not fit a send.
+    /// The settings for a connection to a loopback address: datagrams of `max_udp_payload` from
+    /// the start (in single sends when a GSO batch of that size would not fit one).
+    ///
+    /// The `lo` interface carries them, so there is nothing to discover; discovering it anyway
+    /// made set-up slower: the probes (up to 65 KB each, right after the handshake) used up
+    /// the initial congestion window, and the first messages waited for them (connect 35 ms
+    /// instead of 19).
     pub fn for_loopback(&self) -> Self {
         Self {
+            initial_mtu: if self.mtu_discovery {
+                self.max_udp_payload.max(self.initial_mtu)
+            } else {
+                self.initial_mtu
+            },
             mtu_upper_bound: self.max_udp_payload,
             segmentation_offload: self.segmentation_offload
                 && self.max_udp_payload <= GSO_SAFE_UDP_PAYLOAD,
@@ -229,10 +250,7 @@ mod tests {
         }
         .for_loopback();
         assert!(gso_loopback.segmentation_offload);
-        assert_eq!(
-            gso_loopback.mtu_discovery_upper_bound(),
-            Some(GSO_SAFE_UDP_PAYLOAD)
-        );
+        assert_eq!(gso_loopback.initial_mtu, GSO_SAFE_UDP_PAYLOAD);
         let jumbo = TransportOptions {
             mtu_upper_bound: 8972,
             ..TransportOptions::default()
@@ -247,10 +265,9 @@ mod tests {
     fn loopback_peers_get_single_datagrams_of_nearly_64k() {
         let loopback = TransportOptions::default().for_loopback();
         assert!(!loopback.segmentation_offload);
-        assert_eq!(
-            loopback.mtu_discovery_upper_bound(),
-            Some(LOOPBACK_UDP_PAYLOAD)
-        );
+        // From the first datagram after the handshake: nothing left to discover.
+        assert_eq!(loopback.initial_mtu, LOOPBACK_UDP_PAYLOAD);
+        assert_eq!(loopback.mtu_discovery_upper_bound(), None);
         // Fits one IPv6 datagram on lo (MTU 65536), the stricter of the two families.
         assert!(usize::from(LOOPBACK_UDP_PAYLOAD) + 40 + 8 <= 65536);
         // Towards the network, offload stays on and discovery stops at Ethernet sizes.
@@ -267,10 +284,7 @@ mod tests {
             ..TransportOptions::default()
         };
         assert_eq!(no_gso.mtu_discovery_upper_bound(), Some(1452));
-        assert_eq!(
-            no_gso.for_loopback().mtu_discovery_upper_bound(),
-            Some(65527)
-        );
+        assert_eq!(no_gso.for_loopback().initial_mtu, 65527);
         // The announced limit caps the network bound too.
         let small = TransportOptions {
             max_udp_payload: 1400,
@@ -282,6 +296,7 @@ mod tests {
             ..TransportOptions::default()
         };
         assert_eq!(off.for_loopback().mtu_discovery_upper_bound(), None);
+        assert_eq!(off.for_loopback().initial_mtu, MIN_UDP_PAYLOAD);
         let nothing_to_find = TransportOptions {
             max_udp_payload: 1200,
             ..TransportOptions::default()

@@ -25,7 +25,7 @@ mod send;
 pub mod tls;
 mod udp_socket;
 
-pub use config::TransportOptions;
+pub use config::{Congestion, TransportOptions};
 pub use connection::{
     ConnectionEvents, ConnectionInfo, ConnectionStats, DistConnection, PacketBatch, SendStatus,
 };

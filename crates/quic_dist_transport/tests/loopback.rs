@@ -13,8 +13,8 @@ use quic_dist_core::FrameError;
 use quic_dist_transport::certs::{generate_ca, generate_node, PemPair, Validity};
 use quic_dist_transport::tls::CIPHER_SUITE;
 use quic_dist_transport::{
-    ConnectionEvents, DistConnection, DistEndpoint, PacketBatch, SendStatus, TlsMaterial,
-    TransportError, TransportOptions, ALPN,
+    Congestion, ConnectionEvents, DistConnection, DistEndpoint, PacketBatch, SendStatus,
+    TlsMaterial, TransportError, TransportOptions, ALPN,
 };
 use tokio::sync::mpsc::{self, error::TryRecvError, UnboundedReceiver, UnboundedSender};
 use tokio::time::timeout;
@@ -443,6 +443,33 @@ async fn a_4_mib_packet_arrives_intact() {
     assert_eq!(p.server.send_packets(&[&big]), SendStatus::Ready);
     let (got, _) = p.client.recv_packets(1, true).await;
     assert!(got[0] == big, "4 MiB packet corrupted (server -> client)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_congestion_controller_moves_large_packets_with_loopback_datagrams() {
+    // Loopback peers send 65 000-byte datagrams from the start: a controller whose first window
+    // is smaller than one datagram would never send one.
+    for congestion in [Congestion::Bbr, Congestion::Cubic, Congestion::NewReno] {
+        let opts = TransportOptions {
+            congestion,
+            ..TransportOptions::default()
+        };
+        let mut p = pair(opts.clone(), opts).await;
+        let big = noise(1024 * 1024, 0x5851_f42d_4c95_7f2d);
+        for _ in 0..4 {
+            p.client.send_packets(&[&big]);
+        }
+        let (got, _) =
+            tokio::time::timeout(Duration::from_secs(10), p.server.recv_packets(4, true))
+                .await
+                .unwrap_or_else(|_| panic!("{congestion:?}: 4 MiB not delivered within 10 s"));
+        assert!(got.iter().all(|g| *g == big), "{congestion:?}: corrupted");
+        let stats = p.client.conn.stats();
+        assert!(
+            stats.udp_bytes_sent / stats.datagrams_sent.max(1) > 16 * 1024,
+            "{congestion:?}: small datagrams: {stats:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
