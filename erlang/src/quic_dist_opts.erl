@@ -83,12 +83,12 @@ transport(Opts) ->
                 connection_window], Opts))#{streams => streams(Opts),
                                             congestion => congestion(Opts)}.
 
-%% @doc The congestion controller: bbr (the default), cubic or new_reno.
+%% @doc The congestion controller: cubic (the default), bbr or new_reno.
 -spec congestion(opts()) -> bbr | cubic | new_reno.
 congestion(Opts) ->
-    case maps:get(congestion, Opts, bbr) of
+    case maps:get(congestion, Opts, cubic) of
         C when C =:= bbr; C =:= cubic; C =:= new_reno -> C;
-        Other -> error({bad_option, congestion, Other, "bbr, cubic or new_reno"})
+        Other -> error({bad_option, congestion, Other, "cubic, bbr or new_reno"})
     end.
 
 %% @doc Bytes a local process may have waiting from one peer before its stream pauses.

@@ -33,8 +33,8 @@ streams_test_() ->
           [], fun t_slow_receiver/1),
      pair("streams 1: everything on the control stream, in order", 60,
           ["-quic_dist_opt", "streams", "1"], fun t_one_stream/1),
-     pair("congestion cubic instead of bbr: the same traffic gets through", 60,
-          ["-quic_dist_opt", "congestion", "cubic"], fun t_cubic/1)].
+     pair("congestion bbr instead of cubic: the same traffic gets through", 60,
+          ["-quic_dist_opt", "congestion", "bbr"], fun t_bbr/1)].
 
 pair(Title, Secs, Args, Fun) ->
     {Title, {setup,
@@ -117,7 +117,7 @@ t_one_stream(#{a := A, b := B}) ->
                                   60000)).
 
 
-t_cubic(#{a := A, b := B}) ->
+t_bbr(#{a := A, b := B}) ->
     ?P:connect(A, B),
     ?assertMatch({ok, _}, ?P:call(A, ?MODULE, many_senders, [?P:nodename(B), 8, 2000, 2],
                                   60000)).

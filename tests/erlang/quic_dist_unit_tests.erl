@@ -48,8 +48,8 @@ parse_pairs_booleans_and_lists_test() ->
                                              "allowed_subjects", "CN=a,O=x;b"])).
 
 congestion_option_test() ->
-    ?assertEqual(#{congestion => cubic}, quic_dist_opts:parse_pairs(["congestion", "cubic"])),
-    ?assertMatch(#{congestion := bbr}, quic_dist_opts:transport(#{})),
+    ?assertEqual(#{congestion => bbr}, quic_dist_opts:parse_pairs(["congestion", "bbr"])),
+    ?assertMatch(#{congestion := cubic}, quic_dist_opts:transport(#{})),
     ?assertMatch(#{congestion := new_reno},
                  quic_dist_opts:transport(#{congestion => new_reno})),
     ?assertError({bad_option, congestion, vegas, _},
