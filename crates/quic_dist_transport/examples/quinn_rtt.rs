@@ -13,20 +13,11 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use quic_dist_transport::certs::{generate_ca, generate_node, PemPair, Validity};
-use quic_dist_transport::{TlsMaterial, TransportOptions};
+use quic_dist_transport::certs::{generate_ca, Validity};
+use quic_dist_transport::TransportOptions;
 
-fn tls(ca: &PemPair) -> TlsMaterial {
-    let names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
-    let node = generate_node(ca, "node@localhost", &names, Validity::days_from_now(1))
-        .expect("node certificate");
-    TlsMaterial::from_pem(
-        node.cert_pem.as_bytes(),
-        node.key_pem.as_bytes(),
-        ca.cert_pem.as_bytes(),
-    )
-    .expect("tls material")
-}
+mod support;
+use support::loopback_tls;
 
 fn runtime(threads: usize) -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -52,7 +43,9 @@ fn main() {
 
     let server = {
         let _guard = server_rt.enter();
-        let config = tls(&ca).server_config(&opts).expect("server config");
+        let config = loopback_tls(&ca)
+            .server_config(&opts)
+            .expect("server config");
         quinn::Endpoint::server(config, lo).expect("server endpoint")
     };
     let addr = server.local_addr().expect("server address");
@@ -68,7 +61,7 @@ fn main() {
 
     client_rt.block_on(async move {
         let mut client = quinn::Endpoint::client(lo).expect("client endpoint");
-        client.set_default_client_config(tls(&ca).client_config(&opts).expect("client config"));
+        client.set_default_client_config(loopback_tls(&ca).client_config(&opts).expect("client config"));
         let conn = client
             .connect(addr, "localhost")
             .expect("connect")

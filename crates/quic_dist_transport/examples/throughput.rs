@@ -28,12 +28,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use quic_dist_transport::certs::{generate_ca, generate_node, Validity};
+use quic_dist_transport::certs::{generate_ca, Validity};
 use quic_dist_transport::{
     ConnectionEvents, ConnectionStats, DistConnection, DistEndpoint, PacketBatch, SendStatus,
-    TlsMaterial, TransportOptions,
+    TransportOptions,
 };
 use tokio::sync::{mpsc, Notify};
+
+mod support;
+use support::loopback_tls;
 
 /// Largest MTU that quinn's discovery reported ("new MTU detected" trace events).
 static MTU_SEEN: AtomicU64 = AtomicU64::new(0);
@@ -204,7 +207,7 @@ async fn raw(
     let lo = SocketAddr::from(([127, 0, 0, 1], 0));
     let server_ep = quinn::Endpoint::new(
         opts.quinn_endpoint(),
-        Some(tls(ca).server_config(opts).unwrap()),
+        Some(loopback_tls(ca).server_config(opts).unwrap()),
         bind(lo),
         Arc::new(quinn::TokioRuntime),
     )
@@ -216,7 +219,7 @@ async fn raw(
         Arc::new(quinn::TokioRuntime),
     )
     .unwrap();
-    client_ep.set_default_client_config(tls(ca).client_config(opts).unwrap());
+    client_ep.set_default_client_config(loopback_tls(ca).client_config(opts).unwrap());
     let addr = server_ep.local_addr().unwrap();
     let (progress_tx, mut progress) = tokio::sync::watch::channel(0u64);
     let server = tokio::spawn(async move {
@@ -289,18 +292,6 @@ fn options() -> TransportOptions {
         o.segmentation_offload = v != 0;
     }
     o
-}
-
-fn tls(ca: &quic_dist_transport::certs::PemPair) -> TlsMaterial {
-    let names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
-    let node = generate_node(ca, "node@localhost", &names, Validity::days_from_now(1))
-        .expect("node certificate");
-    TlsMaterial::from_pem(
-        node.cert_pem.as_bytes(),
-        node.key_pem.as_bytes(),
-        ca.cert_pem.as_bytes(),
-    )
-    .expect("tls material")
 }
 
 fn print_stats(label: &str, s: &ConnectionStats) {
@@ -426,7 +417,7 @@ fn main() {
         if role != "client" {
             let ep = DistEndpoint::bind(
                 SocketAddr::new(bind, port),
-                &tls(&ca),
+                &loopback_tls(&ca),
                 true,
                 opts.clone(),
                 tokio::runtime::Handle::current(),
@@ -465,7 +456,7 @@ fn main() {
         }
         let client_ep = DistEndpoint::bind(
             SocketAddr::new(bind, 0),
-            &tls(&ca),
+            &loopback_tls(&ca),
             false,
             opts.clone(),
             tokio::runtime::Handle::current(),
