@@ -49,9 +49,9 @@ init(Parent) ->
     case catch register(?MODULE, self()) of
         true ->
             Opts = quic_dist_opts:get(),
-            Threads = maps:get(threads, Opts, 2),
+            Runtime = quic_dist_opts:runtime(Opts),
             Filter = unicode:characters_to_binary(maps:get(log_filter, Opts, ?DEFAULT_FILTER)),
-            case load_and_init(Threads, Filter) of
+            case load_and_init(Runtime, Filter) of
                 ok ->
                     Parent ! {self(), started},
                     loop();
@@ -65,9 +65,9 @@ init(Parent) ->
             Parent ! {self(), started}
     end.
 
-load_and_init(Threads, Filter) ->
+load_and_init({Threads, BusyPollUs}, Filter) ->
     case quic_dist_nif:load() of
-        ok -> quic_dist_nif:runtime_init(Threads, self(), Filter);
+        ok -> quic_dist_nif:runtime_init(Threads, BusyPollUs, self(), Filter);
         {error, Reason} -> {error, io_lib:format("cannot load the NIF: ~p", [Reason])}
     end.
 

@@ -9,7 +9,7 @@
 -module(quic_dist_nif).
 
 -export([load/0, nif_memory/0]).
--export([runtime_init/3,
+-export([runtime_init/4,
          endpoint_open/5, endpoint_port/1, endpoint_accept/2, endpoint_close/2, connect/6,
          conn_start/3, conn_send/2, conn_data_mode/2, conn_open_input/1, conn_tick/1, conn_ack/3, conn_getstat/1, conn_stats/1,
          conn_info/1, conn_peer_names/2, conn_shutdown/2,
@@ -52,8 +52,8 @@ priv_dir() ->
             end
     end.
 
--spec runtime_init(pos_integer(), pid(), binary()) -> ok | {error, binary()}.
-runtime_init(_Threads, _LogPid, _LogFilter) -> ?NOT_LOADED.
+-spec runtime_init(pos_integer(), non_neg_integer(), pid(), binary()) -> ok | {error, binary()}.
+runtime_init(_Threads, _BusyPollUs, _LogPid, _LogFilter) -> ?NOT_LOADED.
 
 -spec endpoint_open(inet:ip_address(), inet:port_number(), boolean(), map(), map()) ->
           {ok, reference()} | {error, binary()}.

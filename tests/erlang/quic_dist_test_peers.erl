@@ -373,7 +373,7 @@ skip(Reason) ->
 %% @doc An EUnit test that skips: its title says so and why.
 -spec skipped_test(string(), string()) -> {string(), fun(() -> ok)}.
 skipped_test(Title, Why) ->
-    {Title ++ " [SKIPPED: " ++ Why ++ "]", fun() -> skip(Why) end}.
+    {lists:flatten([Title, " [SKIPPED: ", Why, "]"]), fun() -> skip(Why) end}.
 
 write_counts(undefined, _Line) ->
     ok;

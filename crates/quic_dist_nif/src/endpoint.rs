@@ -113,10 +113,11 @@ fn transport_options(opts: Term) -> NifResult<TransportOptions> {
 fn runtime_init<'a>(
     env: Env<'a>,
     threads: usize,
+    busy_poll_us: u64,
     log_pid: LocalPid,
     log_filter: String,
 ) -> Term<'a> {
-    if let Err(e) = runtime::init(threads) {
+    if let Err(e) = runtime::init(threads, Duration::from_micros(busy_poll_us)) {
         return error_tuple(env, e);
     }
     match logging::init(log_pid, &log_filter) {

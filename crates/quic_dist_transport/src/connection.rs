@@ -348,6 +348,7 @@ impl DistConnection {
             .unacked
             .fetch_update(SeqCst, SeqCst, |u| Some(u.saturating_sub(bytes)));
         ch.credit.notify_one();
+        crate::busy_poll::note_activity();
     }
 
     /// Current counters.

@@ -13,6 +13,7 @@
 //! The crate knows nothing about Erlang: the NIF implements [`ConnectionEvents`].
 #![warn(missing_docs)]
 
+pub mod busy_poll;
 pub mod certs;
 pub mod config;
 pub mod connection;

@@ -83,6 +83,7 @@ impl Shared {
         let q = self.queue(lane).ok_or(TransportError::Closed)?;
         q.queued.fetch_add(bytes, SeqCst);
         self.queued.fetch_add(bytes, SeqCst);
+        crate::busy_poll::note_activity();
         if q.tx.send(Outgoing::Data(chunks, bytes)).is_err() {
             q.queued.fetch_sub(bytes, SeqCst);
             self.queued.fetch_sub(bytes, SeqCst);
@@ -348,6 +349,7 @@ pub(crate) async fn write_loop(
             return;
         }
         bufs.clear();
+        crate::busy_poll::note_activity();
         shared.dequeued(lane, n);
         match end.take() {
             None => {}
