@@ -10,10 +10,13 @@
 //! stream before this one), then the packet. The receiver holds it until it has delivered that
 //! many packets of every other stream (see [`crate::stream_map`]).
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use std::collections::VecDeque;
+
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::error::FrameError;
 use crate::limits::DEFAULT_MAX_FRAME;
+use crate::packet::Packet;
 
 /// Length of the frame header (a big-endian `u32`).
 pub const FRAME_HEADER_LEN: usize = 4;
@@ -27,13 +30,13 @@ pub enum Frame {
     /// A zero-length frame: liveness only.
     Tick,
     /// A distribution packet, to be given whole to `dist_ctrl_put_data/2`.
-    Packet(Bytes),
+    Packet(Packet),
     /// A packet to deliver only after `after[i]` packets of each data stream `i`.
     Ordered {
         /// Packets sent on each data stream before this one.
         after: Vec<u64>,
         /// The distribution packet.
-        packet: Bytes,
+        packet: Packet,
     },
 }
 
@@ -127,10 +130,21 @@ impl FrameEncoder {
     }
 }
 
-/// Splits a byte stream back into frames, whatever the boundaries of the chunks it arrives in.
+/// Chunks shorter than this are copied into the decoder's own buffer instead of being kept by
+/// reference: a chunk is a slice of a whole received datagram (up to 64 KiB), which it keeps
+/// alive, and a peer sending a byte per datagram must not make a partial frame pin 64 KiB per
+/// byte. Full datagrams carry chunks far above this (about 1.4 KB on Ethernet, 64 KB on
+/// loopback), so received data is normally not copied here.
+const SMALL_CHUNK: usize = 1024;
+
+/// Splits a byte stream back into frames, whatever the boundaries of the chunks it arrives in,
+/// without copying them: packets are slices of the chunks ([`Packet`]).
 #[derive(Debug)]
 pub struct FrameDecoder {
-    buf: BytesMut,
+    chunks: VecDeque<Bytes>,
+    /// Small chunks, copied, not yet moved to `chunks` (they come after all of `chunks`).
+    small: BytesMut,
+    buffered: usize,
     max_frame: usize,
 }
 
@@ -144,19 +158,68 @@ impl FrameDecoder {
     /// A decoder that fails on frames announcing more than `max_frame` bytes.
     pub fn new(max_frame: usize) -> Self {
         Self {
-            buf: BytesMut::new(),
+            chunks: VecDeque::new(),
+            small: BytesMut::new(),
+            buffered: 0,
             max_frame,
         }
     }
 
     /// Adds bytes received from the stream.
-    pub fn push(&mut self, chunk: &[u8]) {
-        self.buf.extend_from_slice(chunk);
+    pub fn push(&mut self, chunk: Bytes) {
+        self.buffered += chunk.len();
+        if chunk.len() < SMALL_CHUNK {
+            self.small.extend_from_slice(&chunk);
+        } else {
+            self.flush_small();
+            self.chunks.push_back(chunk);
+        }
+    }
+
+    fn flush_small(&mut self) {
+        if !self.small.is_empty() {
+            self.chunks.push_back(self.small.split().freeze());
+        }
     }
 
     /// Bytes received and not yet returned as frames.
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.buffered
+    }
+
+    /// The first `N` buffered bytes; the caller checked that there are that many.
+    fn peek<const N: usize>(&self) -> [u8; N] {
+        let mut out = [0u8; N];
+        let mut at = 0;
+        for chunk in &self.chunks {
+            let take = (N - at).min(chunk.len());
+            out[at..at + take].copy_from_slice(&chunk[..take]);
+            at += take;
+            if at == N {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Removes the first `n` buffered bytes and returns them; the caller checked that there
+    /// are that many.
+    fn take(&mut self, mut n: usize) -> Packet {
+        self.buffered -= n;
+        let mut parts = Vec::new();
+        while n > 0 {
+            let Some(front) = self.chunks.front_mut() else {
+                break;
+            };
+            if front.len() <= n {
+                n -= front.len();
+                parts.extend(self.chunks.pop_front());
+            } else {
+                parts.push(front.split_to(n));
+                n = 0;
+            }
+        }
+        Packet::from_parts(parts)
     }
 
     /// Returns the next whole frame, `None` if more bytes are needed.
@@ -164,10 +227,11 @@ impl FrameDecoder {
     /// An oversize length is reported as soon as its header is complete, before its body is
     /// buffered, so a hostile peer cannot make the decoder hold more than `max_frame` bytes.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
-        if self.buf.len() < FRAME_HEADER_LEN {
+        if self.buffered < FRAME_HEADER_LEN {
             return Ok(None);
         }
-        let header = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
+        self.flush_small();
+        let header = u32::from_be_bytes(self.peek::<FRAME_HEADER_LEN>());
         let ordered = header & ORDERED_BIT != 0;
         let len = (header & !ORDERED_BIT) as usize;
         if len > self.max_frame {
@@ -176,26 +240,26 @@ impl FrameDecoder {
                 max: self.max_frame,
             });
         }
-        let total = FRAME_HEADER_LEN + len;
-        if self.buf.len() < total {
-            // Reserve once for the whole frame instead of growing chunk by chunk.
-            self.buf.reserve(total - self.buf.len());
+        if self.buffered < FRAME_HEADER_LEN + len {
             return Ok(None);
         }
-        self.buf.advance(FRAME_HEADER_LEN);
+        let _ = self.take(FRAME_HEADER_LEN);
         if len == 0 {
             return Ok(Some(Frame::Tick));
         }
-        let mut body = self.buf.split_to(len).freeze();
+        let mut body = self.take(len);
         if !ordered {
             return Ok(Some(Frame::Packet(body)));
         }
-        let counts = body[0] as usize;
+        let counts = body.head(1)[0] as usize;
         if len < 1 + 8 * counts + 1 {
             return Err(FrameError::BadOrdered { len, counts });
         }
-        body.advance(1);
-        let after = (0..counts).map(|_| body.get_u64()).collect();
+        let after = body.head(1 + 8 * counts)[1..]
+            .chunks_exact(8)
+            .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
+            .collect();
+        body.advance(1 + 8 * counts);
         Ok(Some(Frame::Ordered {
             after,
             packet: body,
@@ -204,7 +268,7 @@ impl FrameDecoder {
 
     /// Checks that the stream ended on a frame boundary.
     pub fn finish(&self) -> Result<(), FrameError> {
-        match self.buf.len() {
+        match self.buffered {
             0 => Ok(()),
             buffered => Err(FrameError::Truncated { buffered }),
         }
@@ -214,6 +278,10 @@ impl FrameDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pk(bytes: &'static [u8]) -> Packet {
+        Packet::from(bytes)
+    }
 
     fn encode(packets: &[&[u8]]) -> BytesMut {
         let enc = FrameEncoder::default();
@@ -236,13 +304,13 @@ mod tests {
     fn round_trip_of_several_packets() {
         let wire = encode(&[b"hello", b"", b"world!"]);
         let mut dec = FrameDecoder::default();
-        dec.push(&wire);
+        dec.push(wire.clone().freeze());
         assert_eq!(
             drain(&mut dec),
             vec![
-                Frame::Packet(Bytes::from_static(b"hello")),
+                Frame::Packet(pk(b"hello")),
                 Frame::Tick,
-                Frame::Packet(Bytes::from_static(b"world!")),
+                Frame::Packet(pk(b"world!")),
             ]
         );
         assert_eq!(dec.buffered(), 0);
@@ -265,7 +333,7 @@ mod tests {
         let mut dec = FrameDecoder::default();
         let mut got = Vec::new();
         for b in wire.iter() {
-            dec.push(&[*b]);
+            dec.push(Bytes::copy_from_slice(&[*b]));
             got.extend(drain(&mut dec));
         }
         let expected: Vec<Frame> = packets
@@ -274,7 +342,7 @@ mod tests {
                 if p.is_empty() {
                     Frame::Tick
                 } else {
-                    Frame::Packet(Bytes::copy_from_slice(p))
+                    Frame::Packet(Bytes::copy_from_slice(p).into())
                 }
             })
             .collect();
@@ -282,21 +350,88 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_straddling_large_chunks_is_not_copied() {
+        let body: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+        let wire = encode(&[&body]).freeze();
+        let (a, b) = (wire.slice(..2000), wire.slice(2000..));
+        let mut dec = FrameDecoder::default();
+        dec.push(a.clone());
+        assert_eq!(dec.next_frame().unwrap(), None);
+        dec.push(b.clone());
+        let Some(Frame::Packet(p)) = dec.next_frame().unwrap() else {
+            panic!("a packet");
+        };
+        assert_eq!(&p.to_bytes()[..], &body[..]);
+        let parts: Vec<&Bytes> = p.parts().collect();
+        assert_eq!(parts.len(), 2);
+        // Slices of the chunks themselves, past the 4-byte header.
+        assert_eq!(parts[0].as_ptr(), a[FRAME_HEADER_LEN..].as_ptr());
+        assert_eq!(parts[1].as_ptr(), b.as_ptr());
+        dec.finish().unwrap();
+    }
+
+    #[test]
+    fn small_chunks_are_copied_and_any_split_gives_the_same_frames() {
+        let packets: Vec<Vec<u8>> = (0..200u32)
+            .map(|n| vec![n as u8; (n as usize * 97) % 3000])
+            .collect();
+        let refs: Vec<&[u8]> = packets.iter().map(|p| p.as_slice()).collect();
+        let wire = encode(&refs).freeze();
+        let expected: Vec<Frame> = packets
+            .iter()
+            .map(|p| match p.is_empty() {
+                true => Frame::Tick,
+                false => Frame::Packet(Bytes::copy_from_slice(p).into()),
+            })
+            .collect();
+        // Chunk sizes from a fixed pseudo-random sequence, small and large mixed.
+        let mut seed = 12345u32;
+        let mut dec = FrameDecoder::default();
+        let (mut at, mut got) = (0, Vec::new());
+        while at < wire.len() {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            let n = match seed >> 28 {
+                0..=7 => 1 + (seed >> 8) as usize % (SMALL_CHUNK - 1),
+                _ => SMALL_CHUNK + (seed >> 8) as usize % 5000,
+            };
+            let end = (at + n).min(wire.len());
+            let chunk = wire.slice(at..end);
+            let small = chunk.len() < SMALL_CHUNK;
+            dec.push(chunk.clone());
+            while let Some(f) = dec.next_frame().unwrap() {
+                if let Frame::Packet(p) = &f {
+                    for part in p.parts() {
+                        // No part points into a small chunk: those were copied.
+                        let inside = small
+                            && part.as_ptr() >= chunk.as_ptr()
+                            && part.as_ptr() < chunk.as_ptr().wrapping_add(chunk.len());
+                        assert!(!inside, "a small chunk was kept by reference");
+                    }
+                }
+                got.push(f);
+            }
+            at = end;
+        }
+        assert_eq!(got, expected);
+        dec.finish().unwrap();
+    }
+
+    #[test]
     fn partial_header_and_partial_body_wait_for_more() {
         let wire = encode(&[b"0123456789"]);
         let mut dec = FrameDecoder::default();
-        dec.push(&wire[..2]);
+        dec.push(wire.clone().freeze().slice(..2));
         assert_eq!(dec.next_frame().unwrap(), None);
-        dec.push(&wire[2..9]);
+        dec.push(wire.clone().freeze().slice(2..9));
         assert_eq!(dec.next_frame().unwrap(), None);
         assert!(matches!(
             dec.finish(),
             Err(FrameError::Truncated { buffered: 9 })
         ));
-        dec.push(&wire[9..]);
+        dec.push(wire.clone().freeze().slice(9..));
         assert_eq!(
             dec.next_frame().unwrap(),
-            Some(Frame::Packet(Bytes::from_static(b"0123456789")))
+            Some(Frame::Packet(pk(b"0123456789")))
         );
     }
 
@@ -308,10 +443,10 @@ mod tests {
         let mut out = BytesMut::new();
         enc.encode_packet(&[&body], &mut out).unwrap();
         let mut dec = FrameDecoder::new(max);
-        dec.push(&out);
+        dec.push(out.freeze());
         assert_eq!(
             dec.next_frame().unwrap(),
-            Some(Frame::Packet(Bytes::from(body)))
+            Some(Frame::Packet(Bytes::from(body).into()))
         );
     }
 
@@ -353,7 +488,7 @@ mod tests {
     #[test]
     fn oversize_header_is_rejected_before_the_body_arrives() {
         let mut dec = FrameDecoder::new(1024);
-        dec.push(&[0, 0, 4, 1]); // 1025 bytes announced
+        dec.push(Bytes::from_static(&[0, 0, 4, 1])); // 1025 bytes announced
         assert_eq!(
             dec.next_frame(),
             Err(FrameError::Oversize {
@@ -366,7 +501,7 @@ mod tests {
     #[test]
     fn largest_u32_length_is_rejected_by_default() {
         let mut dec = FrameDecoder::default();
-        dec.push(&[0xff, 0xff, 0xff, 0xff]);
+        dec.push(Bytes::from_static(&[0xff, 0xff, 0xff, 0xff]));
         assert!(matches!(dec.next_frame(), Err(FrameError::Oversize { .. })));
     }
 
@@ -379,16 +514,16 @@ mod tests {
         wire.extend_from_slice(b"four");
         enc.encode_packet(&[b"two"], &mut wire).unwrap();
         let mut dec = FrameDecoder::default();
-        dec.push(&wire);
+        dec.push(wire.clone().freeze());
         assert_eq!(
             drain(&mut dec),
             vec![
-                Frame::Packet(Bytes::from_static(b"one")),
+                Frame::Packet(pk(b"one")),
                 Frame::Ordered {
                     after: vec![5, 0, 1 << 40],
-                    packet: Bytes::from_static(b"four"),
+                    packet: pk(b"four"),
                 },
-                Frame::Packet(Bytes::from_static(b"two")),
+                Frame::Packet(pk(b"two")),
             ]
         );
     }
@@ -397,7 +532,9 @@ mod tests {
     fn ordered_frame_without_room_for_its_counts_and_packet_is_an_error() {
         let mut dec = FrameDecoder::default();
         // Announces 3 counts (25 bytes) in a 9-byte body.
-        dec.push(&[0x80, 0, 0, 9, 3, 0, 0, 0, 0, 0, 0, 0, 0]);
+        dec.push(Bytes::from_static(&[
+            0x80, 0, 0, 9, 3, 0, 0, 0, 0, 0, 0, 0, 0,
+        ]));
         assert_eq!(
             dec.next_frame(),
             Err(FrameError::BadOrdered { len: 9, counts: 3 })

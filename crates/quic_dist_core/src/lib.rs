@@ -11,9 +11,11 @@ pub mod dist_header;
 pub mod error;
 pub mod framing;
 pub mod limits;
+pub mod packet;
 pub mod stream_map;
 #[cfg(test)]
 mod test_terms;
 
 pub use error::FrameError;
 pub use framing::{Frame, FrameDecoder, FrameEncoder, FRAME_HEADER_LEN};
+pub use packet::Packet;

@@ -13,7 +13,7 @@ use quic_dist_transport::{ConnectionEvents, DistConnection, PacketBatch, SendSta
 use rustler::{Atom, Encoder, Env, LocalPid, NifResult, OwnedEnv, Resource, ResourceArc, Term};
 
 use crate::atoms;
-use crate::terms::{append_iodata, binary, encode_socket_addr, error_tuple};
+use crate::terms::{append_iodata, binary, binary_of_parts, encode_socket_addr, error_tuple};
 
 /// A connection, held by the Erlang side as a resource. Dropping it closes the connection.
 pub struct ConnRes {
@@ -54,7 +54,7 @@ impl ConnectionEvents for ErlangEvents {
             let list: Vec<Term> = batch
                 .packets
                 .iter()
-                .map(|p| binary(env, p).to_term(env))
+                .map(|p| binary_of_parts(env, p.len(), p.parts()).to_term(env))
                 .collect();
             let receivers: Vec<Term> = batch
                 .receivers

@@ -19,6 +19,22 @@ pub fn binary<'a>(env: Env<'a>, bytes: &[u8]) -> Binary<'a> {
     b.into()
 }
 
+/// A new Erlang binary holding the concatenation of `parts`: the one copy of received data.
+pub fn binary_of_parts<'a, 'p>(
+    env: Env<'a>,
+    len: usize,
+    parts: impl Iterator<Item = &'p bytes::Bytes>,
+) -> Binary<'a> {
+    let mut b = rustler::types::binary::NewBinary::new(env, len);
+    let out = b.as_mut_slice();
+    let mut at = 0;
+    for part in parts {
+        out[at..at + part.len()].copy_from_slice(part);
+        at += part.len();
+    }
+    b.into()
+}
+
 /// Reads an `inet:ip_address()` tuple.
 pub fn decode_ip(term: Term) -> NifResult<IpAddr> {
     if let Ok((a, b, c, d)) = term.decode::<(u8, u8, u8, u8)>() {

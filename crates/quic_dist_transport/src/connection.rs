@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use quic_dist_core::stream_map::{StreamMapper, MAX_DATA_STREAMS};
-use quic_dist_core::FrameEncoder;
+use quic_dist_core::{FrameEncoder, Packet};
 use rustls_pki_types::CertificateDer;
 use tokio::sync::{mpsc, Notify};
 use tracing::warn;
@@ -37,8 +37,9 @@ pub const CLOSE_PROTOCOL_ERROR: u32 = 1;
 pub struct PacketBatch {
     /// The stream they came from: 0 for the control stream, `i + 1` for data stream `i`.
     pub channel: usize,
-    /// The packets, each to be given whole to `dist_ctrl_put_data/2`.
-    pub packets: Vec<Bytes>,
+    /// The packets, each to be given whole to `dist_ctrl_put_data/2` (in pieces as they
+    /// arrived: the owner copies them once into its own buffers).
+    pub packets: Vec<Packet>,
     /// Their total size; pass it back with `channel` to [`DistConnection::ack`] once consumed.
     pub bytes: usize,
     /// The receivers of the messages among them (encoded pid or registered name) and how many

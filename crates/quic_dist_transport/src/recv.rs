@@ -18,7 +18,7 @@ use bytes::Bytes;
 use quic_dist_core::dist_header::{is_fragment, receiver, route, Route};
 use quic_dist_core::limits::{RECV_BATCH_BYTES, RECV_BATCH_PACKETS, RECV_UNACKED_LIMIT};
 use quic_dist_core::stream_map::{ordered_ready, MAX_DATA_STREAMS};
-use quic_dist_core::{Frame, FrameDecoder};
+use quic_dist_core::{Frame, FrameDecoder, Packet};
 use tracing::{debug, warn};
 
 use crate::connection::{
@@ -217,8 +217,7 @@ async fn read_frames(
             }
         };
         for chunk in &mut chunks[..n] {
-            decoder.push(chunk);
-            *chunk = Bytes::new();
+            decoder.push(std::mem::take(chunk));
         }
         loop {
             let packet = match decoder.next_frame() {
@@ -297,32 +296,15 @@ const MAX_FOLLOWED_FRAGMENTS: usize = 4096;
 
 impl Receivers {
     /// Adds `packet`'s bytes to its receiver's share of the batch.
-    fn note(&mut self, packet: &Bytes, batch: &mut Vec<(Bytes, usize)>) {
-        // Whole packets (nearly all) need only the receiver; fragments also their sequence.
-        let to = if !is_fragment(packet) {
-            receiver(packet).map(|r| packet.slice_ref(r))
-        } else {
-            match route(packet) {
-                Ok(Route::FirstFragment { seq, frag, .. }) => {
-                    let to = receiver(packet).map(|r| packet.slice_ref(r));
-                    if let (Some(to), true) = (&to, frag > 1) {
-                        if self.fragments.len() >= MAX_FOLLOWED_FRAGMENTS {
-                            self.fragments.clear();
-                        }
-                        // A copy: a slice would keep the whole receive buffer alive meanwhile.
-                        self.fragments.insert(seq, Bytes::copy_from_slice(to));
-                    }
-                    to
-                }
-                Ok(Route::NextFragment { seq, frag }) => {
-                    if frag > 1 {
-                        self.fragments.get(&seq).cloned()
-                    } else {
-                        self.fragments.remove(&seq)
-                    }
-                }
-                Ok(Route::Packet { .. }) | Err(_) => None,
+    fn note(&mut self, packet: &Packet, batch: &mut Vec<(Bytes, usize)>) {
+        // The header is nearly always in the first piece; if that piece is short enough to
+        // have cut it, read a copy of the start of the packet instead.
+        let to = match self.receiver_of(packet.first_part()) {
+            None if packet.is_split() && packet.first_part().len() < SHORT_FIRST_PART => {
+                let head = Bytes::copy_from_slice(&packet.head(HEADER_LIMIT));
+                self.receiver_of(&head)
             }
+            to => to,
         };
         let Some(to) = to else {
             return;
@@ -332,7 +314,42 @@ impl Receivers {
             None => batch.push((to, packet.len())),
         }
     }
+
+    /// The receiver of the message `start` (the start of a packet) belongs to, following
+    /// fragments; `None` for anything else or if `start` is too short to tell.
+    fn receiver_of(&mut self, start: &Bytes) -> Option<Bytes> {
+        // Whole packets (nearly all) need only the receiver; fragments also their sequence.
+        if !is_fragment(start) {
+            return receiver(start).map(|r| start.slice_ref(r));
+        }
+        match route(start) {
+            Ok(Route::FirstFragment { seq, frag, .. }) => {
+                let to = receiver(start).map(|r| start.slice_ref(r));
+                if let (Some(to), true) = (&to, frag > 1) {
+                    if self.fragments.len() >= MAX_FOLLOWED_FRAGMENTS {
+                        self.fragments.clear();
+                    }
+                    // A copy: a slice would keep the whole receive buffer alive meanwhile.
+                    self.fragments.insert(seq, Bytes::copy_from_slice(to));
+                }
+                to
+            }
+            Ok(Route::NextFragment { seq, frag }) => {
+                if frag > 1 {
+                    self.fragments.get(&seq).cloned()
+                } else {
+                    self.fragments.remove(&seq)
+                }
+            }
+            Ok(Route::Packet { .. }) | Err(_) => None,
+        }
+    }
 }
+
+/// A first piece shorter than this may hold only part of the distribution header.
+const SHORT_FIRST_PART: usize = 4096;
+/// Most bytes of a packet read to find its receiver when the header is cut between pieces.
+const HEADER_LIMIT: usize = 64 * 1024;
 
 fn deliver(shared: &Shared, batch: &mut PacketBatch) {
     if batch.packets.is_empty() {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use quic_dist_core::limits::{RECV_BATCH_BYTES, RECV_BATCH_PACKETS, RECV_UNACKED_LIMIT};
-use quic_dist_core::FrameError;
+use quic_dist_core::{FrameError, Packet};
 use quic_dist_transport::certs::{generate_ca, generate_node, PemPair, Validity};
 use quic_dist_transport::tls::CIPHER_SUITE;
 use quic_dist_transport::{
@@ -164,7 +164,7 @@ impl Side {
             if ack {
                 self.conn.ack(batch.channel, batch.bytes);
             }
-            got.extend(batch.packets);
+            got.extend(batch.packets.iter().map(Packet::to_bytes));
         }
         assert_eq!(got.len(), n, "more packets than expected");
         (got, batches)
@@ -180,7 +180,7 @@ fn check_batch(batch: &PacketBatch) {
     );
     assert_eq!(
         batch.bytes,
-        batch.packets.iter().map(Bytes::len).sum::<usize>(),
+        batch.packets.iter().map(Packet::len).sum::<usize>(),
         "batch byte count"
     );
     assert!(
@@ -594,7 +594,7 @@ async fn unacknowledged_data_stops_the_reader_and_acks_resume_the_flow() {
             while let Ok(batch) = p.server.packets.try_recv() {
                 check_batch(&batch);
                 delivered_bytes += batch.bytes;
-                delivered.extend(batch.packets);
+                delivered.extend(batch.packets.iter().map(Packet::to_bytes));
             }
             if woke {
                 continue 'sending;
@@ -998,7 +998,7 @@ async fn data_streams_keep_each_senders_order_and_a_stalled_stream_stops_no_othe
         check_batch(&batch);
         assert_ne!(batch.channel, 0, "data came on the control stream");
         for pk in &batch.packets {
-            let (from, seq) = sender_and_seq(pk);
+            let (from, seq) = sender_and_seq(&pk.to_bytes());
             assert_eq!(seq, next[from as usize], "sender {from} out of order");
             next[from as usize] += 1;
             if from == 1 {
@@ -1030,7 +1030,7 @@ async fn an_ordered_packet_waits_for_what_other_streams_carried_before_it() {
     let mut channels = Vec::new();
     while let Ok(Some(batch)) = timeout(QUIET, p.server.packets.recv()).await {
         assert!(
-            batch.packets.iter().all(|pk| pk[6] == 22),
+            batch.packets.iter().all(|pk| pk.head(7)[6] == 22),
             "the ordered packet overtook the bulk stream"
         );
         delivered += batch.packets.len();
@@ -1048,8 +1048,12 @@ async fn an_ordered_packet_waits_for_what_other_streams_carried_before_it() {
     while delivered < bulk.len() {
         let batch = within(&mut p.server.packets, "packets").await;
         p.server.conn.ack(batch.channel, batch.bytes);
-        delivered += batch.packets.iter().filter(|pk| pk[6] == 22).count();
-        last = batch.packets.last().unwrap().to_vec();
+        delivered += batch
+            .packets
+            .iter()
+            .filter(|pk| pk.head(7)[6] == 22)
+            .count();
+        last = batch.packets.last().unwrap().to_bytes().to_vec();
         assert_ne!(
             last,
             exit_by_name(),
@@ -1058,7 +1062,10 @@ async fn an_ordered_packet_waits_for_what_other_streams_carried_before_it() {
     }
     if last != exit_by_name() {
         let batch = within(&mut p.server.packets, "ordered packet").await;
-        assert_eq!(batch.packets, vec![Bytes::from(exit_by_name())]);
+        assert_eq!(
+            batch.packets,
+            vec![Packet::from(Bytes::from(exit_by_name()))]
+        );
     }
 }
 
