@@ -1,14 +1,23 @@
-//! Counts the NIF's own heap memory (quinn, rustls, tokio and the carrier's buffers), so that
-//! `quic_dist:nif_memory/0` can show it next to `erlang:memory/0`, which does not see it.
-#![allow(unsafe_code)] // A global allocator is an unsafe trait; this one only forwards to System.
+//! The NIF's allocator: mimalloc, counting the NIF's own heap memory (quinn, rustls, tokio and
+//! the carrier's buffers), so that `quic_dist:nif_memory/0` can show it next to
+//! `erlang:memory/0`, which does not see it.
+//!
+//! Why not the C library's malloc: quinn copies every received datagram into a fresh buffer of
+//! up to 64 KiB, freed once the packet is copied into Erlang. glibc's thread arenas gave those
+//! pages back to the kernel and faulted them in again for the next datagrams: 39 000 page
+//! faults per second on the receiving node of a bulk transfer, about a fifth of its QUIC thread's
+//! time. mimalloc keeps freed pages for reuse a while: 1 100 per second, and 1 MiB messages
+//! moved 1.3x faster in the same runs.
+#![allow(unsafe_code)] // A global allocator is an unsafe trait; this one only forwards.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use mimalloc::MiMalloc as Inner;
+use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 static ALLOCATED: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
 
-/// The system allocator, counting.
+/// mimalloc, counting.
 pub struct Counting;
 
 fn grew(n: usize) {
@@ -20,11 +29,11 @@ fn shrank(n: usize) {
     ALLOCATED.fetch_sub(n, Relaxed);
 }
 
-// SAFETY: every call is forwarded unchanged to `System`, which upholds the contract; the
+// SAFETY: every call is forwarded unchanged to mimalloc, which upholds the contract; the
 // counters are plain atomics.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = System.alloc(layout);
+        let p = Inner.alloc(layout);
         if !p.is_null() {
             grew(layout.size());
         }
@@ -32,7 +41,7 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let p = System.alloc_zeroed(layout);
+        let p = Inner.alloc_zeroed(layout);
         if !p.is_null() {
             grew(layout.size());
         }
@@ -40,12 +49,12 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout);
+        Inner.dealloc(ptr, layout);
         shrank(layout.size());
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = System.realloc(ptr, layout, new_size);
+        let p = Inner.realloc(ptr, layout, new_size);
         if !p.is_null() {
             grew(new_size);
             shrank(layout.size());
