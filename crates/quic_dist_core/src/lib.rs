@@ -7,6 +7,7 @@
 //! ([`limits`]).
 #![warn(missing_docs)]
 
+pub mod copy;
 pub mod dist_header;
 pub mod error;
 pub mod framing;

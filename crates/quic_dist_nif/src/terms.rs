@@ -29,7 +29,7 @@ pub fn binary_of_parts<'a, 'p>(
     let out = b.as_mut_slice();
     let mut at = 0;
     for part in parts {
-        out[at..at + part.len()].copy_from_slice(part);
+        quic_dist_core::copy::copy(&mut out[at..at + part.len()], part);
         at += part.len();
     }
     b.into()
@@ -72,7 +72,7 @@ pub fn encode_socket_addr<'a>(env: Env<'a>, addr: SocketAddr) -> Term<'a> {
 pub fn append_iodata(term: Term, out: &mut BytesMut) -> NifResult<()> {
     match term.get_type() {
         TermType::Binary => {
-            out.extend_from_slice(Binary::from_term(term)?.as_slice());
+            quic_dist_core::copy::extend(out, Binary::from_term(term)?.as_slice());
             Ok(())
         }
         TermType::List => {
