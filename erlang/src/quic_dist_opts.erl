@@ -13,7 +13,7 @@
                stream_window, connection_window, streams, mailbox_limit, congestion]).
 
 %% Microseconds the runtime's thread keeps polling after work before it sleeps.
--define(DEFAULT_BUSY_POLL_US, 100).
+-define(DEFAULT_BUSY_POLL_US, 500).
 
 %% Data streams per direction unless the `streams' option says otherwise (see the README).
 -define(DEFAULT_STREAMS, 8).

@@ -64,4 +64,4 @@ pub fn handle() -> Handle {
 }
 
 /// Busy-polling window when nobody chose one (the Erlang side passes its own default).
-const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(100);
+const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(500);
