@@ -11,6 +11,7 @@ pub mod copy;
 pub mod dist_header;
 pub mod error;
 pub mod framing;
+pub mod in_flight;
 pub mod limits;
 pub mod packet;
 pub mod stream_map;

@@ -16,12 +16,14 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use quic_dist_core::in_flight::InFlightPolicy;
 use quic_dist_core::stream_map::{StreamMapper, MAX_DATA_STREAMS};
 use quic_dist_core::{FrameEncoder, Packet};
 use rustls_pki_types::CertificateDer;
 use tokio::sync::{mpsc, Notify};
 use tracing::warn;
 
+use crate::config::TransportOptions;
 use crate::error::TransportError;
 use crate::recv::{accept_data_streams, control_reader};
 use crate::send::{data_writer, write_loop, Lane, Outgoing, SendBatch, StreamQueue};
@@ -144,6 +146,8 @@ pub(crate) struct Shared {
     pub(crate) control: StreamQueue,
     pub(crate) data: OnceLock<Vec<StreamQueue>>,
     pub(crate) mapper: Mutex<Option<StreamMapper>>,
+    /// Narrows the send window while small messages share the connection with bulk data.
+    pub(crate) in_flight: Mutex<Option<InFlightPolicy>>,
     /// Bytes queued on all streams and not yet taken by QUIC.
     pub(crate) queued: AtomicUsize,
     pub(crate) paused: AtomicBool,
@@ -174,7 +178,7 @@ impl Shared {
 
 /// One distribution connection to a peer node.
 pub struct DistConnection {
-    conn: quinn::Connection,
+    pub(crate) conn: quinn::Connection,
     pub(crate) shared: Arc<Shared>,
     unstarted: Mutex<
         Option<(
@@ -186,6 +190,8 @@ pub struct DistConnection {
     runtime: tokio::runtime::Handle,
     pub(crate) encoder: FrameEncoder,
     max_frame: usize,
+    /// The configured send window (see [`InFlightPolicy`]).
+    send_window: u64,
 }
 
 impl std::fmt::Debug for DistConnection {
@@ -202,8 +208,9 @@ impl DistConnection {
         send: quinn::SendStream,
         recv: quinn::RecvStream,
         runtime: tokio::runtime::Handle,
-        max_frame: usize,
+        opts: &TransportOptions,
     ) -> Self {
+        let max_frame = opts.max_frame;
         let (control, rx) = StreamQueue::new();
         Self {
             conn,
@@ -211,6 +218,7 @@ impl DistConnection {
                 control,
                 data: OnceLock::new(),
                 mapper: Mutex::new(None),
+                in_flight: Mutex::new(None),
                 queued: AtomicUsize::new(0),
                 paused: AtomicBool::new(false),
                 packets_sent: AtomicU64::new(0),
@@ -230,6 +238,7 @@ impl DistConnection {
             runtime,
             encoder: FrameEncoder::new(max_frame),
             max_frame,
+            send_window: opts.send_window,
         }
     }
 
@@ -295,6 +304,12 @@ impl DistConnection {
             .mapper
             .lock()
             .map_err(|_| TransportError::Closed)? = Some(StreamMapper::new(streams));
+        *self
+            .shared
+            .in_flight
+            .lock()
+            .map_err(|_| TransportError::Closed)? =
+            Some(InFlightPolicy::new(streams, self.send_window));
         Ok(())
     }
 

@@ -188,7 +188,7 @@ impl DistEndpoint {
                             send,
                             recv,
                             runtime,
-                            opts.max_frame,
+                            &opts,
                         ))
                     };
                     match tokio::time::timeout(opts.handshake_timeout, handshake).await {
@@ -233,7 +233,7 @@ impl DistEndpoint {
                 send,
                 recv,
                 self.runtime.clone(),
-                self.opts.max_frame,
+                &self.opts,
             ))
         };
         tokio::time::timeout(self.opts.handshake_timeout, handshake)

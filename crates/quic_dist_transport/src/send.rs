@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::sync::{Arc, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
+use quic_dist_core::in_flight::PathSample;
 use quic_dist_core::limits::{
     SEND_QUEUE_HIGH_WATER, SEND_QUEUE_LOW_WATER, STREAM_QUEUE_HIGH_WATER, STREAM_QUEUE_LOW_WATER,
 };
@@ -148,6 +149,7 @@ pub struct SendBatch<'c> {
     queued_hint: Vec<usize>,
     throttle: Vec<(usize, Bytes)>,
     packets: u64,
+    bytes: usize,
 }
 
 impl std::fmt::Debug for SendBatch<'_> {
@@ -180,7 +182,13 @@ impl<'c> SendBatch<'c> {
             queued_hint,
             throttle: Vec::new(),
             packets: 0,
+            bytes: 0,
         }
+    }
+
+    /// Bytes framed so far (frame headers included).
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Starts a packet: append its bytes to the returned buffer, then call
@@ -196,6 +204,7 @@ impl<'c> SendBatch<'c> {
             .encoder
             .end_packet(self.start, &mut self.staging)?;
         self.packets += 1;
+        self.bytes += self.staging.len() - self.start;
         let Some(mapper) = self.mapper.as_mut().and_then(|g| g.as_mut()) else {
             // One ordered stream: the frames stay together in `staging`.
             return Ok(());
@@ -243,6 +252,33 @@ impl<'c> SendBatch<'c> {
         Ok(())
     }
 
+    /// Narrows or widens the connection's send window from what this batch puts on each data
+    /// stream (see [`InFlightPolicy`](quic_dist_core::in_flight::InFlightPolicy)).
+    fn steer_in_flight(&self) {
+        let Ok(mut guard) = self.conn.shared.in_flight.lock() else {
+            return;
+        };
+        let Some(policy) = guard.as_mut() else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        let path = policy.wants_sample(now).then(|| {
+            let stats = self.conn.conn.stats();
+            PathSample {
+                sent_bytes: stats.udp_tx.bytes,
+                rtt: stats.path.rtt,
+            }
+        });
+        let per_stream: Vec<usize> = self.lanes.iter().map(|(_, _, n)| *n).collect();
+        if let Some(window) = policy.observe(now, &per_stream, path) {
+            debug!(
+                window,
+                "send window changed: small messages beside bulk data, or no more"
+            );
+            self.conn.conn.set_send_window(window);
+        }
+    }
+
     /// Queues everything framed so far. Never blocks.
     pub fn submit(mut self) -> Result<Submitted, TransportError> {
         let shared = &self.conn.shared;
@@ -257,6 +293,7 @@ impl<'c> SendBatch<'c> {
             let bytes = self.staging.len();
             shared.enqueue(Lane::Control, vec![self.staging.freeze()], bytes)?;
         } else {
+            self.steer_in_flight();
             for (i, (mut chunks, pending, bytes)) in
                 std::mem::take(&mut self.lanes).into_iter().enumerate()
             {
