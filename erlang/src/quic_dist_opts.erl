@@ -10,7 +10,8 @@
 -define(KEYS, [certfile, keyfile, cacertfile, password, verify_node_name, allowed_subjects,
                insecure, port, ip, threads, busy_poll_us, log_filter,
                idle_timeout_ms, handshake_timeout_ms, max_frame,
-               stream_window, connection_window, streams, mailbox_limit, congestion]).
+               stream_window, connection_window, mixed_window, streams, mailbox_limit,
+               congestion]).
 
 %% Microseconds the runtime's thread keeps polling after work before it sleeps.
 -define(DEFAULT_BUSY_POLL_US, 500).
@@ -84,7 +85,7 @@ decrypt_key(Pem, Password) ->
 -spec transport(opts()) -> map().
 transport(Opts) ->
     (maps:with([idle_timeout_ms, handshake_timeout_ms, max_frame, stream_window,
-                connection_window], Opts))#{streams => streams(Opts),
+                connection_window, mixed_window], Opts))#{streams => streams(Opts),
                                             congestion => congestion(Opts)}.
 
 %% @doc The NIF's runtime: tokio threads, and how long (microseconds) its one thread keeps
@@ -208,6 +209,7 @@ convert(Key, V) when Key =:= port; Key =:= threads; Key =:= busy_poll_us;
                      Key =:= idle_timeout_ms;
                      Key =:= handshake_timeout_ms; Key =:= max_frame;
                      Key =:= stream_window; Key =:= connection_window; Key =:= streams;
+                     Key =:= mixed_window;
                      Key =:= mailbox_limit ->
     list_to_integer(V);
 convert(ip, V) ->

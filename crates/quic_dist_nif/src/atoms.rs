@@ -31,6 +31,7 @@ rustler::atoms! {
     handshake_timeout_ms,
     max_frame,
     stream_window,
+    mixed_window,
     congestion,
     connection_window,
     remote,

@@ -92,6 +92,9 @@ fn transport_options(opts: Term) -> NifResult<TransportOptions> {
     if let Some(n) = get::<u32>(opts, atoms::stream_window())? {
         t.stream_window = n;
     }
+    if let Some(n) = get::<u64>(opts, atoms::mixed_window())? {
+        t.mixed_window = n;
+    }
     if let Some(n) = get::<usize>(opts, atoms::streams())? {
         t.streams = n;
     }

@@ -88,6 +88,9 @@ pub struct TransportOptions {
     pub connection_window: u32,
     /// Send window of a connection, in bytes.
     pub send_window: u64,
+    /// Smallest send window while small messages share the connection with bulk data (see
+    /// [`quic_dist_core::in_flight`]); 0 never narrows it.
+    pub mixed_window: u64,
     /// Data streams a node sends on (1: everything on the control stream, in one order).
     pub streams: usize,
     /// A connection with no packet received for this long is closed by QUIC itself.
@@ -128,6 +131,7 @@ impl Default for TransportOptions {
             stream_window: DEFAULT_STREAM_WINDOW,
             connection_window: (DEFAULT_STREAMS as u32 + 1) * DEFAULT_STREAM_WINDOW,
             send_window: u64::from((DEFAULT_STREAMS as u32 + 1) * DEFAULT_STREAM_WINDOW),
+            mixed_window: quic_dist_core::in_flight::MIXED_SEND_WINDOW,
             streams: DEFAULT_STREAMS,
             idle_timeout: Duration::from_secs(300),
             handshake_timeout: Duration::from_secs(10),

@@ -190,8 +190,10 @@ pub struct DistConnection {
     runtime: tokio::runtime::Handle,
     pub(crate) encoder: FrameEncoder,
     max_frame: usize,
-    /// The configured send window (see [`InFlightPolicy`]).
+    /// The configured send window, and the smallest one while traffic is mixed (see
+    /// [`InFlightPolicy`]).
     send_window: u64,
+    mixed_window: u64,
 }
 
 impl std::fmt::Debug for DistConnection {
@@ -239,6 +241,7 @@ impl DistConnection {
             encoder: FrameEncoder::new(max_frame),
             max_frame,
             send_window: opts.send_window,
+            mixed_window: opts.mixed_window,
         }
     }
 
@@ -308,8 +311,8 @@ impl DistConnection {
             .shared
             .in_flight
             .lock()
-            .map_err(|_| TransportError::Closed)? =
-            Some(InFlightPolicy::new(streams, self.send_window));
+            .map_err(|_| TransportError::Closed)? = (self.mixed_window > 0)
+            .then(|| InFlightPolicy::new(streams, self.send_window, self.mixed_window));
         Ok(())
     }
 

@@ -267,6 +267,7 @@ impl<'c> SendBatch<'c> {
             PathSample {
                 sent_bytes: stats.udp_tx.bytes,
                 rtt: stats.path.rtt,
+                lost_packets: stats.path.lost_packets,
             }
         });
         let per_stream: Vec<usize> = self.lanes.iter().map(|(_, _, n)| *n).collect();
