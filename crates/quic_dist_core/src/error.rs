@@ -29,6 +29,14 @@ pub enum FrameError {
         /// The number of streams.
         count: usize,
     },
+    /// A packet's bytes did not add up to the length announced when it was begun.
+    #[error("packet announced as {declared} bytes was given {given}")]
+    LengthMismatch {
+        /// The announced length.
+        declared: usize,
+        /// The bytes given.
+        given: usize,
+    },
     /// The stream ended in the middle of a frame.
     #[error("stream ended inside a frame ({buffered} bytes of an unfinished frame)")]
     Truncated {

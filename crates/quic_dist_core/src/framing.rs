@@ -101,6 +101,21 @@ impl FrameEncoder {
         Ok(())
     }
 
+    /// Starts a frame of a `len`-byte packet whose body the caller appends (or sends beside
+    /// `out`); returns the position of the frame in `out`. Fails, writing nothing, if `len` is
+    /// above the maximum.
+    pub fn begin_sized(&self, len: usize, out: &mut BytesMut) -> Result<usize, FrameError> {
+        if len > self.max_frame {
+            return Err(FrameError::Oversize {
+                len,
+                max: self.max_frame,
+            });
+        }
+        let start = out.len();
+        out.put_u32(len as u32);
+        Ok(start)
+    }
+
     /// Starts a frame whose body the caller appends to `out` piece by piece; returns the
     /// position to pass to [`end_packet`](Self::end_packet).
     pub fn begin_packet(&self, out: &mut BytesMut) -> usize {
@@ -206,6 +221,15 @@ impl FrameDecoder {
     /// are that many.
     fn take(&mut self, mut n: usize) -> Packet {
         self.buffered -= n;
+        // Nearly always within the first chunk: one piece, no list.
+        if let Some(front) = self.chunks.front_mut() {
+            if front.len() > n {
+                return Packet::from(front.split_to(n));
+            }
+            if front.len() == n {
+                return Packet::from(self.chunks.pop_front().unwrap_or_default());
+            }
+        }
         let mut parts = Vec::new();
         while n > 0 {
             let Some(front) = self.chunks.front_mut() else {

@@ -13,7 +13,10 @@ use quic_dist_transport::{ConnectionEvents, DistConnection, PacketBatch, SendSta
 use rustler::{Atom, Encoder, Env, LocalPid, NifResult, OwnedEnv, Resource, ResourceArc, Term};
 
 use crate::atoms;
-use crate::terms::{append_iodata, binary, binary_of_parts, encode_socket_addr, error_tuple};
+use crate::lend::Lender;
+use crate::terms::{
+    binary, binary_of_parts, encode_socket_addr, error_tuple, give_iodata, iodata_size,
+};
 
 /// A connection, held by the Erlang side as a resource. Dropping it closes the connection.
 pub struct ConnRes {
@@ -118,8 +121,12 @@ fn conn_send<'a>(
     packets: Term<'a>,
 ) -> NifResult<Term<'a>> {
     let mut batch = conn.conn.batch();
+    let mut lender = Lender::default();
     for packet in packets.into_list_iterator()? {
-        append_iodata(packet, batch.begin_packet())?;
+        if let Err(e) = batch.begin_packet(iodata_size(packet)?) {
+            return Ok(error_tuple(env, e));
+        }
+        give_iodata(packet, &mut batch, &mut lender, &mut true)?;
         if let Err(e) = batch.end_packet() {
             return Ok(error_tuple(env, e));
         }

@@ -11,6 +11,7 @@ mod certs;
 mod connection;
 mod endpoint;
 mod halt;
+mod lend;
 mod logging;
 mod runtime;
 mod terms;

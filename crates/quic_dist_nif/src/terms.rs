@@ -2,7 +2,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use bytes::BytesMut;
+use quic_dist_transport::SendBatch;
+
+use crate::lend::{Lender, LEND_MIN};
 use rustler::{Binary, Encoder, Env, NifResult, Term, TermType};
 
 use crate::atoms;
@@ -66,13 +68,48 @@ pub fn encode_socket_addr<'a>(env: Env<'a>, addr: SocketAddr) -> Term<'a> {
     (ip, addr.port()).encode(env)
 }
 
-/// Appends the bytes of an iodata term (binary, byte, or possibly improper list of those).
-///
-/// The fast path is the shape `dist_ctrl_get_data/1` returns: a list of binaries.
-pub fn append_iodata(term: Term, out: &mut BytesMut) -> NifResult<()> {
+/// The size in bytes of an iodata term (binary, byte, or possibly improper list of those).
+pub fn iodata_size(term: Term) -> NifResult<usize> {
+    match term.get_type() {
+        TermType::Binary => Ok(Binary::from_term(term)?.len()),
+        TermType::Integer => term.decode::<u8>().map(|_| 1),
+        TermType::List => {
+            let mut size = 0;
+            let mut rest = term;
+            while !rest.is_empty_list() {
+                match rest.list_get_cell() {
+                    Ok((head, tail)) => {
+                        size += iodata_size(head)?;
+                        rest = tail;
+                    }
+                    // Improper tail: must be a binary.
+                    Err(_) => return Ok(size + iodata_size(rest)?),
+                }
+            }
+            Ok(size)
+        }
+        _ => Err(rustler::Error::BadArg),
+    }
+}
+
+/// Gives the bytes of an iodata term to `batch`: large binaries lent (not copied), except the
+/// packet's first bytes, which hold its distribution header; the rest copied. `first` is true
+/// until the first bytes have been given.
+pub fn give_iodata(
+    term: Term,
+    batch: &mut SendBatch,
+    lender: &mut Lender,
+    first: &mut bool,
+) -> NifResult<()> {
     match term.get_type() {
         TermType::Binary => {
-            quic_dist_core::copy::extend(out, Binary::from_term(term)?.as_slice());
+            let bin = Binary::from_term(term)?;
+            if !*first && bin.len() >= LEND_MIN {
+                batch.lend(lender.lend(term, &bin));
+            } else {
+                batch.copy(bin.as_slice());
+            }
+            *first &= bin.is_empty();
             Ok(())
         }
         TermType::List => {
@@ -80,18 +117,19 @@ pub fn append_iodata(term: Term, out: &mut BytesMut) -> NifResult<()> {
             while !rest.is_empty_list() {
                 match rest.list_get_cell() {
                     Ok((head, tail)) => {
-                        append_iodata(head, out)?;
+                        give_iodata(head, batch, lender, first)?;
                         rest = tail;
                     }
                     // Improper tail: must be a binary.
-                    Err(_) => return append_iodata(rest, out),
+                    Err(_) => return give_iodata(rest, batch, lender, first),
                 }
             }
             Ok(())
         }
         TermType::Integer => {
             let byte: u8 = term.decode()?;
-            out.extend_from_slice(&[byte]);
+            batch.copy(&[byte]);
+            *first = false;
             Ok(())
         }
         _ => Err(rustler::Error::BadArg),

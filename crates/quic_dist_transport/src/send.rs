@@ -138,11 +138,21 @@ pub struct Submitted {
 }
 
 /// Packets being framed for one submit; see [`DistConnection::batch`].
+///
+/// A packet's bytes are either copied into the batch's staging buffer ([`copy`](Self::copy)) or
+/// lent ([`lend`](Self::lend)): large pieces the caller can keep alive go to QUIC as they are,
+/// without a copy. A frame is then a list of pieces.
 pub struct SendBatch<'c> {
     conn: &'c DistConnection,
     mapper: Option<MutexGuard<'c, Option<StreamMapper>>>,
     staging: BytesMut,
-    start: usize,
+    /// The packet begun last: its announced length, the bytes given so far, and the pieces that
+    /// left `staging` (lent ones, and the staged bytes before them).
+    declared: usize,
+    given: usize,
+    pieces: Vec<Bytes>,
+    /// One ordered stream: everything that left `staging`, in order.
+    out: Vec<Bytes>,
     /// Per data stream: chunks ready, and a frame being extended in place.
     lanes: Vec<(Vec<Bytes>, Option<BytesMut>, usize)>,
     /// Bytes queued per data stream when the batch began, plus this batch's: steers new keys.
@@ -177,7 +187,10 @@ impl<'c> SendBatch<'c> {
             mapper: if multi { guard } else { None },
             // Room for many small frames, so that they stay adjacent (see `end_packet`).
             staging: BytesMut::with_capacity(if multi { 64 * 1024 } else { 0 }),
-            start: 0,
+            declared: 0,
+            given: 0,
+            pieces: Vec::new(),
+            out: Vec::new(),
             lanes,
             queued_hint,
             throttle: Vec::new(),
@@ -191,30 +204,63 @@ impl<'c> SendBatch<'c> {
         self.bytes
     }
 
-    /// Starts a packet: append its bytes to the returned buffer, then call
-    /// [`end_packet`](Self::end_packet).
-    pub fn begin_packet(&mut self) -> &mut BytesMut {
-        self.start = self.conn.encoder.begin_packet(&mut self.staging);
-        &mut self.staging
+    /// Starts a packet of `len` bytes: give them with [`copy`](Self::copy) and
+    /// [`lend`](Self::lend), in order, then call [`end_packet`](Self::end_packet). Nothing is
+    /// framed if `len` is above the maximum.
+    pub fn begin_packet(&mut self, len: usize) -> Result<(), FrameError> {
+        self.conn.encoder.begin_sized(len, &mut self.staging)?;
+        self.declared = len;
+        self.given = 0;
+        Ok(())
+    }
+
+    /// Appends bytes of the packet begun last, copying them.
+    pub fn copy(&mut self, bytes: &[u8]) {
+        quic_dist_core::copy::extend(&mut self.staging, bytes);
+        self.given += bytes.len();
+    }
+
+    /// Appends bytes of the packet begun last without copying them. Not for the packet's first
+    /// bytes: the distribution header must stay in one piece with the frame header.
+    pub fn lend(&mut self, bytes: Bytes) {
+        self.given += bytes.len();
+        let staged = self.staging.split().freeze();
+        let moved = if self.mapper.is_some() {
+            &mut self.pieces
+        } else {
+            &mut self.out
+        };
+        moved.push(staged);
+        moved.push(bytes);
     }
 
     /// Completes the packet begun last and places it on its stream.
     pub fn end_packet(&mut self) -> Result<(), FrameError> {
-        self.conn
-            .encoder
-            .end_packet(self.start, &mut self.staging)?;
+        if self.given != self.declared {
+            return Err(FrameError::LengthMismatch {
+                declared: self.declared,
+                given: self.given,
+            });
+        }
+        let frame_len = FRAME_HEADER_LEN + self.declared;
         self.packets += 1;
-        self.bytes += self.staging.len() - self.start;
+        self.bytes += frame_len;
         let Some(mapper) = self.mapper.as_mut().and_then(|g| g.as_mut()) else {
-            // One ordered stream: the frames stay together in `staging`.
+            // One ordered stream: the frames stay together in `staging` (and `out`).
             return Ok(());
         };
-        let frame = self.staging.split();
-        let placement = mapper.place(&frame[FRAME_HEADER_LEN..], &self.queued_hint);
-        self.queued_hint[placement.stream] += frame.len();
+        let tail = self.staging.split();
+        let mut pieces = std::mem::take(&mut self.pieces);
+        // The frame header and the distribution header: in the first piece (never lent).
+        let head: &[u8] = match pieces.first() {
+            Some(first) => first,
+            None => &tail,
+        };
+        let placement = mapper.place(&head[FRAME_HEADER_LEN..], &self.queued_hint);
+        self.queued_hint[placement.stream] += frame_len;
         if let Some(range) = placement.sender.as_ref() {
             if self.queued_hint[placement.stream] > STREAM_QUEUE_HIGH_WATER {
-                let key = &frame[FRAME_HEADER_LEN + range.start..FRAME_HEADER_LEN + range.end];
+                let key = &head[FRAME_HEADER_LEN + range.start..FRAME_HEADER_LEN + range.end];
                 if !self
                     .throttle
                     .iter()
@@ -226,29 +272,44 @@ impl<'c> SendBatch<'c> {
             }
         }
         let (chunks, pending, bytes) = &mut self.lanes[placement.stream];
-        *bytes += frame.len();
-        match placement.after {
-            Some(after) => {
-                if let Some(p) = pending.take() {
-                    chunks.push(p.freeze());
+        *bytes += frame_len;
+        if pieces.is_empty() {
+            match placement.after {
+                Some(after) => {
+                    if let Some(p) = pending.take() {
+                        chunks.push(p.freeze());
+                    }
+                    let body = tail.freeze().slice(FRAME_HEADER_LEN..);
+                    let header = self.conn.encoder.ordered_header(&after, body.len())?;
+                    *bytes += header.len() - FRAME_HEADER_LEN;
+                    chunks.push(header);
+                    chunks.push(body);
                 }
-                let body = frame.freeze().slice(FRAME_HEADER_LEN..);
-                let header = self.conn.encoder.ordered_header(&after, body.len())?;
-                *bytes += header.len() - FRAME_HEADER_LEN;
-                chunks.push(header);
-                chunks.push(body);
+                None => match pending {
+                    // Consecutive frames of one stream are usually adjacent in `staging`: join
+                    // them without copying, so quinn gets few large chunks.
+                    Some(p) if p.as_ptr().wrapping_add(p.len()) == tail.as_ptr() => p.unsplit(tail),
+                    Some(_) => {
+                        let done = pending.replace(tail).map(BytesMut::freeze);
+                        chunks.extend(done);
+                    }
+                    None => *pending = Some(tail),
+                },
             }
-            None => match pending {
-                // Consecutive frames of one stream are usually adjacent in `staging`: join
-                // them without copying, so quinn gets few large chunks.
-                Some(p) if p.as_ptr().wrapping_add(p.len()) == frame.as_ptr() => p.unsplit(frame),
-                Some(_) => {
-                    let done = pending.replace(frame).map(BytesMut::freeze);
-                    chunks.extend(done);
-                }
-                None => *pending = Some(frame),
-            },
+            return Ok(());
         }
+        // A frame in pieces (some lent).
+        pieces.push(tail.freeze());
+        if let Some(p) = pending.take() {
+            chunks.push(p.freeze());
+        }
+        if let Some(after) = placement.after {
+            let header = self.conn.encoder.ordered_header(&after, self.declared)?;
+            *bytes += header.len() - FRAME_HEADER_LEN;
+            chunks.push(header);
+            pieces[0] = pieces[0].slice(FRAME_HEADER_LEN..);
+        }
+        chunks.extend(pieces.into_iter().filter(|p| !p.is_empty()));
         Ok(())
     }
 
@@ -291,8 +352,11 @@ impl<'c> SendBatch<'c> {
         }
         shared.packets_sent.fetch_add(self.packets, SeqCst);
         if self.mapper.is_none() {
-            let bytes = self.staging.len();
-            shared.enqueue(Lane::Control, vec![self.staging.freeze()], bytes)?;
+            let mut chunks = std::mem::take(&mut self.out);
+            chunks.push(std::mem::take(&mut self.staging).freeze());
+            chunks.retain(|c| !c.is_empty());
+            let bytes = chunks.iter().map(Bytes::len).sum();
+            shared.enqueue(Lane::Control, chunks, bytes)?;
         } else {
             self.steer_in_flight();
             for (i, (mut chunks, pending, bytes)) in

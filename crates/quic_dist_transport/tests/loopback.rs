@@ -961,13 +961,61 @@ fn exit_by_name() -> Vec<u8> {
     p
 }
 
+/// Queues `packets` as one batch, as the NIF does: the first bytes of each copied (the
+/// distribution header: 43 bytes for [`dist_send`]), the rest of a longer one lent in two pieces
+/// (without copying).
 fn send_batch(side: &Side, packets: &[Vec<u8>]) -> SendStatus {
+    const HEAD: usize = 64;
     let mut batch = side.conn.batch();
     for p in packets {
-        batch.begin_packet().extend_from_slice(p);
+        batch.begin_packet(p.len()).expect("frame packet");
+        if p.len() > 2 * HEAD {
+            let mid = HEAD + (p.len() - HEAD) / 2;
+            batch.copy(&p[..HEAD]);
+            batch.lend(Bytes::copy_from_slice(&p[HEAD..mid]));
+            batch.lend(Bytes::copy_from_slice(&p[mid..]));
+        } else {
+            batch.copy(p);
+        }
         batch.end_packet().expect("frame packet");
     }
     batch.submit().expect("submit").status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lent_and_copied_pieces_arrive_as_one_packet_on_any_number_of_streams() {
+    for streams in [1, 4] {
+        let mut p = data_pair(streams).await;
+        let packets: Vec<Vec<u8>> = (0..40u64)
+            .map(|seq| {
+                dist_send(
+                    1 + (seq % 3) as u32,
+                    seq,
+                    8 + (seq as usize * 3001) % 70_000,
+                )
+            })
+            // Ordered packets, one of them long enough to be sent in pieces.
+            .chain([exit_by_name(), [exit_by_name(), vec![7; 300]].concat()])
+            .collect();
+        assert_eq!(send_batch(&p.client, &packets), SendStatus::Ready);
+        let (got, _) = p.server.recv_packets(packets.len(), true).await;
+        let mut got: Vec<Vec<u8>> = got.iter().map(|b| b.to_vec()).collect();
+        let mut want = packets.clone();
+        got.sort();
+        want.sort();
+        assert_eq!(got, want, "{streams} stream(s)");
+        // A length that does not match what is given is refused.
+        let mut batch = p.client.conn.batch();
+        batch.begin_packet(10).unwrap();
+        batch.copy(b"short");
+        assert!(matches!(
+            batch.end_packet(),
+            Err(FrameError::LengthMismatch {
+                declared: 10,
+                given: 5
+            })
+        ));
+    }
 }
 
 async fn data_pair(streams: usize) -> Pair {
