@@ -116,29 +116,6 @@ impl FrameEncoder {
         Ok(start)
     }
 
-    /// Starts a frame whose body the caller appends to `out` piece by piece; returns the
-    /// position to pass to [`end_packet`](Self::end_packet).
-    pub fn begin_packet(&self, out: &mut BytesMut) -> usize {
-        let start = out.len();
-        out.put_u32(0);
-        start
-    }
-
-    /// Completes the frame started at `start`: writes its length, or removes it and fails if the
-    /// body is larger than the maximum.
-    pub fn end_packet(&self, start: usize, out: &mut BytesMut) -> Result<(), FrameError> {
-        let len = out.len() - start - FRAME_HEADER_LEN;
-        if len > self.max_frame {
-            out.truncate(start);
-            return Err(FrameError::Oversize {
-                len,
-                max: self.max_frame,
-            });
-        }
-        out[start..start + FRAME_HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
-        Ok(())
-    }
-
     /// Appends a tick (a zero-length frame).
     pub fn encode_tick(&self, out: &mut BytesMut) {
         out.put_u32(0);
@@ -486,24 +463,20 @@ mod tests {
     }
 
     #[test]
-    fn piecewise_frame_matches_encode_packet_and_oversize_is_rolled_back() {
+    fn a_sized_frame_matches_encode_packet_and_oversize_writes_nothing() {
         let enc = FrameEncoder::new(8);
         let mut out = BytesMut::new();
         enc.encode_packet(&[b"xy"], &mut out).unwrap();
-        let start = enc.begin_packet(&mut out);
-        out.extend_from_slice(b"ab");
-        out.extend_from_slice(b"c");
-        enc.end_packet(start, &mut out).unwrap();
+        let start = enc.begin_sized(3, &mut out).unwrap();
+        assert_eq!(start, FRAME_HEADER_LEN + 2);
+        out.extend_from_slice(b"abc");
         let mut expected = BytesMut::new();
         enc.encode_packet(&[b"xy"], &mut expected).unwrap();
         enc.encode_packet(&[b"abc"], &mut expected).unwrap();
         assert_eq!(out, expected);
-
         let before = out.len();
-        let start = enc.begin_packet(&mut out);
-        out.extend_from_slice(b"123456789");
         assert_eq!(
-            enc.end_packet(start, &mut out),
+            enc.begin_sized(9, &mut out),
             Err(FrameError::Oversize { len: 9, max: 8 })
         );
         assert_eq!(out.len(), before);
