@@ -21,8 +21,10 @@
 %%%  quic_dist_log (childspec, started before net_kernel): starts the NIF runtime and
 %%%  turns Rust `tracing' events into `logger' events.
 %%%
-%%%  NIF (Rust): one tokio runtime, one quinn endpoint (one UDP socket) per node;
-%%%  per connection a reader task and a writer task. Nothing in the NIF blocks a scheduler.
+%%%  NIF (Rust): one tokio runtime on one thread (busy-polling briefly after work), one quinn
+%%%  endpoint (one UDP socket) per node; per connection and stream a reader task and a writer
+%%%  task. Nothing in the NIF blocks a scheduler; conn_send counts its work against the
+%%%  controller's time slice.
 %%% '''
 %%%
 %%% The "socket" that dist_util passes to our funs is the tuple

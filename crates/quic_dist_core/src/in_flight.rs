@@ -6,8 +6,10 @@
 //! queue, but not in the queues they share: the receiver's UDP socket buffer and the thread that
 //! decrypts and delivers in arrival order. A bulk sender with a large window keeps megabytes in
 //! flight, and every small message queues behind them there: on loopback, 4 MiB in flight made a
-//! ping wait 3-4 ms (p50) and 10-20 ms (p99) behind an 8 MiB stream; with 256 KiB, 0.7 and 4-5
-//! ms. A bulk transfer on its own keeps the full window, which it needs for its throughput.
+//! ping wait 3-4 ms (p50) and 10-20 ms (p99) behind an 8 MiB stream; with 256 KiB, 0.7 and
+//! 3.6 ms; with 128 KiB, 0.35 and 1.7-2.1 ms (the stream then moves 600-700 MB/s instead of
+//! 800-900). A bulk transfer on its own keeps the full window, which it needs for its
+//! throughput.
 //!
 //! While small messages go beside a bulk transfer, [`InFlightPolicy`] narrows the send window
 //! (QUIC's limit on unacknowledged bytes) to twice the path's bandwidth-delay product, estimated
@@ -25,7 +27,7 @@ pub const MIXED_HOLD: Duration = Duration::from_millis(100);
 
 /// The smallest send window while small messages share the connection with a bulk transfer,
 /// unless configured.
-pub const MIXED_SEND_WINDOW: u64 = 256 * 1024;
+pub const MIXED_SEND_WINDOW: u64 = 128 * 1024;
 
 /// How long after a packet loss the window is not narrowed. A path that drops packets has its
 /// queue in the network, where a narrower window does not shorten it, and recovers from losses

@@ -225,6 +225,13 @@ impl TransportOptions {
         }
     }
 
+    /// Whether connections with these settings use BBR (a controller that paces and keeps its
+    /// queue short by itself). Loopback settings ([`for_loopback`](Self::for_loopback)) turn
+    /// `Auto` into CUBIC; other settings keep it, which means BBR.
+    pub fn paces(&self) -> bool {
+        matches!(self.congestion, Congestion::Bbr | Congestion::Auto)
+    }
+
     /// Upper bound of path MTU discovery, `None` when discovery is off or cannot go above the
     /// initial size.
     pub fn mtu_discovery_upper_bound(&self) -> Option<u16> {
@@ -327,6 +334,8 @@ mod tests {
         assert_eq!(tiny.quinn_endpoint().get_max_udp_payload_size(), 1200);
         // The transport configuration builds for every combination.
         assert_eq!(TransportOptions::default().congestion, Congestion::Auto);
+        assert!(TransportOptions::default().paces());
+        assert!(!TransportOptions::default().for_loopback().paces());
         assert_eq!(
             TransportOptions::default().for_loopback().congestion,
             Congestion::Cubic

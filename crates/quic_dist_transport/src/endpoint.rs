@@ -173,7 +173,12 @@ impl DistEndpoint {
                 let remote = incoming.remote_address();
                 let on_connection = on_connection.clone();
                 let runtime = runtime.clone();
-                let opts = opts.clone();
+                // The settings this peer's connection runs with.
+                let opts = if is_loopback(remote) {
+                    opts.for_loopback()
+                } else {
+                    opts.clone()
+                };
                 let refusal_log = refusal_log.clone();
                 let loopback_server = loopback_server.clone().filter(|_| is_loopback(remote));
                 runtime.clone().spawn(async move {
@@ -228,12 +233,17 @@ impl DistEndpoint {
         let handshake = async {
             let conn = connecting.await?;
             let (send, recv) = conn.open_bi().await?;
+            let opts = if is_loopback(addr) {
+                self.opts.for_loopback()
+            } else {
+                self.opts.clone()
+            };
             Ok::<_, TransportError>(DistConnection::new(
                 conn,
                 send,
                 recv,
                 self.runtime.clone(),
-                &self.opts,
+                &opts,
             ))
         };
         tokio::time::timeout(self.opts.handshake_timeout, handshake)
