@@ -14,6 +14,13 @@ read -r passed failed ignored < <(awk '/^test result:/ {
       if ($(i+1) ~ /^failed;?$/) f += $i
       if ($(i+1) ~ /^ignored;?$/) s += $i
     } } END { print p+0, f+0, s+0 }' "$OUT/rust.log")
-if [ "$rc" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi   # build failure counts as a failure
+# The failed tests by name, for the runner's last lines.
+grep -E '^test .* \.\.\. FAILED$' "$OUT/rust.log" | sed -E 's/^test (.*) \.\.\. FAILED$/\1/' \
+  > "$OUT/rust.failures"
+if [ "$rc" -ne 0 ] && [ "$failed" -eq 0 ]; then   # build failure counts as a failure
+  failed=1
+  echo "cargo test exited with status $rc before any test failed (build error?)" >> "$OUT/rust.failures"
+fi
+[ -s "$OUT/rust.failures" ] || rm -f "$OUT/rust.failures"
 echo "$passed $failed $ignored" > "$OUT/rust.counts"
 exit "$rc"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test suite (Rust, Erlang multi-node, Elixir) even when one fails, then prints a
-# per-suite breakdown and one summary line: "summary: N passed, N failed, N skipped".
+# per-suite breakdown, the failed tests by name, and one summary line:
+# "summary: N passed, N failed, N skipped".
 set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 OUT="$ROOT/_build/test-results"
@@ -22,6 +23,11 @@ for suite in rust erlang elixir mix; do
   read -r p f s < "$OUT/$suite.counts"
   total_p=$((total_p + p)); total_f=$((total_f + f)); total_s=$((total_s + s))
   parts+=("$suite $p/$f/$s")
+done
+# Name what failed right above the summary: CI logs are often read from the end.
+for suite in rust erlang elixir mix; do
+  [ -s "$OUT/$suite.failures" ] || continue
+  while IFS= read -r line; do echo "FAILED ($suite): $line"; done < "$OUT/$suite.failures"
 done
 echo "suites (passed/failed/skipped): $(IFS=,; echo "${parts[*]}" | sed 's/,/, /g')"
 echo "summary: $total_p passed, $total_f failed, $total_s skipped"

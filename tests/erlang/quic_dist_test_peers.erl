@@ -329,19 +329,34 @@ start(Options) ->
 init(Options) ->
     %% skip/1 records here (the listener runs in the same VM as the tests).
     _ = ets:new(?SKIPS, [named_table, public, set]),
-    proplists:get_value(counts_file, Options).
+    #{counts_file => proplists:get_value(counts_file, Options), failures => []}.
 
 %% @private
 handle_begin(_Kind, _Data, St) -> St.
 
 %% @private
+%% A failed test is remembered by name, so that the runner can name it on its last lines
+%% (CI shows only the tail of the output).
+handle_end(test, Data, St) ->
+    case proplists:get_value(status, Data) of
+        {error, {_Class, Term, _Stack}} -> add_failure(Data, Term, St);
+        {error, Other} -> add_failure(Data, Other, St);
+        _ -> St
+    end;
 handle_end(_Kind, _Data, St) -> St.
 
 %% @private
-handle_cancel(_Kind, _Data, St) -> St.
+handle_cancel(_Kind, Data, St) ->
+    case proplists:get_value(reason, Data) of
+        %% A group cancelled because one of its tests was: that test is named already.
+        undefined -> St;
+        {blame, _} -> St;
+        {timeout, _} -> add_failure(Data, "timed out", St);
+        Reason -> add_failure(Data, {cancelled, Reason}, St)
+    end.
 
 %% @private
-terminate({ok, Data}, File) ->
+terminate({ok, Data}, #{counts_file := File, failures := Failures}) ->
     Skipped = length(ets:tab2list(?SKIPS)),
     %% A skipped test returned normally: EUnit counted it as passed.
     Pass = max(0, proplists:get_value(pass, Data, 0) - Skipped),
@@ -354,9 +369,41 @@ terminate({ok, Data}, File) ->
                                 "~b skipped~n", [Pass, Fail, Skip]) |
                   [io_lib:format("  skipped (~b): ~ts~n", [N, Why])
                    || {Why, N} <- lists:sort(maps:to_list(Whys))]]),
+    write_failures(File, lists:reverse(Failures)),
     write_counts(File, io_lib:format("~b ~b ~b~n", [Pass, Fail, Skip]));
-terminate({error, _Reason}, File) ->
+terminate({error, Reason}, #{counts_file := File, failures := Failures}) ->
+    write_failures(File, lists:reverse(Failures, [io_lib:format("eunit: ~0tP", [Reason, 8])])),
     write_counts(File, "0 1 0\n").
+
+%% One line per failed or cancelled test or group: its name and the start of its error.
+add_failure(Data, Why, #{failures := Failures} = St) ->
+    Name = case {proplists:get_value(source, Data), proplists:get_value(desc, Data)} of
+               {{M, F, _A}, undefined} -> io_lib:format("~s:~s", [M, F]);
+               {{M, F, _A}, Desc} -> io_lib:format("~s:~s \"~ts\"", [M, F, Desc]);
+               {_, undefined} -> "(a test group)";
+               {_, Desc} -> io_lib:format("~ts", [Desc])
+           end,
+    Line = case proplists:get_value(line, Data, 0) of
+               0 -> "";
+               L -> io_lib:format(" (line ~b)", [L])
+           end,
+    Text = case io_lib:char_list(Why) of
+               true -> Why;
+               false -> string:slice(lists:flatten(io_lib:format("~0tP", [Why, 12])), 0, 300)
+           end,
+    St#{failures := [[Name, Line, ": ", Text] | Failures]}.
+
+%% The failures go to COUNTS_FILE with ".failures" in place of ".counts" (none: no file).
+write_failures(undefined, _Failures) ->
+    ok;
+write_failures(File, Failures) ->
+    Path = filename:rootname(File) ++ ".failures",
+    ok = filelib:ensure_dir(Path),
+    _ = file:delete(Path),
+    case Failures of
+        [] -> ok;
+        _ -> ok = file:write_file(Path, [[unicode:characters_to_binary(F), $\n] || F <- Failures])
+    end.
 
 %% @doc Marks the calling test as skipped (it must return normally right after): the listener
 %% counts it as skipped instead of passed, and lists the reason at the end.
