@@ -103,13 +103,12 @@ runtime(Opts) ->
                end,
     {Threads, BusyPoll}.
 
-%% @doc The congestion controller: auto (the default: bbr towards the network, cubic on
-%% loopback), bbr, cubic or new_reno.
--spec congestion(opts()) -> auto | bbr | cubic | new_reno.
+%% @doc The congestion controller: cubic (the default), bbr or new_reno.
+-spec congestion(opts()) -> bbr | cubic | new_reno.
 congestion(Opts) ->
-    case maps:get(congestion, Opts, auto) of
-        C when C =:= auto; C =:= bbr; C =:= cubic; C =:= new_reno -> C;
-        Other -> error({bad_option, congestion, Other, "auto, cubic, bbr or new_reno"})
+    case maps:get(congestion, Opts, cubic) of
+        C when C =:= bbr; C =:= cubic; C =:= new_reno -> C;
+        Other -> error({bad_option, congestion, Other, "cubic, bbr or new_reno"})
     end.
 
 %% @doc Bytes a local process may have waiting from one peer before its stream pauses.

@@ -49,7 +49,7 @@ parse_pairs_booleans_and_lists_test() ->
 
 congestion_option_test() ->
     ?assertEqual(#{congestion => bbr}, quic_dist_opts:parse_pairs(["congestion", "bbr"])),
-    ?assertMatch(#{congestion := auto}, quic_dist_opts:transport(#{})),
+    ?assertMatch(#{congestion := cubic}, quic_dist_opts:transport(#{})),
     ?assertMatch(#{congestion := new_reno},
                  quic_dist_opts:transport(#{congestion => new_reno})),
     ?assertError({bad_option, congestion, vegas, _},

@@ -50,21 +50,20 @@ const LOSS_BASED_INITIAL_WINDOW: u64 = 14_720;
 /// The congestion controller of each connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Congestion {
-    /// BBR towards peers on the network, CUBIC towards loopback peers.
-    ///
-    /// On a network path random loss is common and BBR does not take it for congestion (bench,
-    /// 1% loss both ways between two namespaces: 681 MB/s against 271 with CUBIC and 217-507
-    /// for TCP distribution). On loopback nothing is lost, and BBR's pacing costs throughput
-    /// there (bulk 823 MB/s against 1520 with CUBIC, 2.1 CPU s/GB against 1.5).
-    #[default]
-    Auto,
-    /// BBR (quinn's, marked experimental there): paces sending at the measured bottleneck rate;
-    /// a random loss is not taken for congestion, so lossy links stay fuller. With bulk data both
-    /// ways over a rate-limited link the two directions do not always get equal shares (once 34
-    /// MiB against 16 in three runs of the fault tests; an earlier quinn release, 64 against 17).
-    Bbr,
     /// CUBIC, as Linux TCP: backs off on every loss and fills the bottleneck's buffer.
+    ///
+    /// The default, also towards the network: with bulk data both ways over a rate-limited
+    /// link the two directions share it evenly, which quinn's BBR does not do.
+    #[default]
     Cubic,
+    /// BBR (quinn's, marked experimental there): paces sending at the measured bottleneck rate;
+    /// a random loss is not taken for congestion, so lossy links stay fuller (bench, 1% loss
+    /// both ways between two namespaces: 331-681 MB/s against 249-271 with CUBIC). But with
+    /// bulk data both ways over a rate-limited link one direction starves: 64 MiB each way
+    /// through 200 Mbit/s, one side had all 64 MiB before the other had sent 16 (4 runs of 5;
+    /// CUBIC: 0 of 4). And on loopback its pacing costs throughput (bulk 823 MB/s against
+    /// 1520 with CUBIC).
+    Bbr,
     /// NewReno: the classic loss-based controller.
     NewReno,
 }
@@ -74,12 +73,11 @@ impl std::str::FromStr for Congestion {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
-            "auto" => Ok(Self::Auto),
             "bbr" => Ok(Self::Bbr),
             "cubic" => Ok(Self::Cubic),
             "new_reno" => Ok(Self::NewReno),
             other => Err(format!(
-                "unknown congestion controller {other:?}: auto, bbr, cubic or new_reno"
+                "unknown congestion controller {other:?}: cubic, bbr or new_reno"
             )),
         }
     }
@@ -183,7 +181,7 @@ impl TransportOptions {
         // sent. RFC 9002 (7.2) asks for at least two datagrams. BBR starts with 240 000 bytes.
         let initial_window = u64::from(self.initial_mtu.max(MIN_UDP_PAYLOAD)) * 2;
         match self.congestion {
-            Congestion::Bbr | Congestion::Auto => {
+            Congestion::Bbr => {
                 t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()))
             }
             Congestion::Cubic => {
@@ -217,19 +215,14 @@ impl TransportOptions {
             mtu_upper_bound: self.max_udp_payload,
             segmentation_offload: self.segmentation_offload
                 && self.max_udp_payload <= GSO_SAFE_UDP_PAYLOAD,
-            congestion: match self.congestion {
-                Congestion::Auto => Congestion::Cubic,
-                other => other,
-            },
             ..self.clone()
         }
     }
 
     /// Whether connections with these settings use BBR (a controller that paces and keeps its
-    /// queue short by itself). Loopback settings ([`for_loopback`](Self::for_loopback)) turn
-    /// `Auto` into CUBIC; other settings keep it, which means BBR.
+    /// queue short by itself).
     pub fn paces(&self) -> bool {
-        matches!(self.congestion, Congestion::Bbr | Congestion::Auto)
+        self.congestion == Congestion::Bbr
     }
 
     /// Upper bound of path MTU discovery, `None` when discovery is off or cannot go above the
@@ -333,13 +326,8 @@ mod tests {
         };
         assert_eq!(tiny.quinn_endpoint().get_max_udp_payload_size(), 1200);
         // The transport configuration builds for every combination.
-        assert_eq!(TransportOptions::default().congestion, Congestion::Auto);
-        assert!(TransportOptions::default().paces());
-        assert!(!TransportOptions::default().for_loopback().paces());
-        assert_eq!(
-            TransportOptions::default().for_loopback().congestion,
-            Congestion::Cubic
-        );
+        assert_eq!(TransportOptions::default().congestion, Congestion::Cubic);
+        assert!(!TransportOptions::default().paces());
         assert_eq!(
             TransportOptions {
                 congestion: Congestion::Bbr,
@@ -349,7 +337,7 @@ mod tests {
             .congestion,
             Congestion::Bbr
         );
-        for congestion in ["auto", "bbr", "cubic", "new_reno"] {
+        for congestion in ["bbr", "cubic", "new_reno"] {
             let o = TransportOptions {
                 congestion: congestion.parse().unwrap(),
                 ..TransportOptions::default()
