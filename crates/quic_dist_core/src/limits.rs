@@ -6,9 +6,11 @@
 /// only stops a broken or hostile peer from making us buffer an unbounded frame.
 pub const DEFAULT_MAX_FRAME: usize = 64 * 1024 * 1024;
 
-/// Bytes queued for sending (all streams) above which the output handler is told to stop
-/// pulling packets (the runtime then suspends every sender to that node with
-/// `busy_dist_port`, the idle ones too: it has one queue per connection). With several streams
+/// Bytes queued for sending (all streams) and copied by the carrier, above which the output
+/// handler is told to stop pulling packets (the runtime then suspends every sender to that node
+/// with `busy_dist_port`, the idle ones too: it has one queue per connection). Bytes lent to the
+/// carrier (large binaries, kept alive instead of copied) do not count: refusing them would keep
+/// them in the runtime's queue, ahead of every later packet to the node. With several streams
 /// this is only a safety net: the stream limit below slows down the busy senders first.
 pub const SEND_QUEUE_HIGH_WATER: usize = 16 * 1024 * 1024;
 

@@ -26,7 +26,7 @@ use tracing::warn;
 use crate::config::TransportOptions;
 use crate::error::TransportError;
 use crate::recv::{accept_data_streams, control_reader};
-use crate::send::{data_writer, write_loop, Lane, Outgoing, SendBatch, StreamQueue};
+use crate::send::{data_writer, write_loop, Lane, Outgoing, Queued, SendBatch, StreamQueue};
 use crate::tls::CIPHER_SUITE;
 
 /// QUIC application error code for a normal close.
@@ -150,6 +150,9 @@ pub(crate) struct Shared {
     pub(crate) in_flight: Mutex<Option<InFlightPolicy>>,
     /// Bytes queued on all streams and not yet taken by QUIC.
     pub(crate) queued: AtomicUsize,
+    /// Of those, the bytes the connection holds copies of (not lent): the high-water mark
+    /// counts these.
+    pub(crate) copied: AtomicUsize,
     pub(crate) paused: AtomicBool,
     pub(crate) packets_sent: AtomicU64,
     pub(crate) packets_received: AtomicU64,
@@ -222,6 +225,7 @@ impl DistConnection {
                 mapper: Mutex::new(None),
                 in_flight: Mutex::new(None),
                 queued: AtomicUsize::new(0),
+                copied: AtomicUsize::new(0),
                 paused: AtomicBool::new(false),
                 packets_sent: AtomicU64::new(0),
                 packets_received: AtomicU64::new(0),
@@ -339,7 +343,8 @@ impl DistConnection {
     /// Queues already framed packets (`packets` of them) on the control stream. Never blocks.
     pub fn send(&self, framed: Bytes, packets: u64) -> Result<SendStatus, TransportError> {
         let len = framed.len();
-        self.shared.enqueue(Lane::Control, vec![framed], len)?;
+        self.shared
+            .enqueue(Lane::Control, vec![framed], Queued::owned(len))?;
         self.shared.packets_sent.fetch_add(packets, SeqCst);
         Ok(self.shared.send_status())
     }
@@ -355,7 +360,8 @@ impl DistConnection {
         // Not through `send`: the ticker runs beside the controller, and the busy/writable
         // handshake belongs to the controller alone (a tick must never consume the `writable`
         // a busy controller waits for).
-        self.shared.enqueue(Lane::Control, vec![buf.freeze()], 4)?;
+        self.shared
+            .enqueue(Lane::Control, vec![buf.freeze()], Queued::owned(4))?;
         self.shared.packets_sent.fetch_add(1, SeqCst);
         Ok(())
     }

@@ -28,13 +28,32 @@ use crate::error::TransportError;
 
 /// What a writer task receives, in order.
 pub(crate) enum Outgoing {
-    /// Framed packets (`bytes` in all).
-    Data(Vec<Bytes>, usize),
+    /// Framed packets: bytes in all, and how many of them are lent (see [`SendBatch::lend`]).
+    Data(Vec<Bytes>, Queued),
     /// Data stream: end the stream after what is queued, wait (bounded) for the peer's
     /// acknowledgement, then report on the channel.
     Finish(oneshot::Sender<()>),
     /// Control stream: end every stream after what is queued, then close the connection.
     Shutdown(String),
+}
+
+/// Bytes handed to a writer: all of them, and those lent by the caller.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Queued {
+    pub(crate) bytes: usize,
+    pub(crate) lent: usize,
+}
+
+impl Queued {
+    /// Just `bytes`, none lent.
+    pub(crate) fn owned(bytes: usize) -> Self {
+        Self { bytes, lent: 0 }
+    }
+
+    /// The bytes the connection holds copies of: what its high-water mark counts.
+    fn copied(self) -> usize {
+        self.bytes - self.lent
+    }
 }
 
 /// The queue of one stream: the writer's channel and the bytes in it.
@@ -79,35 +98,44 @@ impl Shared {
         &self,
         lane: Lane,
         chunks: Vec<Bytes>,
-        bytes: usize,
+        queued: Queued,
     ) -> Result<(), TransportError> {
         let q = self.queue(lane).ok_or(TransportError::Closed)?;
-        q.queued.fetch_add(bytes, SeqCst);
-        self.queued.fetch_add(bytes, SeqCst);
+        q.queued.fetch_add(queued.bytes, SeqCst);
+        self.queued.fetch_add(queued.bytes, SeqCst);
+        self.copied.fetch_add(queued.copied(), SeqCst);
         crate::busy_poll::note_activity();
-        if q.tx.send(Outgoing::Data(chunks, bytes)).is_err() {
-            q.queued.fetch_sub(bytes, SeqCst);
-            self.queued.fetch_sub(bytes, SeqCst);
+        if q.tx.send(Outgoing::Data(chunks, queued)).is_err() {
+            q.queued.fetch_sub(queued.bytes, SeqCst);
+            self.queued.fetch_sub(queued.bytes, SeqCst);
+            self.copied.fetch_sub(queued.copied(), SeqCst);
             return Err(TransportError::Closed);
         }
         Ok(())
     }
 
-    /// `Busy` above the high-water mark (and remembers that `writable` is owed).
+    /// `Busy` when the copies held are above the high-water mark (and remembers that
+    /// `writable` is owed).
+    ///
+    /// Lent bytes do not count: they are the runtime's own binaries, which exist anyway, and
+    /// refusing them would leave them in the runtime's queue for the node, where they hold up
+    /// every later packet to it, whatever its stream (a 256 MiB message ahead of a ping would
+    /// delay the ping until most of it was sent). The senders of bulk data wait per stream.
     pub(crate) fn send_status(&self) -> SendStatus {
-        if self.queued.load(SeqCst) <= SEND_QUEUE_HIGH_WATER {
+        if self.copied.load(SeqCst) <= SEND_QUEUE_HIGH_WATER {
             return SendStatus::Ready;
         }
         self.paused.store(true, SeqCst);
         // A writer may have drained the queue between our add and the store above; it then did
         // not see `paused` and will never call `writable`, so undo it here.
-        if self.queued.load(SeqCst) < SEND_QUEUE_LOW_WATER && self.paused.swap(false, SeqCst) {
+        if self.copied.load(SeqCst) < SEND_QUEUE_LOW_WATER && self.paused.swap(false, SeqCst) {
             return SendStatus::Ready;
         }
         SendStatus::Busy
     }
 
-    fn dequeued(&self, lane: Lane, bytes: usize) {
+    fn dequeued(&self, lane: Lane, queued: Queued) {
+        let bytes = queued.bytes;
         if let Some(q) = self.queue(lane) {
             let left = q.queued.fetch_sub(bytes, SeqCst) - bytes;
             if let Lane::Data(i) = lane {
@@ -118,7 +146,8 @@ impl Shared {
                 }
             }
         }
-        let left = self.queued.fetch_sub(bytes, SeqCst) - bytes;
+        self.queued.fetch_sub(bytes, SeqCst);
+        let left = self.copied.fetch_sub(queued.copied(), SeqCst) - queued.copied();
         if left < SEND_QUEUE_LOW_WATER && self.paused.swap(false, SeqCst) {
             if let Some(ev) = self.events.get() {
                 ev.writable();
@@ -151,10 +180,13 @@ pub struct SendBatch<'c> {
     declared: usize,
     given: usize,
     pieces: Vec<Bytes>,
-    /// One ordered stream: everything that left `staging`, in order.
+    /// Bytes lent for the packet begun last.
+    packet_lent: usize,
+    /// One ordered stream: everything that left `staging`, in order, and the bytes lent.
     out: Vec<Bytes>,
-    /// Per data stream: chunks ready, and a frame being extended in place.
-    lanes: Vec<(Vec<Bytes>, Option<BytesMut>, usize)>,
+    out_lent: usize,
+    /// Per data stream: chunks ready, a frame being extended in place, and the bytes.
+    lanes: Vec<(Vec<Bytes>, Option<BytesMut>, Queued)>,
     /// Bytes queued per data stream when the batch began, plus this batch's: steers new keys.
     queued_hint: Vec<usize>,
     throttle: Vec<(usize, Bytes)>,
@@ -177,7 +209,9 @@ impl<'c> SendBatch<'c> {
         let multi = guard.as_ref().is_some_and(|g| g.is_some());
         let (lanes, queued_hint) = match (multi, conn.shared.data.get()) {
             (true, Some(data)) => (
-                (0..data.len()).map(|_| (Vec::new(), None, 0)).collect(),
+                (0..data.len())
+                    .map(|_| (Vec::new(), None, Queued::default()))
+                    .collect(),
                 data.iter().map(|q| q.queued.load(SeqCst)).collect(),
             ),
             _ => (Vec::new(), Vec::new()),
@@ -190,7 +224,9 @@ impl<'c> SendBatch<'c> {
             declared: 0,
             given: 0,
             pieces: Vec::new(),
+            packet_lent: 0,
             out: Vec::new(),
+            out_lent: 0,
             lanes,
             queued_hint,
             throttle: Vec::new(),
@@ -211,6 +247,7 @@ impl<'c> SendBatch<'c> {
         self.conn.encoder.begin_sized(len, &mut self.staging)?;
         self.declared = len;
         self.given = 0;
+        self.packet_lent = 0;
         Ok(())
     }
 
@@ -224,6 +261,7 @@ impl<'c> SendBatch<'c> {
     /// bytes: the distribution header must stay in one piece with the frame header.
     pub fn lend(&mut self, bytes: Bytes) {
         self.given += bytes.len();
+        self.packet_lent += bytes.len();
         let staged = self.staging.split().freeze();
         let moved = if self.mapper.is_some() {
             &mut self.pieces
@@ -247,6 +285,7 @@ impl<'c> SendBatch<'c> {
         self.bytes += frame_len;
         let Some(mapper) = self.mapper.as_mut().and_then(|g| g.as_mut()) else {
             // One ordered stream: the frames stay together in `staging` (and `out`).
+            self.out_lent += self.packet_lent;
             return Ok(());
         };
         let tail = self.staging.split();
@@ -271,8 +310,9 @@ impl<'c> SendBatch<'c> {
                 }
             }
         }
-        let (chunks, pending, bytes) = &mut self.lanes[placement.stream];
-        *bytes += frame_len;
+        let (chunks, pending, queued) = &mut self.lanes[placement.stream];
+        queued.bytes += frame_len;
+        queued.lent += self.packet_lent;
         if pieces.is_empty() {
             match placement.after {
                 Some(after) => {
@@ -281,7 +321,7 @@ impl<'c> SendBatch<'c> {
                     }
                     let body = tail.freeze().slice(FRAME_HEADER_LEN..);
                     let header = self.conn.encoder.ordered_header(&after, body.len())?;
-                    *bytes += header.len() - FRAME_HEADER_LEN;
+                    queued.bytes += header.len() - FRAME_HEADER_LEN;
                     chunks.push(header);
                     chunks.push(body);
                 }
@@ -305,7 +345,7 @@ impl<'c> SendBatch<'c> {
         }
         if let Some(after) = placement.after {
             let header = self.conn.encoder.ordered_header(&after, self.declared)?;
-            *bytes += header.len() - FRAME_HEADER_LEN;
+            queued.bytes += header.len() - FRAME_HEADER_LEN;
             chunks.push(header);
             pieces[0] = pieces[0].slice(FRAME_HEADER_LEN..);
         }
@@ -331,7 +371,7 @@ impl<'c> SendBatch<'c> {
                 lost_packets: stats.path.lost_packets,
             }
         });
-        let per_stream: Vec<usize> = self.lanes.iter().map(|(_, _, n)| *n).collect();
+        let per_stream: Vec<usize> = self.lanes.iter().map(|(_, _, q)| q.bytes).collect();
         if let Some(window) = policy.observe(now, &per_stream, path) {
             debug!(
                 window,
@@ -356,15 +396,19 @@ impl<'c> SendBatch<'c> {
             chunks.push(std::mem::take(&mut self.staging).freeze());
             chunks.retain(|c| !c.is_empty());
             let bytes = chunks.iter().map(Bytes::len).sum();
-            shared.enqueue(Lane::Control, chunks, bytes)?;
+            let queued = Queued {
+                bytes,
+                lent: self.out_lent,
+            };
+            shared.enqueue(Lane::Control, chunks, queued)?;
         } else {
             self.steer_in_flight();
-            for (i, (mut chunks, pending, bytes)) in
+            for (i, (mut chunks, pending, queued)) in
                 std::mem::take(&mut self.lanes).into_iter().enumerate()
             {
                 chunks.extend(pending.map(BytesMut::freeze));
                 if !chunks.is_empty() {
-                    shared.enqueue(Lane::Data(i), chunks, bytes)?;
+                    shared.enqueue(Lane::Data(i), chunks, queued)?;
                 }
             }
             if let Some(data) = shared.data.get() {
@@ -421,11 +465,12 @@ pub(crate) async fn write_loop(
             b = rx.recv() => b,
             e = conn.closed() => { debug!(error = %e, ?lane, "writer stops: connection closed"); return; }
         };
-        let mut n = 0;
+        let mut n = Queued::default();
         let mut take = |msg, bufs: &mut Vec<Bytes>| match msg {
-            Outgoing::Data(chunks, bytes) => {
+            Outgoing::Data(chunks, queued) => {
                 bufs.extend(chunks);
-                n += bytes;
+                n.bytes += queued.bytes;
+                n.lent += queued.lent;
                 None
             }
             other => Some(other),

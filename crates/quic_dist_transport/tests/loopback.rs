@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use quic_dist_core::limits::{RECV_BATCH_BYTES, RECV_BATCH_PACKETS, RECV_UNACKED_LIMIT};
+use quic_dist_core::limits::{
+    RECV_BATCH_BYTES, RECV_BATCH_PACKETS, RECV_UNACKED_LIMIT, SEND_QUEUE_HIGH_WATER,
+};
 use quic_dist_core::{FrameError, Packet};
 use quic_dist_transport::certs::{generate_ca, generate_node, PemPair, Validity};
 use quic_dist_transport::tls::CIPHER_SUITE;
@@ -980,6 +982,44 @@ fn send_batch(side: &Side, packets: &[Vec<u8>]) -> SendStatus {
         batch.end_packet().expect("frame packet");
     }
     batch.submit().expect("submit").status
+}
+
+/// Lent bytes are the runtime's own binaries: refusing them would leave them in the runtime's
+/// single queue for the node, ahead of every later packet. Only copies make the connection busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_copied_bytes_make_the_connection_busy() {
+    const LEN: usize = 1024 * 1024;
+    let mut p = data_pair(4).await;
+    // The receiver never acks: after its first 512 KiB nothing more leaves the queues.
+    let lent = 2 * SEND_QUEUE_HIGH_WATER / LEN;
+    for seq in 0..lent as u64 {
+        let status = send_batch(&p.client, &[dist_send(1, seq, LEN)]);
+        assert_eq!(status, SendStatus::Ready, "lent packet {seq} made it busy");
+    }
+    let queued = p.client.conn.stats().queued_bytes;
+    assert!(
+        queued > SEND_QUEUE_HIGH_WATER,
+        "only {queued} bytes queued: the test did not get above the mark"
+    );
+    // The same again, copied: busy before as many bytes again are queued.
+    let mut busy_after = None;
+    for seq in 0..lent as u64 {
+        let packet = dist_send(2, seq, LEN);
+        let mut batch = p.client.conn.batch();
+        batch.begin_packet(packet.len()).unwrap();
+        batch.copy(&packet);
+        batch.end_packet().unwrap();
+        if batch.submit().unwrap().status == SendStatus::Busy {
+            busy_after = Some(seq + 1);
+            break;
+        }
+    }
+    let busy_after = busy_after.expect("copies never made the connection busy");
+    assert!(
+        busy_after as usize * LEN > SEND_QUEUE_HIGH_WATER,
+        "busy after {busy_after} MiB of copies"
+    );
+    stays_quiet(&mut p.client.writable, "writable while nothing drains").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
