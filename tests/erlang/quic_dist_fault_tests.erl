@@ -320,7 +320,9 @@ t_peer_death(#{net := Net, reg := Reg}, Carrier, Rss) ->
                                 ?NS:tx_bytes(Net, a) - Tx0 >= ?KILL_AFTER end, 30000),
     Rx = ?NS:rx_bytes(Net, a) - Rx0,
     Tx = ?NS:tx_bytes(Net, a) - Tx0,
-    %% Partial for sure: neither side has delivered its message yet.
+    %% Partial for sure: neither side has delivered its message yet. (This also fails when the
+    %% two directions do not share the link: with quinn's BBR one side had all 64 MiB before
+    %% the other had sent 16, in 4 runs of 5.)
     ?assertEqual(#{count => 0, bytes => 0}, call(A, ?MODULE, sink_stats, [])),
     ?assertEqual(#{count => 0, bytes => 0}, call(B, ?MODULE, sink_stats, [])),
     ?assertEqual(NA, call(C, rpc, call, [NA, erlang, node, []])),
