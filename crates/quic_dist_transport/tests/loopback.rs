@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use quic_dist_core::limits::{
     RECV_BATCH_BYTES, RECV_BATCH_PACKETS, RECV_UNACKED_LIMIT, SEND_QUEUE_HIGH_WATER,
 };
-use quic_dist_core::{FrameError, Packet};
+use quic_dist_core::{FrameError, Packet, FRAME_HEADER_LEN};
 use quic_dist_transport::certs::{generate_ca, generate_node, PemPair, Validity};
 use quic_dist_transport::tls::CIPHER_SUITE;
 use quic_dist_transport::{
@@ -963,11 +963,13 @@ fn exit_by_name() -> Vec<u8> {
     p
 }
 
-/// Queues `packets` as one batch, as the NIF does: the first bytes of each copied (the
-/// distribution header: 43 bytes for [`dist_send`]), the rest of a longer one lent in two pieces
-/// (without copying).
+/// Bytes of a packet that [`send_batch`] copies before it lends the rest (the distribution
+/// header: 43 bytes for [`dist_send`]).
+const HEAD: usize = 64;
+
+/// Queues `packets` as one batch, as the NIF does: the first [`HEAD`] bytes of each copied, the
+/// rest of a longer one lent in two pieces (without copying).
 fn send_batch(side: &Side, packets: &[Vec<u8>]) -> SendStatus {
-    const HEAD: usize = 64;
     let mut batch = side.conn.batch();
     for p in packets {
         batch.begin_packet(p.len()).expect("frame packet");
@@ -1001,10 +1003,14 @@ async fn only_copied_bytes_make_the_connection_busy() {
         queued > SEND_QUEUE_HIGH_WATER,
         "only {queued} bytes queued: the test did not get above the mark"
     );
-    // The same again, copied: busy before as many bytes again are queued.
+    // The same again, copied: busy before as many bytes again are queued, and not before the
+    // copies held (framed, with the lent packets' copied heads) are above the mark. The
+    // receiver's first 512 KiB could only have made it later.
     let mut busy_after = None;
+    let mut packet_len = 0;
     for seq in 0..lent as u64 {
         let packet = dist_send(2, seq, LEN);
+        packet_len = packet.len();
         let mut batch = p.client.conn.batch();
         batch.begin_packet(packet.len()).unwrap();
         batch.copy(&packet);
@@ -1015,9 +1021,11 @@ async fn only_copied_bytes_make_the_connection_busy() {
         }
     }
     let busy_after = busy_after.expect("copies never made the connection busy");
+    let copied =
+        busy_after as usize * (FRAME_HEADER_LEN + packet_len) + lent * (FRAME_HEADER_LEN + HEAD);
     assert!(
-        busy_after as usize * LEN > SEND_QUEUE_HIGH_WATER,
-        "busy after {busy_after} MiB of copies"
+        copied > SEND_QUEUE_HIGH_WATER,
+        "busy after {busy_after} copied packets ({copied} bytes copied in all)"
     );
     stays_quiet(&mut p.client.writable, "writable while nothing drains").await;
 }
