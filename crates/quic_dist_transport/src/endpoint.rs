@@ -91,6 +91,15 @@ fn is_loopback(addr: SocketAddr) -> bool {
     addr.ip().to_canonical().is_loopback()
 }
 
+/// The settings a connection to or from `peer` runs with.
+fn opts_for_peer(opts: &TransportOptions, peer: SocketAddr) -> TransportOptions {
+    if is_loopback(peer) {
+        opts.for_loopback()
+    } else {
+        opts.clone()
+    }
+}
+
 /// A quinn endpoint with the node's TLS configuration.
 #[derive(Debug, Clone)]
 pub struct DistEndpoint {
@@ -173,12 +182,7 @@ impl DistEndpoint {
                 let remote = incoming.remote_address();
                 let on_connection = on_connection.clone();
                 let runtime = runtime.clone();
-                // The settings this peer's connection runs with.
-                let opts = if is_loopback(remote) {
-                    opts.for_loopback()
-                } else {
-                    opts.clone()
-                };
+                let opts = opts_for_peer(&opts, remote);
                 let refusal_log = refusal_log.clone();
                 let loopback_server = loopback_server.clone().filter(|_| is_loopback(remote));
                 runtime.clone().spawn(async move {
@@ -233,11 +237,7 @@ impl DistEndpoint {
         let handshake = async {
             let conn = connecting.await?;
             let (send, recv) = conn.open_bi().await?;
-            let opts = if is_loopback(addr) {
-                self.opts.for_loopback()
-            } else {
-                self.opts.clone()
-            };
+            let opts = opts_for_peer(&self.opts, addr);
             Ok::<_, TransportError>(DistConnection::new(
                 conn,
                 send,
