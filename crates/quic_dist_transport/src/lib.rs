@@ -18,6 +18,7 @@ pub mod certs;
 pub mod config;
 pub mod connection;
 pub mod cookie_trust;
+pub mod direct;
 pub mod endpoint;
 pub mod error;
 pub mod insecure;

@@ -1,0 +1,311 @@
+//! A QUIC endpoint and its connections, driven by whichever thread has something to do.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::RawFd;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Instant;
+
+use quinn_proto::{
+    ClientConfig, ConnectError, ConnectionHandle, DatagramEvent, EndpointConfig, Event,
+    ServerConfig,
+};
+use tracing::debug;
+
+use super::timers::Timers;
+use super::udp::Socket;
+
+/// Datagrams a connection may send per drive before it lets other work run; the rest goes
+/// on the next drive (an acknowledgement, the timer).
+const TRANSMITS_PER_DRIVE: usize = 32;
+
+/// One UDP socket, quinn-proto's endpoint state and the connections on it.
+///
+/// No thread of its own: [`receive`](Self::receive) is called when the socket is readable
+/// (by whoever watches it), connections are driven by their users after they queue work and
+/// by [`Timers`] when a QUIC timer is due.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    socket: Socket,
+    /// Lock order: a connection's state, then this; never the other way round.
+    state: Mutex<State>,
+    max_datagram: usize,
+    timers: Timers,
+}
+
+#[derive(Debug)]
+struct State {
+    endpoint: quinn_proto::Endpoint,
+    conns: HashMap<ConnectionHandle, Arc<Connection>>,
+    /// Accepted connections not yet taken by [`Endpoint::accept`].
+    accepted: Vec<Arc<Connection>>,
+}
+
+/// One QUIC connection of an [`Endpoint`].
+#[derive(Debug)]
+pub struct Connection {
+    handle: ConnectionHandle,
+    state: Mutex<ConnState>,
+    endpoint: Weak<Inner>,
+}
+
+#[derive(Debug)]
+struct ConnState {
+    conn: quinn_proto::Connection,
+    /// Application events taken from quinn-proto, for the connection's user.
+    events: Vec<Event>,
+    transmit: Vec<u8>,
+    /// The timer deadline last handed to [`Timers`].
+    armed: Option<Instant>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a lock leaves quinn-proto's state as it was; carry on.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Endpoint {
+    /// Binds nothing itself: takes a bound `socket`. With a `server` configuration it accepts
+    /// connections.
+    pub fn new(
+        socket: UdpSocket,
+        config: EndpointConfig,
+        server: Option<ServerConfig>,
+    ) -> io::Result<Self> {
+        let max_datagram = config.get_max_udp_payload_size() as usize;
+        let socket = Socket::new(socket)?;
+        let endpoint =
+            quinn_proto::Endpoint::new(Arc::new(config), server.map(Arc::new), true, None);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                socket,
+                state: Mutex::new(State {
+                    endpoint,
+                    conns: HashMap::new(),
+                    accepted: Vec::new(),
+                }),
+                max_datagram,
+                timers: Timers::start(),
+            }),
+        })
+    }
+
+    /// The socket's address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.socket.local_addr()
+    }
+
+    /// The socket's descriptor, to watch for readability.
+    pub fn fd(&self) -> RawFd {
+        self.inner.socket.fd()
+    }
+
+    /// Another handle on the socket (a duplicate descriptor), to wait for readability with.
+    pub fn socket_handle(&self) -> io::Result<UdpSocket> {
+        self.inner.socket.try_clone()
+    }
+
+    /// Starts a connection to `remote`; its first datagrams leave now.
+    pub fn connect(
+        &self,
+        config: ClientConfig,
+        remote: SocketAddr,
+        server_name: &str,
+    ) -> Result<Arc<Connection>, ConnectError> {
+        let (handle, conn) = lock(&self.inner.state).endpoint.connect(
+            Instant::now(),
+            config,
+            remote,
+            server_name,
+        )?;
+        let conn = self.register(handle, conn);
+        conn.drive();
+        Ok(conn)
+    }
+
+    fn register(&self, handle: ConnectionHandle, conn: quinn_proto::Connection) -> Arc<Connection> {
+        let conn = Arc::new(Connection {
+            handle,
+            state: Mutex::new(ConnState {
+                conn,
+                events: Vec::new(),
+                transmit: Vec::new(),
+                armed: None,
+            }),
+            endpoint: Arc::downgrade(&self.inner),
+        });
+        lock(&self.inner.state).conns.insert(handle, conn.clone());
+        conn
+    }
+
+    /// Takes a connection accepted since the last call (its handshake may still be running).
+    pub fn accept(&self) -> Option<Arc<Connection>> {
+        let mut state = lock(&self.inner.state);
+        (!state.accepted.is_empty()).then(|| state.accepted.remove(0))
+    }
+
+    /// Reads every datagram waiting on the socket and hands each to its connection, which is
+    /// then driven. Returns the connections that got datagrams, so that their users can look
+    /// at their events. Call it when the socket is readable.
+    pub fn receive(&self) -> io::Result<Vec<Arc<Connection>>> {
+        let mut touched: Vec<Arc<Connection>> = Vec::new();
+        loop {
+            let datagrams = match self.inner.socket.recv(self.inner.max_datagram) {
+                Ok(d) => d,
+                // An ICMP error for an earlier send (a peer gone): its connection times out.
+                Err(e)
+                    if e.kind() == io::ErrorKind::ConnectionRefused
+                        || e.kind() == io::ErrorKind::ConnectionReset =>
+                {
+                    continue
+                }
+                Err(e) => return Err(e),
+            };
+            if datagrams.is_empty() {
+                break;
+            }
+            let now = Instant::now();
+            let mut events = Vec::with_capacity(datagrams.len());
+            let mut response = Vec::new();
+            {
+                let mut state = lock(&self.inner.state);
+                for d in datagrams {
+                    response.clear();
+                    match state.endpoint.handle(
+                        now,
+                        d.from,
+                        d.local_ip,
+                        d.ecn,
+                        d.data,
+                        &mut response,
+                    ) {
+                        Some(DatagramEvent::ConnectionEvent(handle, event)) => {
+                            if let Some(conn) = state.conns.get(&handle) {
+                                events.push((conn.clone(), event));
+                            }
+                        }
+                        Some(DatagramEvent::NewConnection(incoming)) => {
+                            match state.endpoint.accept(incoming, now, &mut response, None) {
+                                Ok((handle, conn)) => {
+                                    drop(state);
+                                    let conn = self.register(handle, conn);
+                                    state = lock(&self.inner.state);
+                                    state.accepted.push(conn.clone());
+                                    touched.push(conn);
+                                }
+                                Err(e) => {
+                                    debug!(from = %d.from, error = %e.cause, "incoming connection refused");
+                                    if let Some(t) = e.response {
+                                        let _ = self.inner.socket.send(&t, &response[..t.size]);
+                                    }
+                                }
+                            }
+                        }
+                        Some(DatagramEvent::Response(t)) => {
+                            let _ = self.inner.socket.send(&t, &response[..t.size]);
+                        }
+                        None => {}
+                    }
+                }
+            }
+            for (conn, event) in events {
+                lock(&conn.state).conn.handle_event(event);
+                if !touched.iter().any(|c| Arc::ptr_eq(c, &conn)) {
+                    touched.push(conn);
+                }
+            }
+        }
+        for conn in &touched {
+            conn.drive();
+        }
+        Ok(touched)
+    }
+}
+
+impl Connection {
+    /// Runs `f` on quinn-proto's connection (to write or read streams), then drives it.
+    pub fn with<R>(self: &Arc<Self>, f: impl FnOnce(&mut quinn_proto::Connection) -> R) -> R {
+        let r = f(&mut lock(&self.state).conn);
+        self.drive();
+        r
+    }
+
+    /// Application events since the last call (handshake done, streams readable or writable,
+    /// connection lost).
+    pub fn take_events(&self) -> Vec<Event> {
+        std::mem::take(&mut lock(&self.state).events)
+    }
+
+    /// Whether the connection is over and its state gone.
+    pub fn is_drained(&self) -> bool {
+        lock(&self.state).conn.is_drained()
+    }
+
+    /// Does what quinn-proto has pending: endpoint bookkeeping, datagrams to send, application
+    /// events to collect, the next timer.
+    pub(crate) fn drive(self: &Arc<Self>) {
+        let Some(ep) = self.endpoint.upgrade() else {
+            return;
+        };
+        let mut guard = lock(&self.state);
+        let st = &mut *guard;
+        let now = Instant::now();
+        if st.armed.is_some_and(|t| t <= now) {
+            st.armed = None;
+            st.conn.handle_timeout(now);
+        }
+        let mut drained = false;
+        while let Some(event) = st.conn.poll_endpoint_events() {
+            drained |= event.is_drained();
+            let back = lock(&ep.state).endpoint.handle_event(self.handle, event);
+            if let Some(back) = back {
+                st.conn.handle_event(back);
+            }
+        }
+        let segments = ep.socket.max_transmit_segments();
+        let mut more = true;
+        for _ in 0..TRANSMITS_PER_DRIVE {
+            st.transmit.clear();
+            let Some(t) = st.conn.poll_transmit(now, segments, &mut st.transmit) else {
+                more = false;
+                break;
+            };
+            if let Err(e) = ep.socket.send(&t, &st.transmit[..t.size]) {
+                // A full socket buffer: QUIC takes the datagram for lost and sends again.
+                debug!(error = %e, "datagram not sent");
+            }
+        }
+        while let Some(event) = st.conn.poll() {
+            st.events.push(event);
+        }
+        // Out of budget with more to send: the timer thread goes on at once.
+        let next = if more {
+            Some(now)
+        } else {
+            st.conn.poll_timeout()
+        };
+        if next != st.armed {
+            st.armed = next;
+            if let Some(at) = next {
+                ep.timers.arm(at, Arc::downgrade(self));
+            }
+        }
+        drop(guard);
+        if drained {
+            lock(&ep.state).conns.remove(&self.handle);
+        }
+    }
+
+    /// The timer of [`drive`](Self::drive) is due (or was re-armed: then nothing happens).
+    pub(crate) fn on_timer(self: &Arc<Self>, at: Instant) {
+        if lock(&self.state).armed == Some(at) {
+            self.drive();
+        }
+    }
+}
