@@ -9,6 +9,7 @@
 -module(quic_dist_nif).
 
 -export([load/0, nif_memory/0]).
+-export([spike_new/2, spike_connect/2, spike_input/4, spike_write/2]).
 -export([runtime_init/4,
          endpoint_open/5, endpoint_port/1, endpoint_accept/2, endpoint_close/2, connect/6,
          conn_start/3, conn_send/2, conn_data_mode/2, conn_open_input/1, conn_tick/1, conn_ack/3, conn_getstat/1, conn_stats/1,
@@ -122,3 +123,9 @@ gen_intermediate(_CaCert, _CaKey, _CommonName, _NotBefore, _NotAfter) -> ?NOT_LO
 -spec gen_node_cert(binary(), binary(), binary(), [binary()], integer(), integer()) ->
           {ok, {binary(), binary()}} | {error, binary()}.
 gen_node_cert(_CaCert, _CaKey, _CommonName, _Names, _NotBefore, _NotAfter) -> ?NOT_LOADED.
+
+%% SPIKE (branch direct-io): quinn-proto driven from Erlang; see crates/quic_dist_nif/src/spike.rs.
+spike_new(_Listen, _Dir) -> ?NOT_LOADED.
+spike_connect(_Res, _Port) -> ?NOT_LOADED.
+spike_input(_Res, _Port, _Datagram, _Echo) -> ?NOT_LOADED.
+spike_write(_Res, _Bytes) -> ?NOT_LOADED.

@@ -14,6 +14,7 @@ mod halt;
 mod lend;
 mod logging;
 mod runtime;
+mod spike;
 mod terms;
 
 fn load(env: rustler::Env, _info: rustler::Term) -> bool {
