@@ -9,7 +9,8 @@
 -module(quic_dist_nif).
 
 -export([load/0, nif_memory/0]).
--export([spike_new/2, spike_connect/2, spike_input/4, spike_write/2]).
+-export([spike_new/2, spike_connect/2, spike_input/4, spike_write/2,
+         direct_open/1, direct_watch/1, direct_receive/1, direct_stop/1]).
 -export([runtime_init/4,
          endpoint_open/5, endpoint_port/1, endpoint_accept/2, endpoint_close/2, connect/6,
          conn_start/3, conn_send/2, conn_data_mode/2, conn_open_input/1, conn_tick/1, conn_ack/3, conn_getstat/1, conn_stats/1,
@@ -129,3 +130,7 @@ spike_new(_Listen, _Dir) -> ?NOT_LOADED.
 spike_connect(_Res, _Port) -> ?NOT_LOADED.
 spike_input(_Res, _Port, _Datagram, _Echo) -> ?NOT_LOADED.
 spike_write(_Res, _Bytes) -> ?NOT_LOADED.
+direct_open(_Port) -> ?NOT_LOADED.
+direct_watch(_Ep) -> ?NOT_LOADED.
+direct_receive(_Ep) -> ?NOT_LOADED.
+direct_stop(_Ep) -> ?NOT_LOADED.

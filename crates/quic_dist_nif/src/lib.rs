@@ -14,12 +14,12 @@ mod halt;
 mod lend;
 mod logging;
 mod runtime;
+mod select;
 mod spike;
 mod terms;
 
 fn load(env: rustler::Env, _info: rustler::Term) -> bool {
-    let _ = env;
-    true
+    select::init(env)
 }
 
 rustler::init!("quic_dist_nif", load = load);

@@ -146,3 +146,46 @@ fn spike_write<'a>(env: Env<'a>, res: ResourceArc<SpikeRes>, bytes: Binary<'a>) 
     drive(env, st, &mut out, &mut data);
     out.encode(env)
 }
+
+/// SPIKE: a `direct` endpoint whose socket readiness arrives as `enif_select` messages.
+pub struct DirectEpRes {
+    ep: quic_dist_transport::direct::Endpoint,
+    watch: crate::select::SocketWatch,
+}
+
+#[rustler::resource_impl]
+impl Resource for DirectEpRes {}
+
+#[rustler::nif]
+fn direct_open(port: u16) -> rustler::NifResult<ResourceArc<DirectEpRes>> {
+    let err = |e: String| rustler::Error::Term(Box::new(e));
+    let socket = std::net::UdpSocket::bind(("127.0.0.1", port)).map_err(|e| err(e.to_string()))?;
+    let opts = TransportOptions::default();
+    let ep = quic_dist_transport::direct::Endpoint::new(socket, opts.quinn_endpoint(), None)
+        .map_err(|e| err(e.to_string()))?;
+    let handle = ep.socket_handle().map_err(|e| err(e.to_string()))?;
+    let watch = crate::select::SocketWatch::new(&handle).map_err(|e| err(e.to_string()))?;
+    Ok(ResourceArc::new(DirectEpRes { ep, watch }))
+}
+
+/// Arms the watch: the caller gets `{select, _, undefined, ready_input}` when a datagram waits.
+#[rustler::nif]
+fn direct_watch(env: Env, res: ResourceArc<DirectEpRes>) -> rustler::NifResult<rustler::Atom> {
+    res.watch
+        .arm(env)
+        .map_err(|e| rustler::Error::Term(Box::new(e.to_string())))?;
+    Ok(rustler::types::atom::ok())
+}
+
+/// Reads what waits on the socket; the number of connections it concerned.
+#[rustler::nif]
+fn direct_receive(res: ResourceArc<DirectEpRes>) -> usize {
+    res.ep.receive().map(|c| c.len()).unwrap_or(0)
+}
+
+/// Stops the watch.
+#[rustler::nif]
+fn direct_stop(env: Env, res: ResourceArc<DirectEpRes>) -> rustler::Atom {
+    res.watch.stop(env);
+    rustler::types::atom::ok()
+}
