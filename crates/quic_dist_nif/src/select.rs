@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicI32, Ordering::SeqCst};
 use std::sync::OnceLock;
 
 use rustler::sys::{
-    enif_alloc_resource, enif_open_resource_type_x, enif_release_resource, enif_select,
-    ErlNifEnv, ErlNifEvent, ErlNifResourceFlags, ErlNifResourceStop, ErlNifResourceType,
+    enif_alloc_resource, enif_open_resource_type_x, enif_release_resource, enif_select, ErlNifEnv,
+    ErlNifEvent, ErlNifResourceFlags, ErlNifResourceStop, ErlNifResourceType,
     ErlNifResourceTypeInit, ERL_NIF_SELECT_READ, ERL_NIF_SELECT_STOP,
 };
 use rustler::{Encoder, Env};

@@ -10,7 +10,7 @@ use bytes::BytesMut;
 use quic_dist_transport::certs::{generate_ca, generate_node, Validity};
 use quic_dist_transport::{TlsMaterial, TransportOptions};
 use quinn_proto::{ConnectionHandle, DatagramEvent, Dir, StreamId};
-use rustler::{Binary, Encoder, Env, ResourceArc, Resource, Term};
+use rustler::{Binary, Encoder, Env, Resource, ResourceArc, Term};
 
 use crate::terms::binary;
 
@@ -52,11 +52,20 @@ fn spike_new(listen: bool, dir: String) -> ResourceArc<SpikeRes> {
     let server = listen.then(|| Arc::new(tls.server_config(&opts).unwrap()));
     let client = (!listen).then(|| tls.client_config(&opts).unwrap());
     let ep = quinn_proto::Endpoint::new(Arc::new(opts.quinn_endpoint()), server, false, None);
-    ResourceArc::new(SpikeRes(Mutex::new(State { ep, conn: None, stream: None, client, pending: Vec::new(), tx: Vec::with_capacity(65536) })))
+    ResourceArc::new(SpikeRes(Mutex::new(State {
+        ep,
+        conn: None,
+        stream: None,
+        client,
+        pending: Vec::new(),
+        tx: Vec::with_capacity(65536),
+    })))
 }
 
 fn drive<'a>(env: Env<'a>, st: &mut State, out: &mut Vec<Term<'a>>, data: &mut Vec<u8>) {
-    let Some((h, conn)) = st.conn.as_mut() else { return };
+    let Some((h, conn)) = st.conn.as_mut() else {
+        return;
+    };
     let now = Instant::now();
     while let Some(ev) = conn.poll_endpoint_events() {
         if let Some(back) = st.ep.handle_event(*h, ev) {
@@ -85,7 +94,9 @@ fn drive<'a>(env: Env<'a>, st: &mut State, out: &mut Vec<Term<'a>>, data: &mut V
     }
     loop {
         st.tx.clear();
-        let Some(t) = conn.poll_transmit(now, 1, &mut st.tx) else { break };
+        let Some(t) = conn.poll_transmit(now, 1, &mut st.tx) else {
+            break;
+        };
         out.push(binary(env, &st.tx[..t.size]).to_term(env));
     }
 }
@@ -96,7 +107,10 @@ fn spike_connect<'a>(env: Env<'a>, res: ResourceArc<SpikeRes>, port: u16) -> Ter
     let mut st = res.0.lock().unwrap();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let client = st.client.clone().unwrap();
-    let c = st.ep.connect(Instant::now(), client, addr, "localhost").unwrap();
+    let c = st
+        .ep
+        .connect(Instant::now(), client, addr, "localhost")
+        .unwrap();
     st.conn = Some(c);
     let (mut out, mut data) = (Vec::new(), Vec::new());
     drive(env, &mut st, &mut out, &mut data);
@@ -105,13 +119,26 @@ fn spike_connect<'a>(env: Env<'a>, res: ResourceArc<SpikeRes>, port: u16) -> Ter
 
 /// A datagram from 127.0.0.1:`port`: `{DatagramsToSend, StreamBytes}`.
 #[rustler::nif]
-fn spike_input<'a>(env: Env<'a>, res: ResourceArc<SpikeRes>, port: u16, d: Binary<'a>, echo: bool) -> Term<'a> {
+fn spike_input<'a>(
+    env: Env<'a>,
+    res: ResourceArc<SpikeRes>,
+    port: u16,
+    d: Binary<'a>,
+    echo: bool,
+) -> Term<'a> {
     let mut st = res.0.lock().unwrap();
     let now = Instant::now();
     let from = SocketAddr::from(([127, 0, 0, 1], port));
     let mut resp = Vec::new();
     let mut out = Vec::new();
-    match st.ep.handle(now, from, None, None, BytesMut::from(d.as_slice()), &mut resp) {
+    match st.ep.handle(
+        now,
+        from,
+        None,
+        None,
+        BytesMut::from(d.as_slice()),
+        &mut resp,
+    ) {
         Some(DatagramEvent::ConnectionEvent(_, ev)) => {
             if let Some((_, c)) = st.conn.as_mut() {
                 c.handle_event(ev);

@@ -227,3 +227,48 @@ fn a_transfer_larger_than_the_windows_arrives_whole_and_in_order() {
         "connection lost: {events:?}"
     );
 }
+
+#[test]
+fn tasks_on_the_inline_executor_echo_over_async_streams() {
+    let opts = TransportOptions::default().for_loopback();
+    let (_client, c, _server, s) = connected_pair(&opts);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server_conn = s.clone();
+    s.spawn(async move {
+        let id = server_conn.accept(Dir::Bi).await.expect("accept");
+        while let Ok(Some(chunk)) = server_conn.read_chunk(id, usize::MAX).await {
+            server_conn
+                .write_all_chunks(id, &mut [chunk])
+                .await
+                .expect("echo");
+        }
+    });
+    let client_conn = c.clone();
+    c.spawn(async move {
+        let id = client_conn.open(Dir::Bi).await.expect("open");
+        for round in 0..100u32 {
+            let msg = bytes::Bytes::copy_from_slice(&round.to_be_bytes());
+            client_conn
+                .write_all_chunks(id, &mut [msg.clone()])
+                .await
+                .expect("write");
+            let mut got = Vec::new();
+            while got.len() < 4 {
+                let chunk = client_conn
+                    .read_chunk(id, 4 - got.len())
+                    .await
+                    .expect("read")
+                    .expect("not finished");
+                got.extend_from_slice(&chunk);
+            }
+            assert_eq!(got, msg);
+        }
+        client_conn.finish(id).expect("finish");
+        tx.send(()).unwrap();
+    });
+    // Start both tasks; from then on the watcher threads' receives run them.
+    c.run_tasks();
+    s.run_tasks();
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("100 round trips through tasks on the inline executor");
+}

@@ -37,6 +37,8 @@ struct Inner {
     state: Mutex<State>,
     max_datagram: usize,
     timers: Timers,
+    /// Tasks of the connections (see `exec.rs`), run by whoever drove a connection.
+    pub(super) executor: Arc<super::exec::Executor>,
 }
 
 #[derive(Debug)]
@@ -56,13 +58,17 @@ pub struct Connection {
 }
 
 #[derive(Debug)]
-struct ConnState {
-    conn: quinn_proto::Connection,
+pub(super) struct ConnState {
+    pub(super) conn: quinn_proto::Connection,
     /// Application events taken from quinn-proto, for the connection's user.
     events: Vec<Event>,
     transmit: Vec<u8>,
     /// The timer deadline last handed to [`Timers`].
     armed: Option<Instant>,
+    /// Tasks waiting for anything to happen on this connection (see `streams.rs`).
+    pub(super) waiters: Vec<std::task::Waker>,
+    /// Why the connection ended, once it has.
+    pub(super) lost: Option<quinn_proto::ConnectionError>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -92,6 +98,7 @@ impl Endpoint {
                 }),
                 max_datagram,
                 timers: Timers::start(),
+                executor: super::exec::Executor::new(),
             }),
         })
     }
@@ -137,6 +144,8 @@ impl Endpoint {
                 events: Vec::new(),
                 transmit: Vec::new(),
                 armed: None,
+                waiters: Vec::new(),
+                lost: None,
             }),
             endpoint: Arc::downgrade(&self.inner),
         });
@@ -224,6 +233,7 @@ impl Endpoint {
         for conn in &touched {
             conn.drive();
         }
+        self.inner.executor.run();
         Ok(touched)
     }
 }
@@ -281,9 +291,19 @@ impl Connection {
                 debug!(error = %e, "datagram not sent");
             }
         }
+        let mut woke = false;
         while let Some(event) = st.conn.poll() {
+            if let Event::ConnectionLost { reason } = &event {
+                st.lost = Some(reason.clone());
+            }
             st.events.push(event);
+            woke = true;
         }
+        let waiters = if woke {
+            std::mem::take(&mut st.waiters)
+        } else {
+            Vec::new()
+        };
         // Out of budget with more to send: the timer thread goes on at once.
         let next = if more {
             Some(now)
@@ -297,6 +317,9 @@ impl Connection {
             }
         }
         drop(guard);
+        for w in waiters {
+            w.wake();
+        }
         if drained {
             lock(&ep.state).conns.remove(&self.handle);
         }
@@ -306,6 +329,26 @@ impl Connection {
     pub(crate) fn on_timer(self: &Arc<Self>, at: Instant) {
         if lock(&self.state).armed == Some(at) {
             self.drive();
+            self.run_tasks();
         }
+    }
+
+    /// Runs the tasks that were woken (by this thread or others).
+    pub fn run_tasks(&self) {
+        if let Some(ep) = self.endpoint.upgrade() {
+            ep.executor.run();
+        }
+    }
+
+    /// Spawns a task on the endpoint's executor; it runs at the next `run_tasks` (or receive).
+    pub fn spawn(&self, future: impl std::future::Future<Output = ()> + Send + 'static) {
+        if let Some(ep) = self.endpoint.upgrade() {
+            ep.executor.spawn(future);
+        }
+    }
+
+    /// Locks quinn-proto's connection state (for `streams.rs`).
+    pub(super) fn state(&self) -> MutexGuard<'_, ConnState> {
+        lock(&self.state)
     }
 }

@@ -9,7 +9,10 @@
 //! timer thread handles only QUIC's timers.
 
 mod endpoint;
+pub mod exec;
+mod streams;
 mod timers;
 mod udp;
 
 pub use endpoint::{Connection, Endpoint};
+pub use streams::StreamError;
