@@ -36,6 +36,7 @@ struct Inner {
     /// Lock order: a connection's state, then this; never the other way round.
     state: Mutex<State>,
     max_datagram: usize,
+    loopback_server: Option<Arc<ServerConfig>>,
     timers: Timers,
     /// Tasks of the connections (see `exec.rs`), run by whoever drove a connection.
     pub(super) executor: Arc<super::exec::Executor>,
@@ -84,10 +85,21 @@ impl Endpoint {
         config: EndpointConfig,
         server: Option<ServerConfig>,
     ) -> io::Result<Self> {
+        Self::with_loopback_server(socket, config, server, None)
+    }
+
+    /// [`new`](Self::new), with another server configuration for peers on loopback addresses.
+    pub fn with_loopback_server(
+        socket: UdpSocket,
+        config: EndpointConfig,
+        server: Option<ServerConfig>,
+        loopback_server: Option<Arc<ServerConfig>>,
+    ) -> io::Result<Self> {
         let max_datagram = config.get_max_udp_payload_size() as usize;
         let socket = Socket::new(socket)?;
         let endpoint =
             quinn_proto::Endpoint::new(Arc::new(config), server.map(Arc::new), true, None);
+        let executor = super::exec::Executor::new();
         Ok(Self {
             inner: Arc::new(Inner {
                 socket,
@@ -97,8 +109,9 @@ impl Endpoint {
                     accepted: Vec::new(),
                 }),
                 max_datagram,
-                timers: Timers::start(),
-                executor: super::exec::Executor::new(),
+                loopback_server,
+                timers: Timers::start(executor.clone()),
+                executor,
             }),
         })
     }
@@ -159,6 +172,27 @@ impl Endpoint {
         (!state.accepted.is_empty()).then(|| state.accepted.remove(0))
     }
 
+    /// Closes every connection, telling the peers `reason`.
+    pub fn close_all(&self, code: quinn_proto::VarInt, reason: &[u8]) {
+        let conns: Vec<_> = lock(&self.inner.state).conns.values().cloned().collect();
+        for c in conns {
+            lock(&c.state)
+                .conn
+                .close(Instant::now(), code, bytes::Bytes::copy_from_slice(reason));
+            c.drive();
+        }
+    }
+
+    /// Whether no connection is left (all drained).
+    pub fn is_idle(&self) -> bool {
+        lock(&self.inner.state).conns.is_empty()
+    }
+
+    /// Runs the tasks that were woken.
+    pub fn run_tasks(&self) {
+        self.inner.executor.run();
+    }
+
     /// Reads every datagram waiting on the socket and hands each to its connection, which is
     /// then driven. Returns the connections that got datagrams, so that their users can look
     /// at their events. Call it when the socket is readable.
@@ -200,7 +234,12 @@ impl Endpoint {
                             }
                         }
                         Some(DatagramEvent::NewConnection(incoming)) => {
-                            match state.endpoint.accept(incoming, now, &mut response, None) {
+                            let config = self
+                                .inner
+                                .loopback_server
+                                .clone()
+                                .filter(|_| d.from.ip().to_canonical().is_loopback());
+                            match state.endpoint.accept(incoming, now, &mut response, config) {
                                 Ok((handle, conn)) => {
                                     drop(state);
                                     let conn = self.register(handle, conn);
@@ -329,7 +368,6 @@ impl Connection {
     pub(crate) fn on_timer(self: &Arc<Self>, at: Instant) {
         if lock(&self.state).armed == Some(at) {
             self.drive();
-            self.run_tasks();
         }
     }
 
@@ -344,6 +382,13 @@ impl Connection {
     pub fn spawn(&self, future: impl std::future::Future<Output = ()> + Send + 'static) {
         if let Some(ep) = self.endpoint.upgrade() {
             ep.executor.spawn(future);
+        }
+    }
+
+    /// Wakes `waker` at `at` (the endpoint's timer thread).
+    pub(super) fn wake_at(&self, at: Instant, waker: std::task::Waker) {
+        if let Some(ep) = self.endpoint.upgrade() {
+            ep.timers.wake_at(at, waker);
         }
     }
 

@@ -8,6 +8,7 @@
 //! socket (an Erlang scheduler, through `enif_select`) receives, decrypts and delivers; a
 //! timer thread handles only QUIC's timers.
 
+pub mod compat;
 mod endpoint;
 pub mod exec;
 mod streams;

@@ -73,6 +73,20 @@ impl Connection {
         .await
     }
 
+    /// Waits until the handshake is complete.
+    pub async fn connected(self: &Arc<Self>) -> Result<(), StreamError> {
+        poll_fn(|cx| {
+            self.poll_proto(cx, false, |c| {
+                if c.is_handshaking() {
+                    Poll::Pending
+                } else {
+                    Poll::Ready(Ok(()))
+                }
+            })
+        })
+        .await
+    }
+
     /// Waits until the connection ends; why it did.
     pub async fn closed(self: &Arc<Self>) -> ConnectionError {
         poll_fn(|cx| {
@@ -120,6 +134,44 @@ impl Connection {
             .finish()
             .map_err(|e| StreamError::Closed(e.to_string()));
         self.drive();
+        r
+    }
+
+    /// Waits until stream `id`, finished, is acknowledged whole (`None`) or was stopped by the
+    /// peer (its code).
+    pub async fn stopped(
+        self: &Arc<Self>,
+        id: StreamId,
+    ) -> Result<Option<quinn_proto::VarInt>, StreamError> {
+        poll_fn(|cx| {
+            self.poll_proto(cx, false, |c| match c.send_stream(id).stopped() {
+                Ok(Some(code)) => Poll::Ready(Ok(Some(code))),
+                Ok(None) => Poll::Pending,
+                // Finished and acknowledged: quinn-proto forgot the stream.
+                Err(_) => Poll::Ready(Ok(None)),
+            })
+        })
+        .await
+    }
+
+    /// A chunk of stream `id` if one is there now.
+    pub fn try_read_chunk(self: &Arc<Self>, id: StreamId) -> Result<Option<Bytes>, StreamError> {
+        let (r, transmit) = {
+            let mut st = self.state();
+            let mut stream = st.conn.recv_stream(id);
+            let mut chunks = match stream.read(true) {
+                Ok(chunks) => chunks,
+                Err(_) => return Ok(None),
+            };
+            let r = match chunks.next(usize::MAX) {
+                Ok(Some(chunk)) => Ok(Some(chunk.bytes)),
+                _ => Ok(None),
+            };
+            (r, chunks.finalize().should_transmit())
+        };
+        if transmit {
+            self.drive();
+        }
         r
     }
 

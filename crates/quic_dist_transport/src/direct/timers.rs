@@ -7,6 +7,7 @@ use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::Instant;
 
 use super::endpoint::Connection;
+use super::exec::Executor;
 
 /// A thread that drives each connection when its QUIC timer is due. Off the fast path: data
 /// and acknowledgements arrive and leave on their users' threads; this thread only wakes for
@@ -16,24 +17,39 @@ pub(crate) struct Timers {
     shared: Arc<Shared>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
     queue: Mutex<Queue>,
     changed: Condvar,
+    /// Runs the tasks the timers woke.
+    executor: Arc<Executor>,
+}
+
+/// What is due at a time.
+#[derive(Debug)]
+enum Due {
+    /// A connection's QUIC timer.
+    Conn(Weak<Connection>),
+    /// A task's sleep or timeout.
+    Task(std::task::Waker),
 }
 
 #[derive(Debug, Default)]
 struct Queue {
     heap: BinaryHeap<Reverse<(Instant, u64)>>,
-    conns: std::collections::HashMap<u64, Weak<Connection>>,
+    conns: std::collections::HashMap<u64, Due>,
     next_id: u64,
     stopped: bool,
 }
 
 impl Timers {
     /// Starts the thread; it ends when the last handle is dropped.
-    pub(crate) fn start() -> Self {
-        let shared = Arc::new(Shared::default());
+    pub(crate) fn start(executor: Arc<Executor>) -> Self {
+        let shared = Arc::new(Shared {
+            queue: Mutex::default(),
+            changed: Condvar::new(),
+            executor,
+        });
         let weak = Arc::downgrade(&shared);
         std::thread::Builder::new()
             .name("quic_dist_timers".into())
@@ -44,6 +60,16 @@ impl Timers {
 
     /// Drives `conn` at `at` (if it still wants that time then, see `Connection::on_timer`).
     pub(crate) fn arm(&self, at: Instant, conn: Weak<Connection>) {
+        self.push(at, Due::Conn(conn));
+    }
+
+    /// Wakes `waker` at `at` (and runs the tasks it woke).
+    pub(crate) fn wake_at(&self, at: Instant, waker: std::task::Waker) {
+        self.push(at, Due::Task(waker));
+    }
+
+    fn push(&self, at: Instant, due: Due) {
+        let conn = due;
         let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
         let id = q.next_id;
         q.next_id += 1;
@@ -115,11 +141,17 @@ fn run(shared: Weak<Shared>) {
             }
         }
         drop(q);
-        drop(s);
-        for (t, conn) in due {
-            if let Some(conn) = conn.upgrade() {
-                conn.on_timer(t);
+        for (t, due) in due {
+            match due {
+                Due::Conn(conn) => {
+                    if let Some(conn) = conn.upgrade() {
+                        conn.on_timer(t);
+                    }
+                }
+                Due::Task(waker) => waker.wake(),
             }
         }
+        s.executor.run();
+        drop(s);
     }
 }
