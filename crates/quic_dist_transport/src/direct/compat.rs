@@ -74,11 +74,7 @@ impl Connection {
 
     /// Closes the connection at once, telling the peer `code` and `reason`.
     pub fn close(&self, code: VarInt, reason: &[u8]) {
-        self.0
-            .state()
-            .conn
-            .close(Instant::now(), code, Bytes::copy_from_slice(reason));
-        self.0.drive();
+        self.0.close(code, reason);
     }
 
     /// Why the connection ended, if it has.

@@ -48,6 +48,8 @@ struct State {
     conns: HashMap<ConnectionHandle, Arc<Connection>>,
     /// Accepted connections not yet taken by [`Endpoint::accept`].
     accepted: Vec<Arc<Connection>>,
+    /// Closed: new connections are refused.
+    refusing: bool,
 }
 
 /// One QUIC connection of an [`Endpoint`].
@@ -107,6 +109,7 @@ impl Endpoint {
                     endpoint,
                     conns: HashMap::new(),
                     accepted: Vec::new(),
+                    refusing: false,
                 }),
                 max_datagram,
                 loopback_server,
@@ -172,14 +175,15 @@ impl Endpoint {
         (!state.accepted.is_empty()).then(|| state.accepted.remove(0))
     }
 
-    /// Closes every connection, telling the peers `reason`.
+    /// Closes every connection, telling the peers `reason`, and refuses new ones from now on.
     pub fn close_all(&self, code: quinn_proto::VarInt, reason: &[u8]) {
-        let conns: Vec<_> = lock(&self.inner.state).conns.values().cloned().collect();
+        let conns: Vec<_> = {
+            let mut state = lock(&self.inner.state);
+            state.refusing = true;
+            state.conns.values().cloned().collect()
+        };
         for c in conns {
-            lock(&c.state)
-                .conn
-                .close(Instant::now(), code, bytes::Bytes::copy_from_slice(reason));
-            c.drive();
+            c.close(code, reason);
         }
     }
 
@@ -233,6 +237,10 @@ impl Endpoint {
                                 events.push((conn.clone(), event));
                             }
                         }
+                        Some(DatagramEvent::NewConnection(incoming)) if state.refusing => {
+                            let t = state.endpoint.refuse(incoming, &mut response);
+                            let _ = self.inner.socket.send(&t, &response[..t.size]);
+                        }
                         Some(DatagramEvent::NewConnection(incoming)) => {
                             let config = self
                                 .inner
@@ -283,6 +291,24 @@ impl Connection {
         let r = f(&mut lock(&self.state).conn);
         self.drive();
         r
+    }
+
+    /// Closes the connection at once, telling the peer `code` and `reason`. Its tasks see it
+    /// lost (locally closed) from now on, as with quinn.
+    pub fn close(self: &Arc<Self>, code: quinn_proto::VarInt, reason: &[u8]) {
+        let waiters = {
+            let mut st = lock(&self.state);
+            st.conn
+                .close(Instant::now(), code, bytes::Bytes::copy_from_slice(reason));
+            if st.lost.is_none() {
+                st.lost = Some(quinn_proto::ConnectionError::LocallyClosed);
+            }
+            std::mem::take(&mut st.waiters)
+        };
+        self.drive();
+        for w in waiters {
+            w.wake();
+        }
     }
 
     /// Application events since the last call (handshake done, streams readable or writable,

@@ -75,7 +75,11 @@ impl Executor {
                 let Ok(_running) = self.running.try_lock() else {
                     return;
                 };
-                while let Some(task) = lock(&self.ready).pop_front() {
+                loop {
+                    // Not in the `while let` scrutinee: its guard would live through the body,
+                    // and a task that wakes another would deadlock on it.
+                    let next = lock(&self.ready).pop_front();
+                    let Some(task) = next else { break };
                     task.queued.store(false, SeqCst);
                     let waker = Waker::from(task.clone());
                     let mut cx = Context::from_waker(&waker);
