@@ -74,6 +74,7 @@ listen(Name, Host) ->
     quic_dist_log:ensure_started(Opts),
     case open_listen_endpoint(Opts, Host, port_candidates(Opts)) of
         {ok, Ep, Ip} ->
+            {ok, _} = quic_dist_receiver:start(Ep),
             Port = quic_dist_nif:endpoint_port(Ep),
             case register_with_epmd(Name, Port) of
                 {ok, Creation} ->
@@ -86,6 +87,7 @@ listen(Name, Host) ->
                           Creation}};
                 Error ->
                     quic_dist_nif:endpoint_close(Ep, <<"epmd registration failed">>),
+                    quic_dist_receiver:stop(),
                     Error
             end;
         {error, Reason} = Error ->
@@ -120,7 +122,8 @@ setup(Node, Type, MyNode, LongOrShortNames, SetupTime) ->
 -spec close(term()) -> ok.
 close(Ep) ->
     _ = persistent_term:erase(?ENDPOINT_KEY),
-    quic_dist_nif:endpoint_close(Ep, <<"node stopping">>).
+    quic_dist_nif:endpoint_close(Ep, <<"node stopping">>),
+    quic_dist_receiver:stop().
 
 %% @doc True if Node's host resolves to an address this carrier can reach.
 -spec select(node()) -> boolean().
@@ -331,6 +334,7 @@ endpoint() ->
                                              quic_dist_opts:tls(Opts, Host),
                                              quic_dist_opts:transport(Opts)) of
                 {ok, Ep} ->
+                    {ok, _} = quic_dist_receiver:start(Ep),
                     persistent_term:put(?ENDPOINT_KEY, Ep),
                     persistent_term:put(?OPTS_KEY, Opts),
                     log_mode("client only (not listening)", Opts),

@@ -191,12 +191,18 @@ impl DistEndpoint {
     /// Reads what waits on the socket and does what follows from it on this thread: QUIC,
     /// deliveries, new connections. Call it whenever the socket is readable.
     pub fn receive(&self) -> std::io::Result<()> {
-        self.endpoint.receive()?;
+        self.receive_some(usize::MAX).map(|_| ())
+    }
+
+    /// [`receive`](Self::receive), reading at most `max_batches` batches of datagrams; true
+    /// if more may be waiting.
+    pub fn receive_some(&self, max_batches: usize) -> std::io::Result<bool> {
+        let more = self.endpoint.receive_batches(max_batches)?;
         while let Some(conn) = self.endpoint.accept() {
             self.start_accepted(crate::direct::compat::Connection(conn));
         }
         self.endpoint.run_tasks();
-        Ok(())
+        Ok(more)
     }
 
     fn start_accepted(&self, conn: crate::direct::compat::Connection) {

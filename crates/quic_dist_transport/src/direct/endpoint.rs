@@ -66,8 +66,13 @@ pub(super) struct ConnState {
     /// Application events taken from quinn-proto, for the connection's user.
     events: Vec<Event>,
     transmit: Vec<u8>,
-    /// The timer deadline last handed to [`Timers`].
+    /// When quinn-proto wants to be driven next (its `poll_timeout`).
     armed: Option<Instant>,
+    /// The earliest entry of this connection in [`Timers`]. Entries are pushed only when
+    /// earlier than this one: quinn-proto moves its deadline later on nearly every packet, and
+    /// a push each time would wake the timer thread for each of them; a later deadline is
+    /// re-queued when the entry fires instead (`on_timer`).
+    queued: Option<Instant>,
     /// Tasks waiting for anything to happen on this connection (see `streams.rs`).
     pub(super) waiters: Vec<std::task::Waker>,
     /// Why the connection ended, once it has.
@@ -160,6 +165,7 @@ impl Endpoint {
                 events: Vec::new(),
                 transmit: Vec::new(),
                 armed: None,
+                queued: None,
                 waiters: Vec::new(),
                 lost: None,
             }),
@@ -201,8 +207,23 @@ impl Endpoint {
     /// then driven. Returns the connections that got datagrams, so that their users can look
     /// at their events. Call it when the socket is readable.
     pub fn receive(&self) -> io::Result<Vec<Arc<Connection>>> {
+        Ok(self.receive_up_to(usize::MAX)?.0)
+    }
+
+    /// [`receive`](Self::receive), reading at most `max_batches` batches from the socket (up
+    /// to 32 datagrams each); true if it stopped there, with more possibly waiting.
+    pub fn receive_batches(&self, max_batches: usize) -> io::Result<bool> {
+        Ok(self.receive_up_to(max_batches)?.1)
+    }
+
+    fn receive_up_to(&self, max_batches: usize) -> io::Result<(Vec<Arc<Connection>>, bool)> {
         let mut touched: Vec<Arc<Connection>> = Vec::new();
-        loop {
+        let mut batches = 0;
+        let more = loop {
+            if batches == max_batches {
+                break true;
+            }
+            batches += 1;
             let datagrams = match self.inner.socket.recv(self.inner.max_datagram) {
                 Ok(d) => d,
                 // An ICMP error for an earlier send (a peer gone): its connection times out.
@@ -215,7 +236,7 @@ impl Endpoint {
                 Err(e) => return Err(e),
             };
             if datagrams.is_empty() {
-                break;
+                break false;
             }
             let now = Instant::now();
             let mut events = Vec::with_capacity(datagrams.len());
@@ -276,12 +297,12 @@ impl Endpoint {
                     touched.push(conn);
                 }
             }
-        }
+        };
         for conn in &touched {
             conn.drive();
         }
         self.inner.executor.run();
-        Ok(touched)
+        Ok((touched, more))
     }
 }
 
@@ -375,9 +396,10 @@ impl Connection {
         } else {
             st.conn.poll_timeout()
         };
-        if next != st.armed {
-            st.armed = next;
-            if let Some(at) = next {
+        st.armed = next;
+        if let Some(at) = next {
+            if st.queued.is_none_or(|q| at < q) {
+                st.queued = Some(at);
                 ep.timers.arm(at, Arc::downgrade(self));
             }
         }
@@ -390,11 +412,30 @@ impl Connection {
         }
     }
 
-    /// The timer of [`drive`](Self::drive) is due (or was re-armed: then nothing happens).
+    /// An entry of this connection in [`Timers`] is due: drive it if its deadline has come,
+    /// queue the deadline again if it moved later.
     pub(crate) fn on_timer(self: &Arc<Self>, at: Instant) {
-        if lock(&self.state).armed == Some(at) {
-            self.drive();
+        {
+            let mut st = lock(&self.state);
+            if st.queued.is_some_and(|q| q != at) {
+                // A later entry, left behind when an earlier one was pushed: that one counts.
+                return;
+            }
+            st.queued = None;
+            match st.armed {
+                None => return,
+                Some(a) if a > Instant::now() => {
+                    // The deadline moved later since this entry was pushed: queue it again.
+                    st.queued = Some(a);
+                    if let Some(ep) = self.endpoint.upgrade() {
+                        ep.timers.arm(a, Arc::downgrade(self));
+                    }
+                    return;
+                }
+                Some(_) => {}
+            }
         }
+        self.drive();
     }
 
     /// Runs the tasks that were woken (by this thread or others).

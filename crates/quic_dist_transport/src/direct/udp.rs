@@ -13,14 +13,15 @@ use quinn::udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
 pub(crate) struct Socket {
     socket: UdpSocket,
     state: UdpSocketState,
-    /// Memory datagrams are received into: each datagram keeps its slot (by reference, as
-    /// quinn-proto keeps stream data) and the rest serves the next receives, so a datagram is
-    /// never copied after the kernel's copy.
-    arena: std::sync::Mutex<BytesMut>,
+    /// Memory datagrams are received into, allocated once; each datagram is copied out of it
+    /// into a buffer of its own size. (Receiving straight into fresh memory kept per datagram
+    /// saved that copy but cost a page fault and the zeroing of each fresh page instead.)
+    buffer: std::sync::Mutex<Vec<u8>>,
 }
 
-/// Receive batches one arena serves before a new one is allocated.
-const ARENA_BATCHES: usize = 4;
+/// The most one receive can return (the IPv4/IPv6 packet size limit).
+const MAX_RECEIVE: usize = 64 * 1024;
+
 
 /// One datagram received.
 #[derive(Debug)]
@@ -39,7 +40,7 @@ impl Socket {
         Ok(Self {
             socket,
             state,
-            arena: std::sync::Mutex::new(BytesMut::new()),
+            buffer: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -80,15 +81,16 @@ impl Socket {
     /// Receives what is waiting, up to one batch, each datagram in `max_datagram` bytes at
     /// most. An empty result means nothing was waiting.
     pub(crate) fn recv(&self, max_datagram: usize) -> io::Result<Vec<Datagram>> {
-        let slot = max_datagram * self.state.gro_segments().max(1);
-        let mut arena = self.arena.lock().unwrap_or_else(|e| e.into_inner());
-        if arena.len() < slot * BATCH_SIZE {
-            // Zeroed once per arena: receiving needs initialised memory.
-            *arena = BytesMut::zeroed(slot * BATCH_SIZE * ARENA_BATCHES);
+        // One IP packet, coalesced or not, carries at most 64 KiB: a larger slot would only
+        // make the buffer huge (64 GRO segments of 64 KiB datagrams: 4 MiB a slot).
+        let slot = (max_datagram * self.state.gro_segments().max(1)).min(MAX_RECEIVE);
+        let mut buffer = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
+        if buffer.len() < slot * BATCH_SIZE {
+            *buffer = vec![0; slot * BATCH_SIZE];
         }
         let mut meta = [RecvMeta::default(); BATCH_SIZE];
         let n = {
-            let mut slices: Vec<IoSliceMut> = arena[..slot * BATCH_SIZE]
+            let mut slices: Vec<IoSliceMut> = buffer[..slot * BATCH_SIZE]
                 .chunks_mut(slot)
                 .map(IoSliceMut::new)
                 .collect();
@@ -101,21 +103,17 @@ impl Socket {
                 Err(e) => return Err(e),
             }
         };
-        let storage: Vec<BytesMut> = (0..n).map(|_| arena.split_to(slot)).collect();
-        drop(arena);
         let mut out = Vec::with_capacity(n);
-        for (mut buf, m) in storage.into_iter().zip(meta) {
-            buf.truncate(m.len);
+        for (received, m) in buffer.chunks(slot).zip(&meta[..n]) {
             // With GRO one buffer holds several datagrams, each `stride` bytes but the last.
-            while !buf.is_empty() {
-                let data = buf.split_to(m.stride.min(buf.len()));
+            for data in received[..m.len].chunks(m.stride.max(1)) {
                 out.push(Datagram {
                     from: m.addr,
                     local_ip: m.dst_ip,
                     ecn: m
                         .ecn
                         .and_then(|e| quinn_proto::EcnCodepoint::from_bits(e as u8)),
-                    data,
+                    data: BytesMut::from(data),
                 });
             }
         }
