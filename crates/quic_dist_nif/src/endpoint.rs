@@ -120,16 +120,9 @@ fn transport_options(opts: Term) -> NifResult<TransportOptions> {
     Ok(t)
 }
 
-/// Starts the log forwarding; idempotent. (`_threads` and `_busy_poll_us` configured the
-/// transport's thread before it ran on the callers' threads; kept for compatibility.)
+/// Starts the log forwarding to `log_pid`; idempotent.
 #[rustler::nif]
-fn runtime_init<'a>(
-    env: Env<'a>,
-    _threads: usize,
-    _busy_poll_us: u64,
-    log_pid: LocalPid,
-    log_filter: String,
-) -> Term<'a> {
+fn log_init<'a>(env: Env<'a>, log_pid: LocalPid, log_filter: String) -> Term<'a> {
     match logging::init(log_pid, &log_filter) {
         Ok(()) => atoms::ok().encode(env),
         Err(e) => error_tuple(env, e),

@@ -198,6 +198,11 @@ impl DistEndpoint {
     /// if more may be waiting.
     pub fn receive_some(&self, max_batches: usize) -> std::io::Result<bool> {
         let more = self.endpoint.receive_batches(max_batches)?;
+        for (remote, error) in self.endpoint.take_refused() {
+            if let Some(suppressed) = self.refusal_log.admit(remote) {
+                warn!(%remote, %error, suppressed, "refused incoming connection");
+            }
+        }
         while let Some(conn) = self.endpoint.accept() {
             self.start_accepted(crate::direct::compat::Connection(conn));
         }

@@ -365,7 +365,6 @@ fn deliver(shared: &Shared, batch: &mut PacketBatch) {
         },
     );
     let count = b.packets.len() as u64;
-    crate::busy_poll::note_activity();
     let ch = &shared.channels[channel];
     ch.unacked.fetch_add(b.bytes, SeqCst);
     if let Some(ev) = shared.events.get() {

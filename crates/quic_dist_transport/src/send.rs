@@ -105,7 +105,6 @@ impl Shared {
         q.queued.fetch_add(queued.bytes, SeqCst);
         self.queued.fetch_add(queued.bytes, SeqCst);
         self.copied.fetch_add(queued.copied(), SeqCst);
-        crate::busy_poll::note_activity();
         if q.tx.send(Outgoing::Data(chunks, queued)).is_err() {
             q.queued.fetch_sub(queued.bytes, SeqCst);
             self.queued.fetch_sub(queued.bytes, SeqCst);
@@ -500,7 +499,6 @@ pub(crate) async fn write_loop(
             return;
         }
         bufs.clear();
-        crate::busy_poll::note_activity();
         shared.dequeued(lane, n);
         match end.take() {
             None => {}

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use quic_dist_transport::certs::{generate_ca, generate_node, Validity};
 use quic_dist_transport::direct::{Connection, Endpoint};
 use quic_dist_transport::{TlsMaterial, TransportOptions};
-use quinn_proto::{Dir, Event, StreamId};
+use quinn_proto::{Dir, StreamId};
 
 /// Counts receives, so that a test thread can wait for the next one.
 #[derive(Default)]
@@ -110,14 +110,7 @@ fn connected_pair(opts: &TransportOptions) -> (Side, Arc<Connection>, Side, Arc<
         .ep
         .connect(tls.client_config(opts).unwrap(), addr, "localhost")
         .unwrap();
-    let mut connected = false;
-    wait_for(&client.activity, "the handshake", || {
-        connected |= c
-            .take_events()
-            .iter()
-            .any(|e| matches!(e, Event::Connected));
-        connected.then_some(())
-    });
+    wait_for(&client.activity, "the handshake", || c.is_connected().then_some(()));
     let s = wait_for(&server.activity, "the accepted connection", || {
         server.ep.accept()
     });
@@ -211,7 +204,6 @@ fn a_transfer_larger_than_the_windows_arrives_whole_and_in_order() {
         if let Some(sid) = sid {
             read_available(&s, sid, &mut got);
         }
-        let _ = c.take_events();
         // Flow control: the receiver's reads open the window; wait for either side to move.
         if seen == (client.activity.current(), server.activity.current()) {
             server.activity.wait_after(seen.1);
@@ -219,13 +211,7 @@ fn a_transfer_larger_than_the_windows_arrives_whole_and_in_order() {
     }
     assert_eq!(got.len(), total);
     assert!(got == data, "bytes differ");
-    let events = s.take_events();
-    assert!(
-        !events
-            .iter()
-            .any(|e| matches!(e, Event::ConnectionLost { .. })),
-        "connection lost: {events:?}"
-    );
+    assert!(s.lost().is_none(), "connection lost: {:?}", s.lost());
 }
 
 #[test]

@@ -31,7 +31,7 @@ const HOST: &str = "localhost";
 fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_test_writer()
-        .with_max_level(tracing::Level::DEBUG)
+        .with_max_level(tracing::Level::INFO)
         .try_init();
 }
 

@@ -50,7 +50,13 @@ struct State {
     accepted: Vec<Arc<Connection>>,
     /// Closed: new connections are refused.
     refusing: bool,
+    /// Incoming connections refused at their first packet, not yet taken by
+    /// [`Endpoint::take_refused`] (at most [`REFUSALS_KEPT`]).
+    refused: Vec<(SocketAddr, quinn_proto::ConnectionError)>,
 }
+
+/// Refusals kept for [`Endpoint::take_refused`] between two calls; a flood beyond is dropped.
+const REFUSALS_KEPT: usize = 64;
 
 /// One QUIC connection of an [`Endpoint`].
 #[derive(Debug)]
@@ -63,8 +69,6 @@ pub struct Connection {
 #[derive(Debug)]
 pub(super) struct ConnState {
     pub(super) conn: quinn_proto::Connection,
-    /// Application events taken from quinn-proto, for the connection's user.
-    events: Vec<Event>,
     transmit: Vec<u8>,
     /// When quinn-proto wants to be driven next (its `poll_timeout`).
     armed: Option<Instant>,
@@ -115,6 +119,7 @@ impl Endpoint {
                     conns: HashMap::new(),
                     accepted: Vec::new(),
                     refusing: false,
+                    refused: Vec::new(),
                 }),
                 max_datagram,
                 loopback_server,
@@ -162,7 +167,6 @@ impl Endpoint {
             handle,
             state: Mutex::new(ConnState {
                 conn,
-                events: Vec::new(),
                 transmit: Vec::new(),
                 armed: None,
                 queued: None,
@@ -179,6 +183,12 @@ impl Endpoint {
     pub fn accept(&self) -> Option<Arc<Connection>> {
         let mut state = lock(&self.inner.state);
         (!state.accepted.is_empty()).then(|| state.accepted.remove(0))
+    }
+
+    /// Incoming connections refused at their first packet since the last call (bad packets,
+    /// a TLS hello that cannot be served), with why.
+    pub fn take_refused(&self) -> Vec<(SocketAddr, quinn_proto::ConnectionError)> {
+        std::mem::take(&mut lock(&self.inner.state).refused)
     }
 
     /// Closes every connection, telling the peers `reason`, and refuses new ones from now on.
@@ -278,6 +288,9 @@ impl Endpoint {
                                 }
                                 Err(e) => {
                                     debug!(from = %d.from, error = %e.cause, "incoming connection refused");
+                                    if state.refused.len() < REFUSALS_KEPT {
+                                        state.refused.push((d.from, e.cause));
+                                    }
                                     if let Some(t) = e.response {
                                         let _ = self.inner.socket.send(&t, &response[..t.size]);
                                     }
@@ -332,10 +345,14 @@ impl Connection {
         }
     }
 
-    /// Application events since the last call (handshake done, streams readable or writable,
-    /// connection lost).
-    pub fn take_events(&self) -> Vec<Event> {
-        std::mem::take(&mut lock(&self.state).events)
+    /// Whether the handshake is complete.
+    pub fn is_connected(&self) -> bool {
+        !lock(&self.state).conn.is_handshaking()
+    }
+
+    /// Why the connection ended, if it has.
+    pub fn lost(&self) -> Option<quinn_proto::ConnectionError> {
+        lock(&self.state).lost.clone()
     }
 
     /// Whether the connection is over and its state gone.
@@ -382,7 +399,6 @@ impl Connection {
             if let Event::ConnectionLost { reason } = &event {
                 st.lost = Some(reason.clone());
             }
-            st.events.push(event);
             woke = true;
         }
         let waiters = if woke {

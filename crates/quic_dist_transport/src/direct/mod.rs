@@ -1,5 +1,4 @@
-//! QUIC driven by the threads that use it, without an I/O thread of its own (work in
-//! progress: not used by the carrier yet).
+//! QUIC driven by the threads that use it, without an I/O thread of its own.
 //!
 //! The carrier today hands every message to a tokio thread running quinn, which hands received
 //! ones back: two thread hand-offs each way, most of its round trip on a 2-core machine
