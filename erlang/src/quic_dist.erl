@@ -18,13 +18,18 @@
 %%%                   └─ input handler: receives batches of packets from the NIF,
 %%%                      calls dist_ctrl_put_data, acknowledges consumed bytes
 %%%
-%%%  quic_dist_log (childspec, started before net_kernel): starts the NIF runtime and
-%%%  turns Rust `tracing' events into `logger' events.
+%%%  receiver (quic_dist_receiver, high priority, one per node, not linked): woken by ERTS
+%%%      when the UDP socket is readable; one NIF call reads a bounded batch, runs QUIC and
+%%%      sends packets to the input handlers, connections to the acceptor, results to
+%%%      connecting processes.
 %%%
-%%%  NIF (Rust): one tokio runtime on one thread (busy-polling briefly after work), one quinn
-%%%  endpoint (one UDP socket) per node; per connection and stream a reader task and a writer
-%%%  task. Nothing in the NIF blocks a scheduler; conn_send counts its work against the
-%%%  controller's time slice.
+%%%  quic_dist_log (childspec, started before net_kernel): loads the NIF and turns Rust
+%%%  `tracing' events into `logger' events.
+%%%
+%%%  NIF (Rust): one QUIC endpoint (one UDP socket) per node, driven by the calling scheduler:
+%%%  conn_send encrypts and sends in the controller's call, endpoint_receive in the receiver's;
+%%%  one Rust thread runs QUIC's timers only. Nothing in the NIF blocks a scheduler; both calls
+%%%  count their work against the caller's time slice.
 %%% '''
 %%%
 %%% The "socket" that dist_util passes to our funs is the tuple
