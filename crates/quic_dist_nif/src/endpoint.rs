@@ -147,9 +147,12 @@ fn endpoint_open<'a>(
     let opts = transport_options(opts)?;
     Ok(
         match DistEndpoint::bind(addr, &material, listen, opts).and_then(|ep| {
-            let socket = ep.socket_handle().map_err(|source| TransportError::Bind { addr, source })?;
-            let watch = SocketWatch::new(&socket).map_err(|e| {
-                TransportError::Bind { addr, source: std::io::Error::other(e.to_string()) }
+            let socket = ep
+                .socket_handle()
+                .map_err(|source| TransportError::Bind { addr, source })?;
+            let watch = SocketWatch::new(&socket).map_err(|e| TransportError::Bind {
+                addr,
+                source: std::io::Error::other(e.to_string()),
             })?;
             Ok(EndpointRes { ep, watch })
         }) {

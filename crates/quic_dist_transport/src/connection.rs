@@ -516,7 +516,11 @@ impl Drop for DistConnection {
 /// A transport-level close by the peer (typically a TLS alert: the peer refused our certificate)
 /// is logged, once per connection: with TLS 1.3 a client learns of it only after its own side of
 /// the handshake, and the Erlang side may be gone before it could log it.
-pub(crate) fn closed_reason(conn: &compat::Connection, shared: &Shared, fallback: String) -> String {
+pub(crate) fn closed_reason(
+    conn: &compat::Connection,
+    shared: &Shared,
+    fallback: String,
+) -> String {
     let Some(close) = conn.close_reason() else {
         return fallback;
     };

@@ -63,7 +63,9 @@ pub(crate) async fn control_reader(
                     // A graceful shutdown ends the data streams first: let their readers deliver
                     // what they still have, then wait (bounded) for the peer to close with its
                     // reason, once it has our acknowledgement of the end of the stream.
-                    let _ = conn.timeout(SHUTDOWN_GRACE, data_readers_done(&shared)).await;
+                    let _ = conn
+                        .timeout(SHUTDOWN_GRACE, data_readers_done(&shared))
+                        .await;
                     match conn.timeout(SHUTDOWN_GRACE, conn.closed()).await {
                         Ok(e) => describe_close(&e),
                         Err(_) => "peer finished its stream".to_string(),

@@ -532,12 +532,13 @@ async fn finish_data_streams(conn: &compat::Connection, shared: &Shared) {
             waits.push(rx);
         }
     }
-    let _ = conn.timeout(SHUTDOWN_GRACE, async {
-        for w in waits {
-            let _ = w.await;
-        }
-    })
-    .await;
+    let _ = conn
+        .timeout(SHUTDOWN_GRACE, async {
+            for w in waits {
+                let _ = w.await;
+            }
+        })
+        .await;
 }
 
 /// Ends the control stream after everything written so far, waits until the peer has

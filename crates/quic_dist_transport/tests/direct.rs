@@ -110,7 +110,9 @@ fn connected_pair(opts: &TransportOptions) -> (Side, Arc<Connection>, Side, Arc<
         .ep
         .connect(tls.client_config(opts).unwrap(), addr, "localhost")
         .unwrap();
-    wait_for(&client.activity, "the handshake", || c.is_connected().then_some(()));
+    wait_for(&client.activity, "the handshake", || {
+        c.is_connected().then_some(())
+    });
     let s = wait_for(&server.activity, "the accepted connection", || {
         server.ep.accept()
     });

@@ -414,7 +414,7 @@ impl Connection {
         };
         st.armed = next;
         if let Some(at) = next {
-            if st.queued.is_none_or(|q| at < q) {
+            if st.queued.map_or(true, |q| at < q) {
                 st.queued = Some(at);
                 ep.timers.arm(at, Arc::downgrade(self));
             }

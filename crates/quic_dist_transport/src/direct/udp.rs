@@ -22,7 +22,6 @@ pub(crate) struct Socket {
 /// The most one receive can return (the IPv4/IPv6 packet size limit).
 const MAX_RECEIVE: usize = 64 * 1024;
 
-
 /// One datagram received.
 #[derive(Debug)]
 pub(crate) struct Datagram {
