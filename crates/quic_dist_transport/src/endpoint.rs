@@ -99,6 +99,21 @@ fn opts_for_peer(opts: &TransportOptions, peer: SocketAddr) -> TransportOptions 
     }
 }
 
+/// Waits for the QUIC handshake, then opens (`initiator`) or accepts the control stream.
+async fn establish(
+    conn: &crate::direct::compat::Connection,
+    opts: &TransportOptions,
+    initiator: bool,
+) -> Result<DistConnection, crate::direct::StreamError> {
+    conn.0.connected().await?;
+    let (send, recv) = if initiator {
+        conn.open_bi().await?
+    } else {
+        conn.accept_bi().await?
+    };
+    Ok(DistConnection::new(conn.clone(), send, recv, opts))
+}
+
 /// Called with each incoming connection that completed the handshakes.
 type OnConnection = Arc<dyn Fn(DistConnection) + Send + Sync>;
 
@@ -218,17 +233,10 @@ impl DistEndpoint {
         let task_conn = conn.clone();
         conn.spawn(async move {
             let conn = task_conn;
-            let handshake = async {
-                conn.0.connected().await?;
-                let (send, recv) = conn.accept_bi().await?;
-                Ok::<_, crate::direct::StreamError>(DistConnection::new(
-                    conn.clone(),
-                    send,
-                    recv,
-                    &opts,
-                ))
-            };
-            match conn.timeout(opts.handshake_timeout, handshake).await {
+            match conn
+                .timeout(opts.handshake_timeout, establish(&conn, &opts, false))
+                .await
+            {
                 Ok(Ok(dist)) => {
                     debug!(%remote, "accepted quic connection");
                     match on_connection {
@@ -287,17 +295,10 @@ impl DistEndpoint {
         let task_conn = conn.clone();
         conn.spawn(async move {
             let conn = task_conn;
-            let handshake = async {
-                conn.0.connected().await?;
-                let (send, recv) = conn.open_bi().await?;
-                Ok::<_, crate::direct::StreamError>(DistConnection::new(
-                    conn.clone(),
-                    send,
-                    recv,
-                    &opts,
-                ))
-            };
-            let result = match conn.timeout(opts.handshake_timeout, handshake).await {
+            let result = match conn
+                .timeout(opts.handshake_timeout, establish(&conn, &opts, true))
+                .await
+            {
                 Ok(Ok(dist)) => Ok(dist),
                 Ok(Err(crate::direct::StreamError::ConnectionLost(e))) => {
                     Err(TransportError::Connection(e))
