@@ -22,10 +22,11 @@ use crate::select::SocketWatch;
 use crate::terms::{decode_ip, error_tuple};
 use crate::{halt, logging};
 
-/// Receive batches (up to 32 datagrams each) one `endpoint_receive` call handles before it
+/// Receive batches (up to 8 datagrams each) one `endpoint_receive` call handles before it
 /// returns, so that a flood of datagrams cannot hold a scheduler: the watch, armed again, says
-/// at once that more is waiting.
-const RECEIVE_BATCHES_PER_CALL: usize = 16;
+/// at once that more is waiting. One: the receiver then yields between batches and the input
+/// handlers it fed run beside it (bulk between two nodes: 1.4 GB/s with one batch of 32
+/// datagrams per call, 1.15 with 16 of them).
 
 /// The node's QUIC endpoint, held by the Erlang side as a resource.
 pub struct EndpointRes {

@@ -5,7 +5,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 
 use bytes::BytesMut;
-use quinn::udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
+use quinn::udp::{RecvMeta, Transmit, UdpSocketState};
 
 /// A bound, non-blocking UDP socket. Any thread may send and receive at any time: the kernel
 /// serialises them.
@@ -18,6 +18,12 @@ pub(crate) struct Socket {
     /// saved that copy but cost a page fault and the zeroing of each fresh page instead.)
     buffer: std::sync::Mutex<Vec<u8>>,
 }
+
+/// Datagrams (or GRO batches) one receive takes at most. Fewer than quinn-udp's 32: what a
+/// receive took is decrypted and delivered before the receiving process yields, and smaller
+/// steps let the input handlers work beside it sooner (1 MiB messages between two nodes on
+/// 2 cores: 1.4-1.8 GB/s with 8, 1.0-1.4 with 2 or 4, 1.1-1.2 with 16 or 32).
+const RECV_BATCH: usize = 8;
 
 /// The most one receive can return (the IPv4/IPv6 packet size limit).
 const MAX_RECEIVE: usize = 64 * 1024;
@@ -84,12 +90,12 @@ impl Socket {
         // make the buffer huge (64 GRO segments of 64 KiB datagrams: 4 MiB a slot).
         let slot = (max_datagram * self.state.gro_segments().max(1)).min(MAX_RECEIVE);
         let mut buffer = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
-        if buffer.len() < slot * BATCH_SIZE {
-            *buffer = vec![0; slot * BATCH_SIZE];
+        if buffer.len() < slot * RECV_BATCH {
+            *buffer = vec![0; slot * RECV_BATCH];
         }
-        let mut meta = [RecvMeta::default(); BATCH_SIZE];
+        let mut meta = [RecvMeta::default(); RECV_BATCH];
         let n = {
-            let mut slices: Vec<IoSliceMut> = buffer[..slot * BATCH_SIZE]
+            let mut slices: Vec<IoSliceMut> = buffer[..slot * RECV_BATCH]
                 .chunks_mut(slot)
                 .map(IoSliceMut::new)
                 .collect();
