@@ -18,13 +18,18 @@
 %%%                   └─ input handler: receives batches of packets from the NIF,
 %%%                      calls dist_ctrl_put_data, acknowledges consumed bytes
 %%%
-%%%  quic_dist_log (childspec, started before net_kernel): starts the NIF runtime and
-%%%  turns Rust `tracing' events into `logger' events.
+%%%  receiver (quic_dist_receiver, high priority, one per node, not linked): woken by ERTS
+%%%      when the UDP socket is readable; one NIF call reads a bounded batch, runs QUIC and
+%%%      sends packets to the input handlers, connections to the acceptor, results to
+%%%      connecting processes.
 %%%
-%%%  NIF (Rust): one tokio runtime on one thread (busy-polling briefly after work), one quinn
-%%%  endpoint (one UDP socket) per node; per connection and stream a reader task and a writer
-%%%  task. Nothing in the NIF blocks a scheduler; conn_send counts its work against the
-%%%  controller's time slice.
+%%%  quic_dist_log (childspec, started before net_kernel): loads the NIF and turns Rust
+%%%  `tracing' events into `logger' events.
+%%%
+%%%  NIF (Rust): one QUIC endpoint (one UDP socket) per node, driven by the calling scheduler:
+%%%  conn_send encrypts and sends in the controller's call, endpoint_receive in the receiver's;
+%%%  one Rust thread runs QUIC's timers only. Nothing in the NIF blocks a scheduler; both calls
+%%%  count their work against the caller's time slice.
 %%% '''
 %%%
 %%% The "socket" that dist_util passes to our funs is the tuple
@@ -74,6 +79,7 @@ listen(Name, Host) ->
     quic_dist_log:ensure_started(Opts),
     case open_listen_endpoint(Opts, Host, port_candidates(Opts)) of
         {ok, Ep, Ip} ->
+            {ok, _} = quic_dist_receiver:start(Ep),
             Port = quic_dist_nif:endpoint_port(Ep),
             case register_with_epmd(Name, Port) of
                 {ok, Creation} ->
@@ -86,6 +92,7 @@ listen(Name, Host) ->
                           Creation}};
                 Error ->
                     quic_dist_nif:endpoint_close(Ep, <<"epmd registration failed">>),
+                    quic_dist_receiver:stop(),
                     Error
             end;
         {error, Reason} = Error ->
@@ -120,7 +127,8 @@ setup(Node, Type, MyNode, LongOrShortNames, SetupTime) ->
 -spec close(term()) -> ok.
 close(Ep) ->
     _ = persistent_term:erase(?ENDPOINT_KEY),
-    quic_dist_nif:endpoint_close(Ep, <<"node stopping">>).
+    quic_dist_nif:endpoint_close(Ep, <<"node stopping">>),
+    quic_dist_receiver:stop().
 
 %% @doc True if Node's host resolves to an address this carrier can reach.
 -spec select(node()) -> boolean().
@@ -331,6 +339,7 @@ endpoint() ->
                                              quic_dist_opts:tls(Opts, Host),
                                              quic_dist_opts:transport(Opts)) of
                 {ok, Ep} ->
+                    {ok, _} = quic_dist_receiver:start(Ep),
                     persistent_term:put(?ENDPOINT_KEY, Ep),
                     persistent_term:put(?OPTS_KEY, Opts),
                     log_mode("client only (not listening)", Opts),

@@ -1,7 +1,7 @@
-%%% @doc Starts the NIF runtime and forwards the Rust side's `tracing' events to `logger'.
+%%% @doc Loads the NIF and forwards the Rust side's `tracing' events to `logger'.
 %%%
-%%% Started by quic_dist:childspecs/0 under net_sup, before net_kernel, so the runtime exists
-%%% when net_kernel calls listen. A crash here would restart all of distribution
+%%% Started by quic_dist:childspecs/0 under net_sup, before net_kernel, so the NIF is loaded
+%%% and logs when net_kernel calls listen. A crash here would restart all of distribution
 %%% (net_sup is one_for_all with intensity 0), so the loop only formats and logs.
 -module(quic_dist_log).
 
@@ -11,7 +11,7 @@
 
 -define(DEFAULT_FILTER, "quic_dist_transport=info,quic_dist_nif=info,quinn=warn,quinn_proto=warn").
 
-%% @doc Starts the registered log process and the NIF runtime.
+%% @doc Starts the registered log process (and loads the NIF).
 -spec start_link() -> {ok, pid()} | {error, term()}.
 start_link() ->
     start([link]).
@@ -27,7 +27,7 @@ log_when_ready(Level, Format, Args) ->
     end,
     ok.
 
-%% @doc Makes sure the runtime runs (distribution started without our childspec).
+%% @doc Makes sure the NIF is loaded and logs (distribution started without our childspec).
 -spec ensure_started(map()) -> ok.
 ensure_started(_Opts) ->
     case whereis(?MODULE) of
@@ -49,25 +49,24 @@ init(Parent) ->
     case catch register(?MODULE, self()) of
         true ->
             Opts = quic_dist_opts:get(),
-            Runtime = quic_dist_opts:runtime(Opts),
             Filter = unicode:characters_to_binary(maps:get(log_filter, Opts, ?DEFAULT_FILTER)),
-            case load_and_init(Runtime, Filter) of
+            case load_and_init(Filter) of
                 ok ->
                     Parent ! {self(), started},
                     loop();
                 {error, _} = Error ->
-                    ?LOG_ERROR("quic_dist cannot start its runtime: ~ts", [element(2, Error)],
+                    ?LOG_ERROR("quic_dist cannot start its logging: ~ts", [element(2, Error)],
                                #{}),
                     Parent ! {self(), Error}
             end;
         _ ->
-            %% Another instance won the race; it owns the runtime and logging.
+            %% Another instance won the race; it owns the logging.
             Parent ! {self(), started}
     end.
 
-load_and_init({Threads, BusyPollUs}, Filter) ->
+load_and_init(Filter) ->
     case quic_dist_nif:load() of
-        ok -> quic_dist_nif:runtime_init(Threads, BusyPollUs, self(), Filter);
+        ok -> quic_dist_nif:log_init(self(), Filter);
         {error, Reason} -> {error, io_lib:format("cannot load the NIF: ~p", [Reason])}
     end.
 

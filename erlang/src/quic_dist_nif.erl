@@ -9,8 +9,9 @@
 -module(quic_dist_nif).
 
 -export([load/0, nif_memory/0]).
--export([runtime_init/4,
-         endpoint_open/5, endpoint_port/1, endpoint_accept/2, endpoint_close/2, connect/6,
+-export([log_init/2,
+         endpoint_open/5, endpoint_port/1, endpoint_accept/2, endpoint_receive/1,
+         endpoint_unwatch/1, endpoint_close/2, connect/6,
          conn_start/3, conn_send/2, conn_data_mode/2, conn_open_input/1, conn_tick/1, conn_ack/3, conn_getstat/1, conn_stats/1,
          conn_info/1, conn_peer_names/2, conn_shutdown/2,
          unix_now/0, gen_ca/3, gen_intermediate/5, gen_node_cert/6]).
@@ -52,8 +53,18 @@ priv_dir() ->
             end
     end.
 
--spec runtime_init(pos_integer(), non_neg_integer(), pid(), binary()) -> ok | {error, binary()}.
-runtime_init(_Threads, _BusyPollUs, _LogPid, _LogFilter) -> ?NOT_LOADED.
+%% Forwards the NIF's log events (filtered by LogFilter, tracing's syntax) to LogPid.
+-spec log_init(pid(), binary()) -> ok | {error, binary()}.
+log_init(_LogPid, _LogFilter) -> ?NOT_LOADED.
+
+%% Reads the endpoint's socket on the caller's scheduler (QUIC, deliveries, new connections),
+%% then arms a `{select, _, undefined, ready_input}' message to the caller for the next datagram.
+-spec endpoint_receive(reference()) -> ok | {error, binary()}.
+endpoint_receive(_Ep) -> ?NOT_LOADED.
+
+%% Stops the `select' messages of endpoint_receive/1.
+-spec endpoint_unwatch(reference()) -> ok.
+endpoint_unwatch(_Ep) -> ?NOT_LOADED.
 
 -spec endpoint_open(inet:ip_address(), inet:port_number(), boolean(), map(), map()) ->
           {ok, reference()} | {error, binary()}.

@@ -4,17 +4,14 @@
 %%% Read during boot, before the file server runs: files are read with prim_file.
 -module(quic_dist_opts).
 
--export([get/0, tls/2, transport/1, runtime/1, streams/1, mailbox_limit/1, mode/1, describe_mode/1,
+-export([get/0, tls/2, transport/1, streams/1, mailbox_limit/1, mode/1, describe_mode/1,
          parse_pairs/1]).
 
 -define(KEYS, [certfile, keyfile, cacertfile, password, verify_node_name, allowed_subjects,
-               insecure, port, ip, threads, busy_poll_us, log_filter,
+               insecure, port, ip, log_filter,
                idle_timeout_ms, handshake_timeout_ms, max_frame,
                stream_window, connection_window, mixed_window, streams, mailbox_limit,
                congestion]).
-
-%% Microseconds the runtime's thread keeps polling after work before it sleeps.
--define(DEFAULT_BUSY_POLL_US, 500).
 
 %% Data streams per direction unless the `streams' option says otherwise (see the README).
 -define(DEFAULT_STREAMS, 8).
@@ -87,21 +84,6 @@ transport(Opts) ->
     (maps:with([idle_timeout_ms, handshake_timeout_ms, max_frame, stream_window,
                 connection_window, mixed_window], Opts))#{streams => streams(Opts),
                                             congestion => congestion(Opts)}.
-
-%% @doc The NIF's runtime: tokio threads, and how long (microseconds) its one thread keeps
-%% polling after work before it sleeps (see the README).
--spec runtime(opts()) -> {pos_integer(), non_neg_integer()}.
-runtime(Opts) ->
-    Threads = case maps:get(threads, Opts, 1) of
-                  T when is_integer(T), T >= 1, T =< 64 -> T;
-                  OtherT -> error({bad_option, threads, OtherT, "an integer from 1 to 64"})
-              end,
-    BusyPoll = case maps:get(busy_poll_us, Opts, ?DEFAULT_BUSY_POLL_US) of
-                   B when is_integer(B), B >= 0, B =< 1000000 -> B;
-                   OtherB -> error({bad_option, busy_poll_us, OtherB,
-                                    "an integer from 0 to 1000000 (microseconds)"})
-               end,
-    {Threads, BusyPoll}.
 
 %% @doc The congestion controller: cubic (the default), bbr or new_reno.
 -spec congestion(opts()) -> bbr | cubic | new_reno.
@@ -205,8 +187,7 @@ parse_terms(String, Acc) ->
 
 %%% Conversions of command-line strings
 
-convert(Key, V) when Key =:= port; Key =:= threads; Key =:= busy_poll_us;
-                     Key =:= idle_timeout_ms;
+convert(Key, V) when Key =:= port; Key =:= idle_timeout_ms;
                      Key =:= handshake_timeout_ms; Key =:= max_frame;
                      Key =:= stream_window; Key =:= connection_window; Key =:= streams;
                      Key =:= mixed_window;

@@ -16,7 +16,7 @@ defmodule QuicDistTest do
       {:ok, app} = :application.get_all_key(:quic_dist)
       assert :quic_dist in app[:modules] and :quic_dist_nif in app[:modules]
       assert QuicDist in app[:modules]
-      assert app[:registered] == [:quic_dist_log]
+      assert app[:registered] == [:quic_dist_log, :quic_dist_receiver]
     end
 
     test "this test VM is not distributed over QUIC: the API says so instead of failing" do

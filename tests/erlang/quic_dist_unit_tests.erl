@@ -20,10 +20,10 @@ parse_pairs_files_stay_strings_test() ->
                                              "log_filter", "quinn=debug"])).
 
 parse_pairs_integers_test() ->
-    ?assertEqual(#{port => 4370, threads => 3, idle_timeout_ms => 30000,
+    ?assertEqual(#{port => 4370, streams => 3, idle_timeout_ms => 30000,
                    handshake_timeout_ms => 5000, max_frame => 1048576,
                    stream_window => 16777216, connection_window => 67108864},
-                 quic_dist_opts:parse_pairs(["port", "4370", "threads", "3",
+                 quic_dist_opts:parse_pairs(["port", "4370", "streams", "3",
                                              "idle_timeout_ms", "30000",
                                              "handshake_timeout_ms", "5000",
                                              "max_frame", "1048576",

@@ -6,11 +6,12 @@
 //!   `[{EncodedPidOrName :: binary(), Bytes}]`) and `{quic_dist_closed, Reason}`
 //! - controller: `quic_dist_writable`, `{quic_dist_stream_writable, Stream}`
 
-use std::cell::RefCell;
 use std::sync::Arc;
 
 use quic_dist_transport::{ConnectionEvents, DistConnection, PacketBatch, SendStatus};
-use rustler::{Atom, Encoder, Env, LocalPid, NifResult, OwnedEnv, Resource, ResourceArc, Term};
+use rustler::{Atom, Encoder, Env, LocalPid, NifResult, Resource, ResourceArc, Term};
+
+use crate::caller;
 
 use crate::atoms;
 use crate::lend::Lender;
@@ -32,20 +33,6 @@ impl ConnRes {
     }
 }
 
-thread_local! {
-    // One reusable environment per tokio worker: sending is on the hot path.
-    static SEND_ENV: RefCell<OwnedEnv> = RefCell::new(OwnedEnv::new());
-}
-
-fn send_from_worker<F>(pid: &LocalPid, build: F)
-where
-    F: for<'a> FnOnce(Env<'a>) -> Term<'a>,
-{
-    SEND_ENV.with(|cell| {
-        let _ = cell.borrow_mut().send_and_clear(pid, build);
-    });
-}
-
 struct ErlangEvents {
     input: LocalPid,
     controller: LocalPid,
@@ -53,7 +40,7 @@ struct ErlangEvents {
 
 impl ConnectionEvents for ErlangEvents {
     fn packets(&self, batch: PacketBatch) {
-        send_from_worker(&self.input, |env| {
+        caller::send(&self.input, move |env| {
             let list: Vec<Term> = batch
                 .packets
                 .iter()
@@ -76,19 +63,19 @@ impl ConnectionEvents for ErlangEvents {
     }
 
     fn closed(&self, reason: String) {
-        send_from_worker(&self.input, |env| {
+        caller::send(&self.input, move |env| {
             (atoms::quic_dist_closed(), reason).encode(env)
         });
     }
 
     fn writable(&self) {
-        send_from_worker(&self.controller, |env| {
+        caller::send(&self.controller, move |env| {
             atoms::quic_dist_writable().encode(env)
         });
     }
 
     fn stream_writable(&self, stream: usize) {
-        send_from_worker(&self.controller, |env| {
+        caller::send(&self.controller, move |env| {
             (atoms::quic_dist_stream_writable(), stream).encode(env)
         });
     }
@@ -102,6 +89,7 @@ fn conn_start<'a>(
     input: LocalPid,
     controller: LocalPid,
 ) -> Term<'a> {
+    let _caller = caller::enter(env);
     match conn
         .conn
         .start(Arc::new(ErlangEvents { input, controller }))
@@ -120,6 +108,7 @@ fn conn_send<'a>(
     conn: ResourceArc<ConnRes>,
     packets: Term<'a>,
 ) -> NifResult<Term<'a>> {
+    let _caller = caller::enter(env);
     let mut batch = conn.conn.batch();
     let mut lender = Lender::default();
     for packet in packets.into_list_iterator()? {
@@ -164,6 +153,7 @@ fn timeslice_percent(bytes: usize) -> i32 {
 /// control stream, in one order). Called by the controller before its first data packet.
 #[rustler::nif]
 fn conn_data_mode<'a>(env: Env<'a>, conn: ResourceArc<ConnRes>, streams: usize) -> Term<'a> {
+    let _caller = caller::enter(env);
     match conn.conn.start_data_streams(streams) {
         Ok(()) => atoms::ok().encode(env),
         Err(e) => error_tuple(env, e),
@@ -172,21 +162,24 @@ fn conn_data_mode<'a>(env: Env<'a>, conn: ResourceArc<ConnRes>, streams: usize) 
 
 /// The input handler is in data mode: deliver the peer's data streams from now on.
 #[rustler::nif]
-fn conn_open_input(conn: ResourceArc<ConnRes>) -> Atom {
+fn conn_open_input(env: Env, conn: ResourceArc<ConnRes>) -> Atom {
+    let _caller = caller::enter(env);
     conn.conn.open_input();
     atoms::ok()
 }
 
 /// Sends a tick on the control stream (ahead of any data). Never blocks.
 #[rustler::nif]
-fn conn_tick(conn: ResourceArc<ConnRes>) -> Atom {
+fn conn_tick(env: Env, conn: ResourceArc<ConnRes>) -> Atom {
+    let _caller = caller::enter(env);
     let _ = conn.conn.tick();
     atoms::ok()
 }
 
 /// The input handler consumed `bytes` of the packets delivered on `channel`.
 #[rustler::nif]
-fn conn_ack(conn: ResourceArc<ConnRes>, channel: usize, bytes: usize) -> Atom {
+fn conn_ack(env: Env, conn: ResourceArc<ConnRes>, channel: usize, bytes: usize) -> Atom {
+    let _caller = caller::enter(env);
     conn.conn.ack(channel, bytes);
     atoms::ok()
 }
@@ -309,7 +302,8 @@ fn conn_peer_names(conn: ResourceArc<ConnRes>, host: String) -> bool {
 /// Closes gracefully: queued packets still go, then the stream ends and the connection closes
 /// once the peer acknowledged it (bounded). Never blocks.
 #[rustler::nif]
-fn conn_shutdown(conn: ResourceArc<ConnRes>, reason: String) -> Atom {
+fn conn_shutdown(env: Env, conn: ResourceArc<ConnRes>, reason: String) -> Atom {
+    let _caller = caller::enter(env);
     conn.conn.shutdown(&reason);
     atoms::ok()
 }

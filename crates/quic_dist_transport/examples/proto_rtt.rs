@@ -13,8 +13,8 @@
 //! wake-ups alone. `sleep` (the default) blocks in `recvfrom` until a datagram or quinn's next
 //! timer; `spin` polls the socket without sleeping.
 //!
-//! Compare with `examples/quinn_rtt.rs` (quinn with a tokio thread per endpoint, handing work
-//! between threads as the carrier does today).
+//! The carrier drives quinn-proto the same way (`quic_dist_transport::direct`), from Erlang
+//! schedulers instead of plain threads.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;

@@ -420,9 +420,9 @@ fn main() {
                 &loopback_tls(&ca),
                 true,
                 opts.clone(),
-                tokio::runtime::Handle::current(),
             )
             .expect("bind server");
+            watch(&ep);
             server_addr = ep.local_addr().expect("addr");
             let (tx, rx) = mpsc::unbounded_channel();
             ep.accept_loop(move |c| {
@@ -459,9 +459,9 @@ fn main() {
             &loopback_tls(&ca),
             false,
             opts.clone(),
-            tokio::runtime::Handle::current(),
         )
         .expect("bind client");
+        watch(&client_ep);
         let conn = client_ep
             .connect(server_addr, "localhost")
             .await
@@ -523,5 +523,21 @@ fn main() {
             print_stats("server", &s.conn.stats());
         }
         client.conn.close("done");
+    });
+}
+
+/// Reads the endpoint's socket whenever it is readable (the carrier's receiver process does
+/// this on `enif_select` messages).
+fn watch(ep: &DistEndpoint) {
+    let ep = ep.clone();
+    let socket = tokio::net::UdpSocket::from_std(ep.socket_handle().expect("socket handle"))
+        .expect("tokio socket");
+    tokio::spawn(async move {
+        while socket.readable().await.is_ok() {
+            let _ = socket.try_io(tokio::io::Interest::READABLE, || {
+                ep.receive()?;
+                Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+            });
+        }
     });
 }

@@ -1,5 +1,5 @@
-//! wake_cost: what waking a sleeping thread costs on this machine, the cost that busy polling
-//! avoids (see `quic_dist_transport::busy_poll`).
+//! wake_cost: what waking a sleeping thread costs on this machine, the cost that every hand-off
+//! between threads pays (why the transport runs on the threads that use it, see `direct`).
 //!
 //! ```text
 //! cargo run --release -p quic_dist_transport --example wake_cost

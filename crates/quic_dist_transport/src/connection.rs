@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, Notify};
 use tracing::warn;
 
 use crate::config::TransportOptions;
+use crate::direct::compat;
 use crate::error::TransportError;
 use crate::recv::{accept_data_streams, control_reader};
 use crate::send::{data_writer, write_loop, Lane, Outgoing, Queued, SendBatch, StreamQueue};
@@ -181,16 +182,15 @@ impl Shared {
 
 /// One distribution connection to a peer node.
 pub struct DistConnection {
-    pub(crate) conn: quinn::Connection,
+    pub(crate) conn: compat::Connection,
     pub(crate) shared: Arc<Shared>,
     unstarted: Mutex<
         Option<(
-            quinn::SendStream,
-            quinn::RecvStream,
+            compat::SendStream,
+            compat::RecvStream,
             mpsc::UnboundedReceiver<Outgoing>,
         )>,
     >,
-    runtime: tokio::runtime::Handle,
     pub(crate) encoder: FrameEncoder,
     max_frame: usize,
     /// The configured send window, and the smallest one while traffic is mixed (see
@@ -209,10 +209,9 @@ impl std::fmt::Debug for DistConnection {
 
 impl DistConnection {
     pub(crate) fn new(
-        conn: quinn::Connection,
-        send: quinn::SendStream,
-        recv: quinn::RecvStream,
-        runtime: tokio::runtime::Handle,
+        conn: compat::Connection,
+        send: compat::SendStream,
+        recv: compat::RecvStream,
         opts: &TransportOptions,
     ) -> Self {
         let max_frame = opts.max_frame;
@@ -241,7 +240,6 @@ impl DistConnection {
                 readers_changed: Notify::new(),
             }),
             unstarted: Mutex::new(Some((send, recv, rx))),
-            runtime,
             encoder: FrameEncoder::new(max_frame),
             max_frame,
             send_window: opts.send_window,
@@ -265,24 +263,25 @@ impl DistConnection {
         let _ = self.shared.events.set(events);
         // Handshake messages and ticks go before data.
         let _ = send.set_priority(1);
-        self.runtime.spawn(write_loop(
+        self.conn.spawn(write_loop(
             self.conn.clone(),
             send,
             rx,
             self.shared.clone(),
             Lane::Control,
         ));
-        self.runtime.spawn(control_reader(
+        self.conn.spawn(control_reader(
             self.conn.clone(),
             recv,
             self.shared.clone(),
             self.max_frame,
         ));
-        self.runtime.spawn(accept_data_streams(
+        self.conn.spawn(accept_data_streams(
             self.conn.clone(),
             self.shared.clone(),
             self.max_frame,
         ));
+        self.run_tasks();
         Ok(())
     }
 
@@ -298,7 +297,7 @@ impl DistConnection {
         for index in 0..streams {
             let (q, rx) = StreamQueue::new();
             queues.push(q);
-            self.runtime.spawn(data_writer(
+            self.conn.spawn(data_writer(
                 self.conn.clone(),
                 index,
                 rx,
@@ -320,6 +319,7 @@ impl DistConnection {
             .lock()
             .map_err(|_| TransportError::Closed)? = (self.mixed_window > 0)
             .then(|| InFlightPolicy::new(streams, self.send_window, self.mixed_window));
+        self.run_tasks();
         Ok(())
     }
 
@@ -328,6 +328,12 @@ impl DistConnection {
     pub fn open_input(&self) {
         self.shared.input_open.store(true, SeqCst);
         self.shared.input_opened.notify_waiters();
+        self.run_tasks();
+    }
+
+    /// Runs the connection's tasks that this thread's calls woke (see `direct::exec`).
+    pub(crate) fn run_tasks(&self) {
+        self.conn.0.run_tasks();
     }
 
     /// A batch of packets to frame in place and queue with one [`SendBatch::submit`].
@@ -346,6 +352,7 @@ impl DistConnection {
         self.shared
             .enqueue(Lane::Control, vec![framed], Queued::owned(len))?;
         self.shared.packets_sent.fetch_add(packets, SeqCst);
+        self.run_tasks();
         Ok(self.shared.send_status())
     }
 
@@ -363,6 +370,7 @@ impl DistConnection {
         self.shared
             .enqueue(Lane::Control, vec![buf.freeze()], Queued::owned(4))?;
         self.shared.packets_sent.fetch_add(1, SeqCst);
+        self.run_tasks();
         Ok(())
     }
 
@@ -376,7 +384,7 @@ impl DistConnection {
             .unacked
             .fetch_update(SeqCst, SeqCst, |u| Some(u.saturating_sub(bytes)));
         ch.credit.notify_one();
-        crate::busy_poll::note_activity();
+        self.run_tasks();
     }
 
     /// Current counters.
@@ -412,7 +420,7 @@ impl DistConnection {
         let (alpn, server_name) = self
             .conn
             .handshake_data()
-            .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+            .and_then(|h| h.downcast::<compat::crypto::rustls::HandshakeData>().ok())
             .map(|h| (h.protocol, h.server_name))
             .unwrap_or((None, None));
         let peer_certificates = self
@@ -460,7 +468,8 @@ impl DistConnection {
     /// Closes the connection now; the peer is told at once.
     pub fn close(&self, reason: &str) {
         self.conn
-            .close(quinn::VarInt::from_u32(CLOSE_NORMAL), reason.as_bytes());
+            .close(compat::VarInt::from_u32(CLOSE_NORMAL), reason.as_bytes());
+        self.run_tasks();
     }
 
     /// Closes gracefully: what is queued is still sent, the streams are ended, and the
@@ -484,10 +493,12 @@ impl DistConnection {
             // instead of at QUIC's idle timeout.
             let conn = self.conn.clone();
             let reason = reason.as_bytes().to_vec();
-            self.runtime.spawn(async move {
-                tokio::time::sleep(SHUTDOWN_LIMIT).await;
-                conn.close(quinn::VarInt::from_u32(CLOSE_NORMAL), &reason);
+            let closer = conn.clone();
+            closer.spawn(async move {
+                conn.sleep(SHUTDOWN_LIMIT).await;
+                conn.close(compat::VarInt::from_u32(CLOSE_NORMAL), &reason);
             });
+            self.run_tasks();
         }
     }
 }
@@ -505,12 +516,16 @@ impl Drop for DistConnection {
 /// A transport-level close by the peer (typically a TLS alert: the peer refused our certificate)
 /// is logged, once per connection: with TLS 1.3 a client learns of it only after its own side of
 /// the handshake, and the Erlang side may be gone before it could log it.
-pub(crate) fn closed_reason(conn: &quinn::Connection, shared: &Shared, fallback: String) -> String {
+pub(crate) fn closed_reason(
+    conn: &compat::Connection,
+    shared: &Shared,
+    fallback: String,
+) -> String {
     let Some(close) = conn.close_reason() else {
         return fallback;
     };
     let reason = describe_close(&close);
-    if matches!(close, quinn::ConnectionError::ConnectionClosed(_))
+    if matches!(close, compat::ConnectionError::ConnectionClosed(_))
         && !shared.peer_error_logged.swap(true, SeqCst)
     {
         warn!(remote = %conn.remote_address(), error = %reason, "peer closed the connection with an error");
@@ -519,13 +534,13 @@ pub(crate) fn closed_reason(conn: &quinn::Connection, shared: &Shared, fallback:
 }
 
 /// A readable account of why a connection closed.
-pub fn describe_close(e: &quinn::ConnectionError) -> String {
+pub fn describe_close(e: &compat::ConnectionError) -> String {
     match e {
-        quinn::ConnectionError::ApplicationClosed(c) => {
+        compat::ConnectionError::ApplicationClosed(c) => {
             format!("closed by peer: {}", String::from_utf8_lossy(&c.reason))
         }
-        quinn::ConnectionError::LocallyClosed => "closed locally".to_string(),
-        quinn::ConnectionError::TimedOut => "idle timeout: no packet from the peer".to_string(),
+        compat::ConnectionError::LocallyClosed => "closed locally".to_string(),
+        compat::ConnectionError::TimedOut => "idle timeout: no packet from the peer".to_string(),
         other => other.to_string(),
     }
 }

@@ -9,7 +9,6 @@ use crate::config::TransportOptions;
 use crate::connection::DistConnection;
 use crate::error::TransportError;
 use crate::tls::TlsMaterial;
-use crate::udp_socket::SizedReceives;
 
 /// Binds the UDP socket with large kernel buffers: bursts of full-size datagrams overflow
 /// the default ones on loopback, and every drop costs a QUIC loss recovery. The kernel caps the
@@ -100,16 +99,47 @@ fn opts_for_peer(opts: &TransportOptions, peer: SocketAddr) -> TransportOptions 
     }
 }
 
-/// A quinn endpoint with the node's TLS configuration.
-#[derive(Debug, Clone)]
+/// Waits for the QUIC handshake, then opens (`initiator`) or accepts the control stream.
+async fn establish(
+    conn: &crate::direct::compat::Connection,
+    opts: &TransportOptions,
+    initiator: bool,
+) -> Result<DistConnection, crate::direct::StreamError> {
+    conn.0.connected().await?;
+    let (send, recv) = if initiator {
+        conn.open_bi().await?
+    } else {
+        conn.accept_bi().await?
+    };
+    Ok(DistConnection::new(conn.clone(), send, recv, opts))
+}
+
+/// Called with each incoming connection that completed the handshakes.
+type OnConnection = Arc<dyn Fn(DistConnection) + Send + Sync>;
+
+/// The node's QUIC endpoint with its TLS configuration.
+///
+/// Driven by its users: [`receive`](Self::receive) when the socket is readable (see
+/// [`socket_handle`](Self::socket_handle)), connections by the calls on them, QUIC timers by
+/// the endpoint's timer thread.
+#[derive(Clone)]
 pub struct DistEndpoint {
-    endpoint: quinn::Endpoint,
-    runtime: tokio::runtime::Handle,
+    endpoint: crate::direct::Endpoint,
     opts: TransportOptions,
-    /// Client and server configurations for loopback peers: path MTU discovery may go up to
-    /// `max_udp_payload` there (see [`TransportOptions::for_loopback`]).
+    client: quinn::ClientConfig,
+    /// For loopback peers: path MTU discovery may go up to `max_udp_payload` there (see
+    /// [`TransportOptions::for_loopback`]).
     loopback_client: quinn::ClientConfig,
-    loopback_server: Option<Arc<quinn::ServerConfig>>,
+    on_connection: Arc<std::sync::Mutex<Option<OnConnection>>>,
+    refusal_log: Arc<RateLimit>,
+}
+
+impl std::fmt::Debug for DistEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DistEndpoint")
+            .field("local", &self.endpoint.local_addr().ok())
+            .finish_non_exhaustive()
+    }
 }
 
 impl DistEndpoint {
@@ -119,9 +149,7 @@ impl DistEndpoint {
         tls: &TlsMaterial,
         listen: bool,
         opts: TransportOptions,
-        runtime: tokio::runtime::Handle,
     ) -> Result<Self, TransportError> {
-        let _guard = runtime.enter();
         let (server, loopback_server) = if listen {
             (
                 Some(tls.server_config(&opts)?),
@@ -132,25 +160,20 @@ impl DistEndpoint {
         };
         let socket = bind_udp(addr, opts.socket_buffer)
             .map_err(|source| TransportError::Bind { addr, source })?;
-        let udp = quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, socket)
-            .map_err(|source| TransportError::Bind { addr, source })?;
-        let endpoint_config = opts.quinn_endpoint();
-        let udp = SizedReceives::new(udp, endpoint_config.get_max_udp_payload_size() as usize);
-        let mut endpoint = quinn::Endpoint::new_with_abstract_socket(
-            endpoint_config,
+        let endpoint = crate::direct::Endpoint::with_loopback_server(
+            socket,
+            opts.quinn_endpoint(),
             server,
-            Arc::new(udp),
-            Arc::new(quinn::TokioRuntime),
+            loopback_server,
         )
         .map_err(|source| TransportError::Bind { addr, source })?;
-        endpoint.set_default_client_config(tls.client_config(&opts)?);
-        let loopback_client = tls.client_config(&opts.for_loopback())?;
         Ok(Self {
             endpoint,
-            runtime,
+            client: tls.client_config(&opts)?,
+            loopback_client: tls.client_config(&opts.for_loopback())?,
             opts,
-            loopback_client,
-            loopback_server,
+            on_connection: Arc::default(),
+            refusal_log: Arc::new(RateLimit::new()),
         })
     }
 
@@ -164,61 +187,75 @@ impl DistEndpoint {
             })
     }
 
-    /// Accepts connections until the endpoint closes. Each peer that completes the QUIC
-    /// handshake and opens its stream is passed to `on_connection`; failures are logged with
-    /// the peer address and never stop the loop.
+    /// Another handle on the UDP socket (a duplicate descriptor), to learn when it is readable.
+    pub fn socket_handle(&self) -> std::io::Result<std::net::UdpSocket> {
+        self.endpoint.socket_handle()
+    }
+
+    /// From now on, each peer that completes the QUIC handshake and opens its stream is passed
+    /// to `on_connection`; failures are logged with the peer address.
     pub fn accept_loop<F>(&self, on_connection: F)
     where
         F: Fn(DistConnection) + Send + Sync + 'static,
     {
-        let endpoint = self.endpoint.clone();
-        let runtime = self.runtime.clone();
-        let opts = self.opts.clone();
-        let on_connection = Arc::new(on_connection);
-        let refusal_log = Arc::new(RateLimit::new());
-        let loopback_server = self.loopback_server.clone();
-        self.runtime.spawn(async move {
-            while let Some(incoming) = endpoint.accept().await {
-                let remote = incoming.remote_address();
-                let on_connection = on_connection.clone();
-                let runtime = runtime.clone();
-                let opts = opts_for_peer(&opts, remote);
-                let refusal_log = refusal_log.clone();
-                let loopback_server = loopback_server.clone().filter(|_| is_loopback(remote));
-                runtime.clone().spawn(async move {
-                    let handshake = async {
-                        let conn = match loopback_server {
-                            Some(config) => incoming.accept_with(config)?.await?,
-                            None => incoming.await?,
-                        };
-                        let (send, recv) = conn.accept_bi().await?;
-                        Ok::<_, TransportError>(DistConnection::new(
-                            conn,
-                            send,
-                            recv,
-                            runtime,
-                            &opts,
-                        ))
-                    };
-                    match tokio::time::timeout(opts.handshake_timeout, handshake).await {
-                        Ok(Ok(conn)) => {
-                            debug!(%remote, "accepted quic connection");
-                            on_connection(conn)
-                        }
-                        Ok(Err(e)) => {
-                            if let Some(suppressed) = refusal_log.admit(remote) {
-                                warn!(%remote, error = %e, suppressed, "refused incoming connection")
-                            }
-                        }
-                        Err(_) => {
-                            if let Some(suppressed) = refusal_log.admit(remote) {
-                                warn!(%remote, suppressed, "refused incoming connection: handshake timed out")
-                            }
-                        }
-                    }
-                });
+        if let Ok(mut slot) = self.on_connection.lock() {
+            *slot = Some(Arc::new(on_connection));
+        }
+    }
+
+    /// Reads what waits on the socket and does what follows from it on this thread: QUIC,
+    /// deliveries, new connections. Call it whenever the socket is readable.
+    pub fn receive(&self) -> std::io::Result<()> {
+        self.receive_some(usize::MAX).map(|_| ())
+    }
+
+    /// [`receive`](Self::receive), reading at most `max_batches` batches of datagrams; true
+    /// if more may be waiting.
+    pub fn receive_some(&self, max_batches: usize) -> std::io::Result<bool> {
+        let more = self.endpoint.receive_batches(max_batches)?;
+        for (remote, error) in self.endpoint.take_refused() {
+            if let Some(suppressed) = self.refusal_log.admit(remote) {
+                warn!(%remote, %error, suppressed, "refused incoming connection");
             }
-            info!("endpoint closed; accept loop ends");
+        }
+        while let Some(conn) = self.endpoint.accept() {
+            self.start_accepted(crate::direct::compat::Connection(conn));
+        }
+        self.endpoint.run_tasks();
+        Ok(more)
+    }
+
+    fn start_accepted(&self, conn: crate::direct::compat::Connection) {
+        let on_connection = self.on_connection.lock().ok().and_then(|s| s.clone());
+        let refusal_log = self.refusal_log.clone();
+        let remote = conn.remote_address();
+        let opts = opts_for_peer(&self.opts, remote);
+        let task_conn = conn.clone();
+        conn.spawn(async move {
+            let conn = task_conn;
+            match conn
+                .timeout(opts.handshake_timeout, establish(&conn, &opts, false))
+                .await
+            {
+                Ok(Ok(dist)) => {
+                    debug!(%remote, "accepted quic connection");
+                    match on_connection {
+                        Some(f) => f(dist),
+                        None => dist.close("not accepting connections"),
+                    }
+                }
+                Ok(Err(e)) => {
+                    if let Some(suppressed) = refusal_log.admit(remote) {
+                        warn!(%remote, error = %e, suppressed, "refused incoming connection")
+                    }
+                }
+                Err(_) => {
+                    conn.close(quinn::VarInt::from_u32(0), b"handshake timeout");
+                    if let Some(suppressed) = refusal_log.admit(remote) {
+                        warn!(%remote, suppressed, "refused incoming connection: handshake timed out")
+                    }
+                }
+            }
         });
     }
 
@@ -228,42 +265,56 @@ impl DistEndpoint {
         addr: SocketAddr,
         server_name: &str,
     ) -> Result<DistConnection, TransportError> {
-        let connecting = if is_loopback(addr) {
-            self.endpoint
-                .connect_with(self.loopback_client.clone(), addr, server_name)?
-        } else {
-            self.endpoint.connect(addr, server_name)?
-        };
-        let handshake = async {
-            let conn = connecting.await?;
-            let (send, recv) = conn.open_bi().await?;
-            let opts = opts_for_peer(&self.opts, addr);
-            Ok::<_, TransportError>(DistConnection::new(
-                conn,
-                send,
-                recv,
-                self.runtime.clone(),
-                &opts,
-            ))
-        };
-        tokio::time::timeout(self.opts.handshake_timeout, handshake)
-            .await
-            .map_err(|_| TransportError::Timeout("quic handshake"))?
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.spawn_connect(addr, server_name.to_string(), move |r| {
+            let _ = tx.send(r);
+        });
+        rx.await.unwrap_or(Err(TransportError::Closed))
     }
 
-    /// Starts [`connect`](Self::connect) on the runtime and calls `done` with the result.
+    /// Connects to a node at `addr`, verifying that its certificate names `server_name`, and
+    /// calls `done` with the result (on whichever thread completes it).
     pub fn spawn_connect<F>(&self, addr: SocketAddr, server_name: String, done: F)
     where
         F: FnOnce(Result<DistConnection, TransportError>) + Send + 'static,
     {
-        let this = self.clone();
-        self.runtime.spawn(async move {
-            let result = this.connect(addr, &server_name).await;
+        let config = if is_loopback(addr) {
+            self.loopback_client.clone()
+        } else {
+            self.client.clone()
+        };
+        let conn = match self.endpoint.connect(config, addr, &server_name) {
+            Ok(c) => crate::direct::compat::Connection(c),
+            Err(e) => {
+                warn!(%addr, %server_name, error = %e, "outgoing connection failed");
+                done(Err(TransportError::Connect(e)));
+                return;
+            }
+        };
+        let opts = opts_for_peer(&self.opts, addr);
+        let task_conn = conn.clone();
+        conn.spawn(async move {
+            let conn = task_conn;
+            let result = match conn
+                .timeout(opts.handshake_timeout, establish(&conn, &opts, true))
+                .await
+            {
+                Ok(Ok(dist)) => Ok(dist),
+                Ok(Err(crate::direct::StreamError::ConnectionLost(e))) => {
+                    Err(TransportError::Connection(e))
+                }
+                Ok(Err(e)) => Err(TransportError::Stream(e)),
+                Err(_) => {
+                    conn.close(quinn::VarInt::from_u32(0), b"handshake timeout");
+                    Err(TransportError::Timeout("quic handshake"))
+                }
+            };
             if let Err(e) = &result {
                 warn!(%addr, %server_name, error = %e, "outgoing connection failed");
             }
             done(result)
         });
+        self.endpoint.run_tasks();
     }
 
     /// True if both handles are the same endpoint (the same UDP socket).
@@ -276,16 +327,22 @@ impl DistEndpoint {
 
     /// Closes every connection (peers are told at once) and stops accepting.
     pub fn close(&self, reason: &str) {
+        if let Ok(mut slot) = self.on_connection.lock() {
+            *slot = None;
+        }
         self.endpoint
-            .close(quinn::VarInt::from_u32(0), reason.as_bytes());
+            .close_all(quinn::VarInt::from_u32(0), reason.as_bytes());
+        info!("endpoint closed");
     }
 
     /// Waits until close notifications have been sent, at most `limit`.
     pub fn wait_idle_blocking(&self, limit: std::time::Duration) {
-        let endpoint = self.endpoint.clone();
-        let _ = self
-            .runtime
-            .block_on(async move { tokio::time::timeout(limit, endpoint.wait_idle()).await });
+        let deadline = std::time::Instant::now() + limit;
+        while !self.endpoint.is_idle() && std::time::Instant::now() < deadline {
+            // The timer thread drains closing connections; look again shortly.
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            let _ = self.endpoint.receive();
+        }
     }
 }
 

@@ -25,6 +25,9 @@ pub enum TransportError {
     /// The QUIC connection failed or was closed.
     #[error("connection: {0}")]
     Connection(#[from] quinn::ConnectionError),
+    /// A stream or the connection failed during set-up.
+    #[error("{0}")]
+    Stream(#[from] crate::direct::StreamError),
     /// The peer did not complete its part in time.
     #[error("timed out: {0}")]
     Timeout(&'static str),

@@ -1,4 +1,5 @@
-//! QUIC transport of quic_dist, on quinn + rustls + tokio.
+//! QUIC transport of quic_dist: quinn-proto's state machine and rustls, driven by the threads
+//! that use it (see [`direct`]): no runtime thread of its own.
 //!
 //! One [`DistEndpoint`] per node (one UDP socket) carries every distribution connection of that
 //! node, incoming and outgoing. A [`DistConnection`] carries framed distribution packets on a
@@ -13,18 +14,17 @@
 //! The crate knows nothing about Erlang: the NIF implements [`ConnectionEvents`].
 #![warn(missing_docs)]
 
-pub mod busy_poll;
 pub mod certs;
 pub mod config;
 pub mod connection;
 pub mod cookie_trust;
+pub mod direct;
 pub mod endpoint;
 pub mod error;
 pub mod insecure;
 mod recv;
 mod send;
 pub mod tls;
-mod udp_socket;
 
 pub use config::{Congestion, TransportOptions};
 pub use connection::{

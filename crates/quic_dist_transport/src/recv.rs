@@ -25,6 +25,7 @@ use crate::connection::{
     closed_reason, describe_close, PacketBatch, Shared, CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR,
     SHUTDOWN_GRACE,
 };
+use crate::direct::compat;
 use crate::send::Outgoing;
 
 /// Largest chunk a stream read returns: the stream data of one datagram (at most 64 KiB).
@@ -40,8 +41,8 @@ enum ReadEnd {
 
 /// Reads the control stream; reports the end of the connection.
 pub(crate) async fn control_reader(
-    conn: quinn::Connection,
-    mut recv: quinn::RecvStream,
+    conn: compat::Connection,
+    mut recv: compat::RecvStream,
     shared: Arc<Shared>,
     max_frame: usize,
 ) {
@@ -62,15 +63,17 @@ pub(crate) async fn control_reader(
                     // A graceful shutdown ends the data streams first: let their readers deliver
                     // what they still have, then wait (bounded) for the peer to close with its
                     // reason, once it has our acknowledgement of the end of the stream.
-                    let _ = tokio::time::timeout(SHUTDOWN_GRACE, data_readers_done(&shared)).await;
-                    match tokio::time::timeout(SHUTDOWN_GRACE, conn.closed()).await {
+                    let _ = conn
+                        .timeout(SHUTDOWN_GRACE, data_readers_done(&shared))
+                        .await;
+                    match conn.timeout(SHUTDOWN_GRACE, conn.closed()).await {
                         Ok(e) => describe_close(&e),
                         Err(_) => "peer finished its stream".to_string(),
                     }
                 }
                 Err(e) => format!("peer finished its stream mid-frame: {e}"),
             };
-            conn.close(quinn::VarInt::from_u32(CLOSE_NORMAL), b"stream finished");
+            conn.close(compat::VarInt::from_u32(CLOSE_NORMAL), b"stream finished");
             shared.report_closed(reason);
         }
     }
@@ -90,13 +93,13 @@ async fn data_readers_done(shared: &Shared) {
 
 /// Accepts the peer's data streams for the life of the connection.
 pub(crate) async fn accept_data_streams(
-    conn: quinn::Connection,
+    conn: compat::Connection,
     shared: Arc<Shared>,
     max_frame: usize,
 ) {
     while let Ok(recv) = conn.accept_uni().await {
         shared.data_readers.fetch_add(1, SeqCst);
-        tokio::spawn(data_reader(conn.clone(), recv, shared.clone(), max_frame));
+        conn.spawn(data_reader(conn.clone(), recv, shared.clone(), max_frame));
     }
 }
 
@@ -111,8 +114,8 @@ impl Drop for ReaderGuard {
 }
 
 async fn data_reader(
-    conn: quinn::Connection,
-    mut recv: quinn::RecvStream,
+    conn: compat::Connection,
+    mut recv: compat::RecvStream,
     shared: Arc<Shared>,
     max_frame: usize,
 ) {
@@ -157,10 +160,10 @@ async fn data_reader(
     }
 }
 
-fn protocol_error(conn: &quinn::Connection, shared: &Shared, why: String) {
+fn protocol_error(conn: &compat::Connection, shared: &Shared, why: String) {
     warn!(remote = %conn.remote_address(), error = %why, "closing connection: peer broke the protocol");
     conn.close(
-        quinn::VarInt::from_u32(CLOSE_PROTOCOL_ERROR),
+        compat::VarInt::from_u32(CLOSE_PROTOCOL_ERROR),
         b"protocol error",
     );
     shared.report_closed(format!("protocol error from peer: {why}"));
@@ -168,8 +171,8 @@ fn protocol_error(conn: &quinn::Connection, shared: &Shared, why: String) {
 
 /// Reads frames from one stream and delivers them on `channel` until the stream ends.
 async fn read_frames(
-    conn: &quinn::Connection,
-    recv: &mut quinn::RecvStream,
+    conn: &compat::Connection,
+    recv: &mut compat::RecvStream,
     shared: &Arc<Shared>,
     decoder: &mut FrameDecoder,
     channel: usize,
@@ -204,7 +207,7 @@ async fn read_frames(
                 if channel == 0 {
                     let reason = closed_reason(conn, shared, format!("read failed: {e}"));
                     conn.close(
-                        quinn::VarInt::from_u32(CLOSE_PROTOCOL_ERROR),
+                        compat::VarInt::from_u32(CLOSE_PROTOCOL_ERROR),
                         b"distribution stream failed",
                     );
                     shared.report_closed(reason);
@@ -237,7 +240,7 @@ async fn read_frames(
                 Err(e) => {
                     warn!(remote = %conn.remote_address(), error = %e, "closing connection: peer broke the framing");
                     conn.close(
-                        quinn::VarInt::from_u32(CLOSE_PROTOCOL_ERROR),
+                        compat::VarInt::from_u32(CLOSE_PROTOCOL_ERROR),
                         b"framing error",
                     );
                     shared.report_closed(format!("protocol error from peer: {e}"));
@@ -259,7 +262,7 @@ async fn read_frames(
 /// Waits until every other data stream delivered what an ordered packet names; false if the
 /// connection closed meanwhile.
 async fn wait_for_streams(
-    conn: &quinn::Connection,
+    conn: &compat::Connection,
     shared: &Shared,
     after: &[u64],
     own: usize,
@@ -364,7 +367,6 @@ fn deliver(shared: &Shared, batch: &mut PacketBatch) {
         },
     );
     let count = b.packets.len() as u64;
-    crate::busy_poll::note_activity();
     let ch = &shared.channels[channel];
     ch.unacked.fetch_add(b.bytes, SeqCst);
     if let Some(ev) = shared.events.get() {

@@ -24,6 +24,7 @@ use crate::connection::{
     closed_reason, DistConnection, SendStatus, Shared, CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR,
     SHUTDOWN_GRACE,
 };
+use crate::direct::compat;
 use crate::error::TransportError;
 
 /// What a writer task receives, in order.
@@ -104,7 +105,6 @@ impl Shared {
         q.queued.fetch_add(queued.bytes, SeqCst);
         self.queued.fetch_add(queued.bytes, SeqCst);
         self.copied.fetch_add(queued.copied(), SeqCst);
-        crate::busy_poll::note_activity();
         if q.tx.send(Outgoing::Data(chunks, queued)).is_err() {
             q.queued.fetch_sub(queued.bytes, SeqCst);
             self.queued.fetch_sub(queued.bytes, SeqCst);
@@ -422,6 +422,9 @@ impl<'c> SendBatch<'c> {
                 });
             }
         }
+        // The writers run now, on this thread; they must not find the mapper locked.
+        drop(self.mapper.take());
+        self.conn.run_tasks();
         Ok(Submitted {
             status: shared.send_status(),
             throttle: self.throttle,
@@ -431,7 +434,7 @@ impl<'c> SendBatch<'c> {
 
 /// A data stream's writer: opens the stream, names it by its index, then writes its queue.
 pub(crate) async fn data_writer(
-    conn: quinn::Connection,
+    conn: compat::Connection,
     index: usize,
     rx: mpsc::UnboundedReceiver<Outgoing>,
     shared: Arc<Shared>,
@@ -453,8 +456,8 @@ pub(crate) async fn data_writer(
 
 /// Writes a lane's queue in batches of chunks, one `write_all_chunks` per batch.
 pub(crate) async fn write_loop(
-    conn: quinn::Connection,
-    mut send: quinn::SendStream,
+    conn: compat::Connection,
+    mut send: compat::SendStream,
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
     shared: Arc<Shared>,
     lane: Lane,
@@ -489,26 +492,25 @@ pub(crate) async fn write_loop(
             let reason = closed_reason(&conn, &shared, format!("write failed: {e}"));
             // A stopped stream leaves the connection open: close it, the streams are the link.
             conn.close(
-                quinn::VarInt::from_u32(CLOSE_PROTOCOL_ERROR),
+                compat::VarInt::from_u32(CLOSE_PROTOCOL_ERROR),
                 b"distribution stream failed",
             );
             shared.report_closed(reason);
             return;
         }
         bufs.clear();
-        crate::busy_poll::note_activity();
         shared.dequeued(lane, n);
         match end.take() {
             None => {}
             Some(Outgoing::Finish(done)) => {
                 if send.finish().is_ok() {
-                    let _ = tokio::time::timeout(SHUTDOWN_GRACE, send.stopped()).await;
+                    let _ = conn.timeout(SHUTDOWN_GRACE, send.stopped()).await;
                 }
                 let _ = done.send(());
                 return;
             }
             Some(Outgoing::Shutdown(reason)) => {
-                finish_data_streams(&shared).await;
+                finish_data_streams(&conn, &shared).await;
                 finish_and_close(&conn, &mut send, &reason).await;
                 return;
             }
@@ -519,7 +521,7 @@ pub(crate) async fn write_loop(
 
 /// Ends every data stream after what is queued on it, waiting (bounded) for the peer to
 /// acknowledge them, so the control stream ends last.
-async fn finish_data_streams(shared: &Shared) {
+async fn finish_data_streams(conn: &compat::Connection, shared: &Shared) {
     let Some(data) = shared.data.get() else {
         return;
     };
@@ -530,20 +532,21 @@ async fn finish_data_streams(shared: &Shared) {
             waits.push(rx);
         }
     }
-    let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        for w in waits {
-            let _ = w.await;
-        }
-    })
-    .await;
+    let _ = conn
+        .timeout(SHUTDOWN_GRACE, async {
+            for w in waits {
+                let _ = w.await;
+            }
+        })
+        .await;
 }
 
 /// Ends the control stream after everything written so far, waits until the peer has
 /// acknowledged it (or closed, or [`SHUTDOWN_GRACE`] passed), then closes the connection. Like a
 /// TCP close, the last packets (a `nok` handshake status, the final messages) reach the peer.
-async fn finish_and_close(conn: &quinn::Connection, send: &mut quinn::SendStream, reason: &str) {
+async fn finish_and_close(conn: &compat::Connection, send: &mut compat::SendStream, reason: &str) {
     if send.finish().is_ok() {
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, send.stopped()).await;
+        let _ = conn.timeout(SHUTDOWN_GRACE, send.stopped()).await;
     }
-    conn.close(quinn::VarInt::from_u32(CLOSE_NORMAL), reason.as_bytes());
+    conn.close(compat::VarInt::from_u32(CLOSE_NORMAL), reason.as_bytes());
 }

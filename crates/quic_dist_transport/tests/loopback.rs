@@ -206,14 +206,8 @@ fn loopback() -> SocketAddr {
 }
 
 fn server(tls: &TlsMaterial, opts: TransportOptions) -> Server {
-    let ep = DistEndpoint::bind(
-        loopback(),
-        tls,
-        true,
-        opts,
-        tokio::runtime::Handle::current(),
-    )
-    .expect("bind server endpoint");
+    let ep = DistEndpoint::bind(loopback(), tls, true, opts).expect("bind server endpoint");
+    watch(&ep);
     let addr = ep.local_addr().expect("server address");
     let (tx, accepted) = mpsc::unbounded_channel();
     ep.accept_loop(move |conn| {
@@ -223,14 +217,28 @@ fn server(tls: &TlsMaterial, opts: TransportOptions) -> Server {
 }
 
 fn client(tls: &TlsMaterial, opts: TransportOptions) -> DistEndpoint {
-    DistEndpoint::bind(
-        loopback(),
-        tls,
-        false,
-        opts,
-        tokio::runtime::Handle::current(),
-    )
-    .expect("bind client endpoint")
+    let ep = DistEndpoint::bind(loopback(), tls, false, opts).expect("bind client endpoint");
+    watch(&ep);
+    ep
+}
+
+/// Reads the endpoint's socket whenever it is readable, as the NIF's acceptor process does on
+/// `enif_select` messages.
+fn watch(ep: &DistEndpoint) {
+    let ep = ep.clone();
+    let socket = tokio::net::UdpSocket::from_std(ep.socket_handle().expect("socket handle"))
+        .expect("tokio socket");
+    tokio::spawn(async move {
+        loop {
+            if socket.readable().await.is_err() {
+                return;
+            }
+            let _ = socket.try_io(tokio::io::Interest::READABLE, || {
+                ep.receive()?;
+                Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+            });
+        }
+    });
 }
 
 #[derive(Debug)]

@@ -1,0 +1,482 @@
+//! A QUIC endpoint and its connections, driven by whichever thread has something to do.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::RawFd;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Instant;
+
+use quinn_proto::{
+    ClientConfig, ConnectError, ConnectionHandle, DatagramEvent, EndpointConfig, Event,
+    ServerConfig,
+};
+use tracing::debug;
+
+use super::timers::Timers;
+use super::udp::Socket;
+
+/// Datagrams a connection may send per drive before it lets other work run; the rest goes
+/// on the next drive (an acknowledgement, the timer).
+const TRANSMITS_PER_DRIVE: usize = 32;
+
+/// One UDP socket, quinn-proto's endpoint state and the connections on it.
+///
+/// No thread of its own: [`receive`](Self::receive) is called when the socket is readable
+/// (by whoever watches it), connections are driven by their users after they queue work and
+/// by [`Timers`] when a QUIC timer is due.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    socket: Socket,
+    /// Lock order: a connection's state, then this; never the other way round.
+    state: Mutex<State>,
+    max_datagram: usize,
+    loopback_server: Option<Arc<ServerConfig>>,
+    timers: Timers,
+    /// Tasks of the connections (see `exec.rs`), run by whoever drove a connection.
+    pub(super) executor: Arc<super::exec::Executor>,
+}
+
+#[derive(Debug)]
+struct State {
+    endpoint: quinn_proto::Endpoint,
+    conns: HashMap<ConnectionHandle, Arc<Connection>>,
+    /// Accepted connections not yet taken by [`Endpoint::accept`].
+    accepted: Vec<Arc<Connection>>,
+    /// Closed: new connections are refused.
+    refusing: bool,
+    /// Incoming connections refused at their first packet, not yet taken by
+    /// [`Endpoint::take_refused`] (at most [`REFUSALS_KEPT`]).
+    refused: Vec<(SocketAddr, quinn_proto::ConnectionError)>,
+}
+
+/// Refusals kept for [`Endpoint::take_refused`] between two calls; a flood beyond is dropped.
+const REFUSALS_KEPT: usize = 64;
+
+/// One QUIC connection of an [`Endpoint`].
+#[derive(Debug)]
+pub struct Connection {
+    handle: ConnectionHandle,
+    state: Mutex<ConnState>,
+    endpoint: Weak<Inner>,
+}
+
+#[derive(Debug)]
+pub(super) struct ConnState {
+    pub(super) conn: quinn_proto::Connection,
+    transmit: Vec<u8>,
+    /// When quinn-proto wants to be driven next (its `poll_timeout`).
+    armed: Option<Instant>,
+    /// The earliest entry of this connection in [`Timers`]. Entries are pushed only when
+    /// earlier than this one: quinn-proto moves its deadline later on nearly every packet, and
+    /// a push each time would wake the timer thread for each of them; a later deadline is
+    /// re-queued when the entry fires instead (`on_timer`).
+    queued: Option<Instant>,
+    /// Tasks waiting for anything to happen on this connection (see `streams.rs`).
+    pub(super) waiters: Vec<std::task::Waker>,
+    /// Why the connection ended, once it has.
+    pub(super) lost: Option<quinn_proto::ConnectionError>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a lock leaves quinn-proto's state as it was; carry on.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Endpoint {
+    /// Binds nothing itself: takes a bound `socket`. With a `server` configuration it accepts
+    /// connections.
+    pub fn new(
+        socket: UdpSocket,
+        config: EndpointConfig,
+        server: Option<ServerConfig>,
+    ) -> io::Result<Self> {
+        Self::with_loopback_server(socket, config, server, None)
+    }
+
+    /// [`new`](Self::new), with another server configuration for peers on loopback addresses.
+    pub fn with_loopback_server(
+        socket: UdpSocket,
+        config: EndpointConfig,
+        server: Option<ServerConfig>,
+        loopback_server: Option<Arc<ServerConfig>>,
+    ) -> io::Result<Self> {
+        let max_datagram = config.get_max_udp_payload_size() as usize;
+        let socket = Socket::new(socket)?;
+        let endpoint =
+            quinn_proto::Endpoint::new(Arc::new(config), server.map(Arc::new), true, None);
+        let executor = super::exec::Executor::new();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                socket,
+                state: Mutex::new(State {
+                    endpoint,
+                    conns: HashMap::new(),
+                    accepted: Vec::new(),
+                    refusing: false,
+                    refused: Vec::new(),
+                }),
+                max_datagram,
+                loopback_server,
+                timers: Timers::start(executor.clone()),
+                executor,
+            }),
+        })
+    }
+
+    /// The socket's address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.socket.local_addr()
+    }
+
+    /// The socket's descriptor, to watch for readability.
+    pub fn fd(&self) -> RawFd {
+        self.inner.socket.fd()
+    }
+
+    /// Another handle on the socket (a duplicate descriptor), to wait for readability with.
+    pub fn socket_handle(&self) -> io::Result<UdpSocket> {
+        self.inner.socket.try_clone()
+    }
+
+    /// Starts a connection to `remote`; its first datagrams leave now.
+    pub fn connect(
+        &self,
+        config: ClientConfig,
+        remote: SocketAddr,
+        server_name: &str,
+    ) -> Result<Arc<Connection>, ConnectError> {
+        let (handle, conn) = lock(&self.inner.state).endpoint.connect(
+            Instant::now(),
+            config,
+            remote,
+            server_name,
+        )?;
+        let conn = self.register(handle, conn);
+        conn.drive();
+        Ok(conn)
+    }
+
+    fn register(&self, handle: ConnectionHandle, conn: quinn_proto::Connection) -> Arc<Connection> {
+        let conn = Arc::new(Connection {
+            handle,
+            state: Mutex::new(ConnState {
+                conn,
+                transmit: Vec::new(),
+                armed: None,
+                queued: None,
+                waiters: Vec::new(),
+                lost: None,
+            }),
+            endpoint: Arc::downgrade(&self.inner),
+        });
+        lock(&self.inner.state).conns.insert(handle, conn.clone());
+        conn
+    }
+
+    /// Takes a connection accepted since the last call (its handshake may still be running).
+    pub fn accept(&self) -> Option<Arc<Connection>> {
+        let mut state = lock(&self.inner.state);
+        (!state.accepted.is_empty()).then(|| state.accepted.remove(0))
+    }
+
+    /// Incoming connections refused at their first packet since the last call (bad packets,
+    /// a TLS hello that cannot be served), with why.
+    pub fn take_refused(&self) -> Vec<(SocketAddr, quinn_proto::ConnectionError)> {
+        std::mem::take(&mut lock(&self.inner.state).refused)
+    }
+
+    /// Closes every connection, telling the peers `reason`, and refuses new ones from now on.
+    pub fn close_all(&self, code: quinn_proto::VarInt, reason: &[u8]) {
+        let conns: Vec<_> = {
+            let mut state = lock(&self.inner.state);
+            state.refusing = true;
+            state.conns.values().cloned().collect()
+        };
+        for c in conns {
+            c.close(code, reason);
+        }
+    }
+
+    /// Whether no connection is left (all drained).
+    pub fn is_idle(&self) -> bool {
+        lock(&self.inner.state).conns.is_empty()
+    }
+
+    /// Runs the tasks that were woken.
+    pub fn run_tasks(&self) {
+        self.inner.executor.run();
+    }
+
+    /// Reads every datagram waiting on the socket and hands each to its connection, which is
+    /// then driven. Returns the connections that got datagrams, so that their users can look
+    /// at their events. Call it when the socket is readable.
+    pub fn receive(&self) -> io::Result<Vec<Arc<Connection>>> {
+        Ok(self.receive_up_to(usize::MAX)?.0)
+    }
+
+    /// [`receive`](Self::receive), reading at most `max_batches` batches from the socket (up
+    /// to 32 datagrams each); true if it stopped there, with more possibly waiting.
+    pub fn receive_batches(&self, max_batches: usize) -> io::Result<bool> {
+        Ok(self.receive_up_to(max_batches)?.1)
+    }
+
+    fn receive_up_to(&self, max_batches: usize) -> io::Result<(Vec<Arc<Connection>>, bool)> {
+        let mut touched: Vec<Arc<Connection>> = Vec::new();
+        let mut batches = 0;
+        let more = loop {
+            if batches == max_batches {
+                break true;
+            }
+            batches += 1;
+            let datagrams = match self.inner.socket.recv(self.inner.max_datagram) {
+                Ok(d) => d,
+                // An ICMP error for an earlier send (a peer gone): its connection times out.
+                Err(e)
+                    if e.kind() == io::ErrorKind::ConnectionRefused
+                        || e.kind() == io::ErrorKind::ConnectionReset =>
+                {
+                    continue
+                }
+                Err(e) => return Err(e),
+            };
+            if datagrams.is_empty() {
+                break false;
+            }
+            let now = Instant::now();
+            let mut events = Vec::with_capacity(datagrams.len());
+            let mut response = Vec::new();
+            {
+                let mut state = lock(&self.inner.state);
+                for d in datagrams {
+                    response.clear();
+                    match state.endpoint.handle(
+                        now,
+                        d.from,
+                        d.local_ip,
+                        d.ecn,
+                        d.data,
+                        &mut response,
+                    ) {
+                        Some(DatagramEvent::ConnectionEvent(handle, event)) => {
+                            if let Some(conn) = state.conns.get(&handle) {
+                                events.push((conn.clone(), event));
+                            }
+                        }
+                        Some(DatagramEvent::NewConnection(incoming)) if state.refusing => {
+                            let t = state.endpoint.refuse(incoming, &mut response);
+                            let _ = self.inner.socket.send(&t, &response[..t.size]);
+                        }
+                        Some(DatagramEvent::NewConnection(incoming)) => {
+                            let config = self
+                                .inner
+                                .loopback_server
+                                .clone()
+                                .filter(|_| d.from.ip().to_canonical().is_loopback());
+                            match state.endpoint.accept(incoming, now, &mut response, config) {
+                                Ok((handle, conn)) => {
+                                    drop(state);
+                                    let conn = self.register(handle, conn);
+                                    state = lock(&self.inner.state);
+                                    state.accepted.push(conn.clone());
+                                    touched.push(conn);
+                                }
+                                Err(e) => {
+                                    debug!(from = %d.from, error = %e.cause, "incoming connection refused");
+                                    if state.refused.len() < REFUSALS_KEPT {
+                                        state.refused.push((d.from, e.cause));
+                                    }
+                                    if let Some(t) = e.response {
+                                        let _ = self.inner.socket.send(&t, &response[..t.size]);
+                                    }
+                                }
+                            }
+                        }
+                        Some(DatagramEvent::Response(t)) => {
+                            let _ = self.inner.socket.send(&t, &response[..t.size]);
+                        }
+                        None => {}
+                    }
+                }
+            }
+            for (conn, event) in events {
+                lock(&conn.state).conn.handle_event(event);
+                if !touched.iter().any(|c| Arc::ptr_eq(c, &conn)) {
+                    touched.push(conn);
+                }
+            }
+        };
+        for conn in &touched {
+            conn.drive();
+        }
+        self.inner.executor.run();
+        Ok((touched, more))
+    }
+}
+
+impl Connection {
+    /// Runs `f` on quinn-proto's connection (to write or read streams), then drives it.
+    pub fn with<R>(self: &Arc<Self>, f: impl FnOnce(&mut quinn_proto::Connection) -> R) -> R {
+        let r = f(&mut lock(&self.state).conn);
+        self.drive();
+        r
+    }
+
+    /// Closes the connection at once, telling the peer `code` and `reason`. Its tasks see it
+    /// lost (locally closed) from now on, as with quinn.
+    pub fn close(self: &Arc<Self>, code: quinn_proto::VarInt, reason: &[u8]) {
+        let waiters = {
+            let mut st = lock(&self.state);
+            st.conn
+                .close(Instant::now(), code, bytes::Bytes::copy_from_slice(reason));
+            if st.lost.is_none() {
+                st.lost = Some(quinn_proto::ConnectionError::LocallyClosed);
+            }
+            std::mem::take(&mut st.waiters)
+        };
+        self.drive();
+        for w in waiters {
+            w.wake();
+        }
+    }
+
+    /// Whether the handshake is complete.
+    pub fn is_connected(&self) -> bool {
+        !lock(&self.state).conn.is_handshaking()
+    }
+
+    /// Why the connection ended, if it has.
+    pub fn lost(&self) -> Option<quinn_proto::ConnectionError> {
+        lock(&self.state).lost.clone()
+    }
+
+    /// Whether the connection is over and its state gone.
+    pub fn is_drained(&self) -> bool {
+        lock(&self.state).conn.is_drained()
+    }
+
+    /// Does what quinn-proto has pending: endpoint bookkeeping, datagrams to send, application
+    /// events to collect, the next timer.
+    pub(crate) fn drive(self: &Arc<Self>) {
+        let Some(ep) = self.endpoint.upgrade() else {
+            return;
+        };
+        let mut guard = lock(&self.state);
+        let st = &mut *guard;
+        let now = Instant::now();
+        if st.armed.is_some_and(|t| t <= now) {
+            st.armed = None;
+            st.conn.handle_timeout(now);
+        }
+        let mut drained = false;
+        while let Some(event) = st.conn.poll_endpoint_events() {
+            drained |= event.is_drained();
+            let back = lock(&ep.state).endpoint.handle_event(self.handle, event);
+            if let Some(back) = back {
+                st.conn.handle_event(back);
+            }
+        }
+        let segments = ep.socket.max_transmit_segments();
+        let mut more = true;
+        for _ in 0..TRANSMITS_PER_DRIVE {
+            st.transmit.clear();
+            let Some(t) = st.conn.poll_transmit(now, segments, &mut st.transmit) else {
+                more = false;
+                break;
+            };
+            if let Err(e) = ep.socket.send(&t, &st.transmit[..t.size]) {
+                // A full socket buffer: QUIC takes the datagram for lost and sends again.
+                debug!(error = %e, "datagram not sent");
+            }
+        }
+        let mut woke = false;
+        while let Some(event) = st.conn.poll() {
+            if let Event::ConnectionLost { reason } = &event {
+                st.lost = Some(reason.clone());
+            }
+            woke = true;
+        }
+        let waiters = if woke {
+            std::mem::take(&mut st.waiters)
+        } else {
+            Vec::new()
+        };
+        // Out of budget with more to send: the timer thread goes on at once.
+        let next = if more {
+            Some(now)
+        } else {
+            st.conn.poll_timeout()
+        };
+        st.armed = next;
+        if let Some(at) = next {
+            if st.queued.map_or(true, |q| at < q) {
+                st.queued = Some(at);
+                ep.timers.arm(at, Arc::downgrade(self));
+            }
+        }
+        drop(guard);
+        for w in waiters {
+            w.wake();
+        }
+        if drained {
+            lock(&ep.state).conns.remove(&self.handle);
+        }
+    }
+
+    /// An entry of this connection in [`Timers`] is due: drive it if its deadline has come,
+    /// queue the deadline again if it moved later.
+    pub(crate) fn on_timer(self: &Arc<Self>, at: Instant) {
+        {
+            let mut st = lock(&self.state);
+            if st.queued.is_some_and(|q| q != at) {
+                // A later entry, left behind when an earlier one was pushed: that one counts.
+                return;
+            }
+            st.queued = None;
+            match st.armed {
+                None => return,
+                Some(a) if a > Instant::now() => {
+                    // The deadline moved later since this entry was pushed: queue it again.
+                    st.queued = Some(a);
+                    if let Some(ep) = self.endpoint.upgrade() {
+                        ep.timers.arm(a, Arc::downgrade(self));
+                    }
+                    return;
+                }
+                Some(_) => {}
+            }
+        }
+        self.drive();
+    }
+
+    /// Runs the tasks that were woken (by this thread or others).
+    pub fn run_tasks(&self) {
+        if let Some(ep) = self.endpoint.upgrade() {
+            ep.executor.run();
+        }
+    }
+
+    /// Spawns a task on the endpoint's executor; it runs at the next `run_tasks` (or receive).
+    pub fn spawn(&self, future: impl std::future::Future<Output = ()> + Send + 'static) {
+        if let Some(ep) = self.endpoint.upgrade() {
+            ep.executor.spawn(future);
+        }
+    }
+
+    /// Wakes `waker` at `at` (the endpoint's timer thread).
+    pub(super) fn wake_at(&self, at: Instant, waker: std::task::Waker) {
+        if let Some(ep) = self.endpoint.upgrade() {
+            ep.timers.wake_at(at, waker);
+        }
+    }
+
+    /// Locks quinn-proto's connection state (for `streams.rs`).
+    pub(super) fn state(&self) -> MutexGuard<'_, ConnState> {
+        lock(&self.state)
+    }
+}

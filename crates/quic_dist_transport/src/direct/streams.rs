@@ -1,0 +1,209 @@
+//! Async streams over a [`Connection`], for tasks on the endpoint's inline executor: the subset
+//! of quinn's API that the distribution layer uses, woken by quinn-proto's events.
+//!
+//! Every future checks quinn-proto's state under the connection's lock and, when it must wait,
+//! leaves its waker there; any application event wakes every waiter of the connection, which
+//! then looks again (a connection has a handful of tasks: cheap, and nothing can be missed).
+
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use quinn_proto::{ConnectionError, Dir, ReadError, StreamId, WriteError};
+
+use super::endpoint::Connection;
+
+/// Why a stream operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The connection ended.
+    #[error("connection lost: {0}")]
+    ConnectionLost(#[from] ConnectionError),
+    /// The peer stopped or reset the stream, or it is closed on our side.
+    #[error("stream closed: {0}")]
+    Closed(String),
+}
+
+impl Connection {
+    /// Runs `f` on quinn-proto's connection; if it is pending, the task waits for the next
+    /// event. Drives the connection afterwards when `f` may have queued something to send.
+    fn poll_proto<T>(
+        self: &Arc<Self>,
+        cx: &mut Context<'_>,
+        drive: bool,
+        f: impl FnOnce(&mut quinn_proto::Connection) -> Poll<Result<T, StreamError>>,
+    ) -> Poll<Result<T, StreamError>> {
+        let r = {
+            let mut st = self.state();
+            if let Some(reason) = st.lost.clone() {
+                return Poll::Ready(Err(reason.into()));
+            }
+            let r = f(&mut st.conn);
+            if r.is_pending() {
+                st.waiters.push(cx.waker().clone());
+            }
+            r
+        };
+        if drive {
+            self.drive();
+        }
+        r
+    }
+
+    /// Opens a stream of direction `dir` (waits while the peer allows no more).
+    pub async fn open(self: &Arc<Self>, dir: Dir) -> Result<StreamId, StreamError> {
+        poll_fn(|cx| {
+            self.poll_proto(cx, false, |c| match c.streams().open(dir) {
+                Some(id) => Poll::Ready(Ok(id)),
+                None => Poll::Pending,
+            })
+        })
+        .await
+    }
+
+    /// Waits for the peer to open a stream of direction `dir`.
+    pub async fn accept(self: &Arc<Self>, dir: Dir) -> Result<StreamId, StreamError> {
+        poll_fn(|cx| {
+            self.poll_proto(cx, false, |c| match c.streams().accept(dir) {
+                Some(id) => Poll::Ready(Ok(id)),
+                None => Poll::Pending,
+            })
+        })
+        .await
+    }
+
+    /// Waits until the handshake is complete.
+    pub async fn connected(self: &Arc<Self>) -> Result<(), StreamError> {
+        poll_fn(|cx| {
+            self.poll_proto(cx, false, |c| {
+                if c.is_handshaking() {
+                    Poll::Pending
+                } else {
+                    Poll::Ready(Ok(()))
+                }
+            })
+        })
+        .await
+    }
+
+    /// Waits until the connection ends; why it did.
+    pub async fn closed(self: &Arc<Self>) -> ConnectionError {
+        poll_fn(|cx| {
+            match self.poll_proto(cx, false, |_| Poll::<Result<(), StreamError>>::Pending) {
+                Poll::Ready(Err(StreamError::ConnectionLost(e))) => Poll::Ready(e),
+                _ => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// Writes all of `chunks` on stream `id` (consuming them), waiting for flow control and
+    /// congestion as needed.
+    pub async fn write_all_chunks(
+        self: &Arc<Self>,
+        id: StreamId,
+        chunks: &mut [Bytes],
+    ) -> Result<(), StreamError> {
+        let mut first = 0;
+        poll_fn(|cx| {
+            self.poll_proto(cx, true, |c| {
+                while first < chunks.len() {
+                    match c.send_stream(id).write_chunks(&mut chunks[first..]) {
+                        Ok(w) => first += w.chunks,
+                        Err(WriteError::Blocked) => return Poll::Pending,
+                        Err(e) => return Poll::Ready(Err(StreamError::Closed(e.to_string()))),
+                    }
+                    // A partly written chunk stays in front with its rest.
+                    while first < chunks.len() && chunks[first].is_empty() {
+                        first += 1;
+                    }
+                }
+                Poll::Ready(Ok(()))
+            })
+        })
+        .await
+    }
+
+    /// Ends stream `id` after what was written.
+    pub fn finish(self: &Arc<Self>, id: StreamId) -> Result<(), StreamError> {
+        let r = self
+            .state()
+            .conn
+            .send_stream(id)
+            .finish()
+            .map_err(|e| StreamError::Closed(e.to_string()));
+        self.drive();
+        r
+    }
+
+    /// Waits until stream `id`, finished, is acknowledged whole (`None`) or was stopped by the
+    /// peer (its code).
+    pub async fn stopped(
+        self: &Arc<Self>,
+        id: StreamId,
+    ) -> Result<Option<quinn_proto::VarInt>, StreamError> {
+        poll_fn(|cx| {
+            self.poll_proto(cx, false, |c| match c.send_stream(id).stopped() {
+                Ok(Some(code)) => Poll::Ready(Ok(Some(code))),
+                Ok(None) => Poll::Pending,
+                // Finished and acknowledged: quinn-proto forgot the stream.
+                Err(_) => Poll::Ready(Ok(None)),
+            })
+        })
+        .await
+    }
+
+    /// A chunk of stream `id` if one is there now.
+    pub fn try_read_chunk(self: &Arc<Self>, id: StreamId) -> Result<Option<Bytes>, StreamError> {
+        let (r, transmit) = {
+            let mut st = self.state();
+            let mut stream = st.conn.recv_stream(id);
+            let mut chunks = match stream.read(true) {
+                Ok(chunks) => chunks,
+                Err(_) => return Ok(None),
+            };
+            let r = match chunks.next(usize::MAX) {
+                Ok(Some(chunk)) => Ok(Some(chunk.bytes)),
+                _ => Ok(None),
+            };
+            (r, chunks.finalize().should_transmit())
+        };
+        if transmit {
+            self.drive();
+        }
+        r
+    }
+
+    /// The next chunk of stream `id`, at most `max` bytes; `None` at its end.
+    pub async fn read_chunk(
+        self: &Arc<Self>,
+        id: StreamId,
+        max: usize,
+    ) -> Result<Option<Bytes>, StreamError> {
+        poll_fn(|cx| {
+            let mut transmit = false;
+            let r = self.poll_proto(cx, false, |c| {
+                let mut stream = c.recv_stream(id);
+                let mut chunks = match stream.read(true) {
+                    Ok(chunks) => chunks,
+                    Err(e) => return Poll::Ready(Err(StreamError::Closed(e.to_string()))),
+                };
+                let r = match chunks.next(max) {
+                    Ok(Some(chunk)) => Poll::Ready(Ok(Some(chunk.bytes))),
+                    Ok(None) => Poll::Ready(Ok(None)),
+                    Err(ReadError::Blocked) => Poll::Pending,
+                    Err(e) => Poll::Ready(Err(StreamError::Closed(e.to_string()))),
+                };
+                transmit = chunks.finalize().should_transmit();
+                r
+            });
+            if transmit {
+                // Window updates for the peer.
+                self.drive();
+            }
+            r
+        })
+        .await
+    }
+}

@@ -1,0 +1,262 @@
+//! `direct`: QUIC driven by its users' threads, over real UDP sockets on loopback. Each endpoint
+//! has a watcher thread that waits for its socket to be readable (as `enif_select` will for the
+//! carrier) and calls `receive`; the test's own thread writes and reads streams.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use quic_dist_transport::certs::{generate_ca, generate_node, Validity};
+use quic_dist_transport::direct::{Connection, Endpoint};
+use quic_dist_transport::{TlsMaterial, TransportOptions};
+use quinn_proto::{Dir, StreamId};
+
+/// Counts receives, so that a test thread can wait for the next one.
+#[derive(Default)]
+struct Activity {
+    generation: Mutex<u64>,
+    changed: Condvar,
+}
+
+impl Activity {
+    fn bump(&self) {
+        *self.generation.lock().unwrap() += 1;
+        self.changed.notify_all();
+    }
+
+    fn current(&self) -> u64 {
+        *self.generation.lock().unwrap()
+    }
+
+    /// Waits until a receive after `seen` (or a short timeout: the timer thread may have done
+    /// the work instead).
+    fn wait_after(&self, seen: u64) {
+        let g = self.generation.lock().unwrap();
+        let _ = self
+            .changed
+            .wait_timeout_while(g, Duration::from_millis(5), |g| *g == seen)
+            .unwrap();
+    }
+}
+
+/// Calls `receive` whenever the endpoint's socket is readable, until the test ends.
+fn watch(ep: Endpoint, activity: Arc<Activity>) {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let socket = tokio::net::UdpSocket::from_std(ep.socket_handle().unwrap()).unwrap();
+            loop {
+                if socket.readable().await.is_err() {
+                    return;
+                }
+                // Everything waiting is taken; the next readiness is a new datagram.
+                let _ = socket.try_io(tokio::io::Interest::READABLE, || {
+                    ep.receive()?;
+                    Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+                });
+                activity.bump();
+            }
+        });
+    });
+}
+
+struct Side {
+    ep: Endpoint,
+    activity: Arc<Activity>,
+}
+
+fn tls() -> TlsMaterial {
+    let ca = generate_ca("direct test ca", Validity::days_from_now(1)).unwrap();
+    let names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+    let node = generate_node(&ca, "node@localhost", &names, Validity::days_from_now(1)).unwrap();
+    TlsMaterial::from_pem(
+        node.cert_pem.as_bytes(),
+        node.key_pem.as_bytes(),
+        ca.cert_pem.as_bytes(),
+    )
+    .unwrap()
+}
+
+fn side(server: Option<quinn_proto::ServerConfig>, opts: &TransportOptions) -> Side {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let ep = Endpoint::new(socket, opts.quinn_endpoint(), server).unwrap();
+    let activity = Arc::new(Activity::default());
+    watch(ep.clone(), activity.clone());
+    Side { ep, activity }
+}
+
+/// Waits (bounded) until `cond` holds, looking after each receive.
+fn wait_for<T>(activity: &Activity, what: &str, mut cond: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = activity.current();
+        if let Some(v) = cond() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        activity.wait_after(seen);
+    }
+}
+
+fn connected_pair(opts: &TransportOptions) -> (Side, Arc<Connection>, Side, Arc<Connection>) {
+    let tls = tls();
+    let server = side(Some(tls.server_config(opts).unwrap()), opts);
+    let client = side(None, opts);
+    let addr: SocketAddr = server.ep.local_addr().unwrap();
+    let c = client
+        .ep
+        .connect(tls.client_config(opts).unwrap(), addr, "localhost")
+        .unwrap();
+    wait_for(&client.activity, "the handshake", || {
+        c.is_connected().then_some(())
+    });
+    let s = wait_for(&server.activity, "the accepted connection", || {
+        server.ep.accept()
+    });
+    (client, c, server, s)
+}
+
+/// Reads everything available on `id` into `out`; true once the stream has ended.
+fn read_available(conn: &Arc<Connection>, id: StreamId, out: &mut Vec<u8>) -> bool {
+    conn.with(|c| {
+        let mut stream = c.recv_stream(id);
+        let Ok(mut chunks) = stream.read(true) else {
+            return false;
+        };
+        let mut finished = false;
+        loop {
+            match chunks.next(usize::MAX) {
+                Ok(Some(chunk)) => out.extend_from_slice(&chunk.bytes),
+                Ok(None) => {
+                    finished = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let _ = chunks.finalize();
+        finished
+    })
+}
+
+#[test]
+fn handshake_and_echo_over_one_stream() {
+    let opts = TransportOptions::default().for_loopback();
+    let (client, c, server, s) = connected_pair(&opts);
+    let id = c.with(|c| c.streams().open(Dir::Bi)).expect("stream");
+    for round in 0..200u32 {
+        let msg = round.to_be_bytes();
+        let n = c.with(|c| c.send_stream(id).write(&msg)).unwrap();
+        assert_eq!(n, 4);
+        // The server accepts the stream once, then echoes what it reads.
+        let mut got = Vec::new();
+        wait_for(&server.activity, "the message at the server", || {
+            let sid = s.with(|c| c.streams().accept(Dir::Bi)).or(Some(id))?;
+            read_available(&s, sid, &mut got);
+            (got.len() >= 4).then_some(())
+        });
+        assert_eq!(got, msg);
+        s.with(|c| c.send_stream(id).write(&got)).unwrap();
+        let mut back = Vec::new();
+        wait_for(&client.activity, "the echo", || {
+            read_available(&c, id, &mut back);
+            (back.len() >= 4).then_some(())
+        });
+        assert_eq!(back, msg);
+    }
+}
+
+#[test]
+fn a_transfer_larger_than_the_windows_arrives_whole_and_in_order() {
+    let opts = TransportOptions {
+        stream_window: 256 * 1024,
+        connection_window: 512 * 1024,
+        ..TransportOptions::default()
+    }
+    .for_loopback();
+    let (client, c, server, s) = connected_pair(&opts);
+    let id = c.with(|c| c.streams().open(Dir::Uni)).expect("stream");
+    let total = 8 * 1024 * 1024;
+    let data: Vec<u8> = (0..total).map(|i| (i * 7 + i / 4096) as u8).collect();
+    let mut sent = 0;
+    let mut got = Vec::with_capacity(total);
+    let mut sid = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.len() < total {
+        assert!(
+            Instant::now() < deadline,
+            "transfer stalled at {} bytes",
+            got.len()
+        );
+        let seen = (client.activity.current(), server.activity.current());
+        if sent < total {
+            sent += c
+                .with(|c| c.send_stream(id).write(&data[sent..]))
+                .unwrap_or(0);
+            if sent == total {
+                c.with(|c| c.send_stream(id).finish()).unwrap();
+            }
+        }
+        if sid.is_none() {
+            sid = s.with(|c| c.streams().accept(Dir::Uni));
+        }
+        if let Some(sid) = sid {
+            read_available(&s, sid, &mut got);
+        }
+        // Flow control: the receiver's reads open the window; wait for either side to move.
+        if seen == (client.activity.current(), server.activity.current()) {
+            server.activity.wait_after(seen.1);
+        }
+    }
+    assert_eq!(got.len(), total);
+    assert!(got == data, "bytes differ");
+    assert!(s.lost().is_none(), "connection lost: {:?}", s.lost());
+}
+
+#[test]
+fn tasks_on_the_inline_executor_echo_over_async_streams() {
+    let opts = TransportOptions::default().for_loopback();
+    let (_client, c, _server, s) = connected_pair(&opts);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server_conn = s.clone();
+    s.spawn(async move {
+        let id = server_conn.accept(Dir::Bi).await.expect("accept");
+        while let Ok(Some(chunk)) = server_conn.read_chunk(id, usize::MAX).await {
+            server_conn
+                .write_all_chunks(id, &mut [chunk])
+                .await
+                .expect("echo");
+        }
+    });
+    let client_conn = c.clone();
+    c.spawn(async move {
+        let id = client_conn.open(Dir::Bi).await.expect("open");
+        for round in 0..100u32 {
+            let msg = bytes::Bytes::copy_from_slice(&round.to_be_bytes());
+            client_conn
+                .write_all_chunks(id, &mut [msg.clone()])
+                .await
+                .expect("write");
+            let mut got = Vec::new();
+            while got.len() < 4 {
+                let chunk = client_conn
+                    .read_chunk(id, 4 - got.len())
+                    .await
+                    .expect("read")
+                    .expect("not finished");
+                got.extend_from_slice(&chunk);
+            }
+            assert_eq!(got, msg);
+        }
+        client_conn.finish(id).expect("finish");
+        tx.send(()).unwrap();
+    });
+    // Start both tasks; from then on the watcher threads' receives run them.
+    c.run_tasks();
+    s.run_tasks();
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("100 round trips through tasks on the inline executor");
+}
