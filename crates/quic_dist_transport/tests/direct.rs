@@ -2,6 +2,7 @@
 //! has a watcher thread that waits for its socket to be readable (as `enif_select` will for the
 //! carrier) and calls `receive`; the test's own thread writes and reads streams.
 
+use std::future::Future;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -259,4 +260,33 @@ fn tasks_on_the_inline_executor_echo_over_async_streams() {
     s.run_tasks();
     rx.recv_timeout(Duration::from_secs(10))
         .expect("100 round trips through tasks on the inline executor");
+}
+
+#[test]
+fn a_task_polled_again_and_again_without_events_waits_once() {
+    let opts = TransportOptions::default().for_loopback();
+    let (_client, c, _server, _s) = connected_pair(&opts);
+    let polls = Arc::new(Mutex::new(0usize));
+    let counted = polls.clone();
+    let conn = c.clone();
+    // Waits for a stream the peer never opens, and wakes itself 100 times meanwhile, as a
+    // writer woken by its queue would, with no event from the connection in between.
+    c.spawn(async move {
+        let mut accept = std::pin::pin!(conn.accept(Dir::Uni));
+        std::future::poll_fn(|cx| {
+            let mut n = counted.lock().unwrap();
+            *n += 1;
+            if accept.as_mut().poll(cx).is_ready() {
+                return std::task::Poll::Ready(());
+            }
+            if *n < 100 {
+                cx.waker().wake_by_ref();
+            }
+            std::task::Poll::Pending
+        })
+        .await
+    });
+    c.run_tasks();
+    assert_eq!(*polls.lock().unwrap(), 100);
+    assert_eq!(c.waiting_tasks(), 1);
 }

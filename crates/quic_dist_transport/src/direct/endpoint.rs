@@ -390,6 +390,12 @@ impl Connection {
         lock(&self.state).lost.clone()
     }
 
+    /// Tasks waiting for an event of this connection (each counted once, however often it
+    /// was polled).
+    pub fn waiting_tasks(&self) -> usize {
+        lock(&self.state).waiters.len()
+    }
+
     /// Whether the connection is over and its state gone.
     pub fn is_drained(&self) -> bool {
         lock(&self.state).conn.is_drained()

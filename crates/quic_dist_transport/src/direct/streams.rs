@@ -40,7 +40,10 @@ impl Connection {
                 return Poll::Ready(Err(reason.into()));
             }
             let r = f(&mut st.conn);
-            if r.is_pending() {
+            // Once per task: a task polled again and again before any event (a writer woken
+            // by its queue on a one-way transfer, whose peer only acknowledges) must not grow
+            // the list.
+            if r.is_pending() && !st.waiters.iter().any(|w| w.will_wake(cx.waker())) {
                 st.waiters.push(cx.waker().clone());
             }
             r
