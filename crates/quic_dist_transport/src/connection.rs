@@ -493,8 +493,7 @@ impl DistConnection {
             // instead of at QUIC's idle timeout.
             let conn = self.conn.clone();
             let reason = reason.as_bytes().to_vec();
-            let closer = conn.clone();
-            closer.spawn(async move {
+            self.conn.spawn(async move {
                 conn.sleep(SHUTDOWN_LIMIT).await;
                 conn.close(compat::VarInt::from_u32(CLOSE_NORMAL), &reason);
             });

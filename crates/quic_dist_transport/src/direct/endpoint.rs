@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Instant;
 
@@ -168,11 +167,6 @@ impl Endpoint {
         self.inner.socket.local_addr()
     }
 
-    /// The socket's descriptor, to watch for readability.
-    pub fn fd(&self) -> RawFd {
-        self.inner.socket.fd()
-    }
-
     /// Another handle on the socket (a duplicate descriptor), to wait for readability with.
     pub fn socket_handle(&self) -> io::Result<UdpSocket> {
         self.inner.socket.try_clone()
@@ -249,26 +243,20 @@ impl Endpoint {
     }
 
     /// Reads every datagram waiting on the socket and hands each to its connection, which is
-    /// then driven. Returns the connections that got datagrams, so that their users can look
-    /// at their events. Call it when the socket is readable.
-    pub fn receive(&self) -> io::Result<Vec<Arc<Connection>>> {
-        Ok(self.receive_up_to(usize::MAX)?.0)
+    /// then driven. Call it when the socket is readable.
+    pub fn receive(&self) -> io::Result<()> {
+        self.receive_batches(usize::MAX)
     }
 
     /// [`receive`](Self::receive), reading at most `max_batches` batches from the socket (up
-    /// to 32 datagrams each); true if it stopped there, with more possibly waiting.
-    pub fn receive_batches(&self, max_batches: usize) -> io::Result<bool> {
-        Ok(self.receive_up_to(max_batches)?.1)
+    /// to 8 datagrams each, see `udp.rs`).
+    pub fn receive_batches(&self, max_batches: usize) -> io::Result<()> {
+        self.receive_up_to(max_batches)
     }
 
-    fn receive_up_to(&self, max_batches: usize) -> io::Result<(Vec<Arc<Connection>>, bool)> {
+    fn receive_up_to(&self, max_batches: usize) -> io::Result<()> {
         let mut touched: Vec<Arc<Connection>> = Vec::new();
-        let mut batches = 0;
-        let more = loop {
-            if batches == max_batches {
-                break true;
-            }
-            batches += 1;
+        for _ in 0..max_batches {
             let datagrams = match self.inner.socket.recv(self.inner.max_datagram) {
                 Ok(d) => d,
                 // An ICMP error for an earlier send (a peer gone): its connection times out.
@@ -281,7 +269,7 @@ impl Endpoint {
                 Err(e) => return Err(e),
             };
             if datagrams.is_empty() {
-                break false;
+                break;
             }
             let now = Instant::now();
             let mut events = Vec::with_capacity(datagrams.len());
@@ -345,12 +333,12 @@ impl Endpoint {
                     touched.push(conn);
                 }
             }
-        };
+        }
         for conn in &touched {
             conn.drive();
         }
         self.inner.executor.run();
-        Ok((touched, more))
+        Ok(())
     }
 }
 
@@ -394,11 +382,6 @@ impl Connection {
     /// was polled).
     pub fn waiting_tasks(&self) -> usize {
         lock(&self.state).waiters.len()
-    }
-
-    /// Whether the connection is over and its state gone.
-    pub fn is_drained(&self) -> bool {
-        lock(&self.state).conn.is_drained()
     }
 
     /// Does what quinn-proto has pending: endpoint bookkeeping, datagrams to send, application

@@ -37,7 +37,7 @@ enum Due {
 #[derive(Debug, Default)]
 struct Queue {
     heap: BinaryHeap<Reverse<(Instant, u64)>>,
-    conns: std::collections::HashMap<u64, Due>,
+    due: std::collections::HashMap<u64, Due>,
     next_id: u64,
     stopped: bool,
 }
@@ -69,13 +69,12 @@ impl Timers {
     }
 
     fn push(&self, at: Instant, due: Due) {
-        let conn = due;
         let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
         let id = q.next_id;
         q.next_id += 1;
         let earliest = q.heap.peek().map(|Reverse((t, _))| *t);
         q.heap.push(Reverse((at, id)));
-        q.conns.insert(id, conn);
+        q.due.insert(id, due);
         if earliest.map_or(true, |t| at < t) {
             self.shared.changed.notify_one();
         }
@@ -109,8 +108,8 @@ fn run(shared: Weak<Shared>) {
             match q.heap.peek() {
                 Some(Reverse((t, _))) if *t <= now => {
                     let Reverse((t, id)) = q.heap.pop().expect("peeked");
-                    if let Some(conn) = q.conns.remove(&id) {
-                        due.push((t, conn));
+                    if let Some(d) = q.due.remove(&id) {
+                        due.push((t, d));
                     }
                 }
                 Some(Reverse((t, _))) => {

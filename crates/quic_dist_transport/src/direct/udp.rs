@@ -2,7 +2,6 @@
 
 use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, RawFd};
 
 use bytes::BytesMut;
 use quinn::udp::{RecvMeta, Transmit, UdpSocketState};
@@ -55,10 +54,6 @@ impl Socket {
 
     pub(crate) fn try_clone(&self) -> io::Result<UdpSocket> {
         self.socket.try_clone()
-    }
-
-    pub(crate) fn fd(&self) -> RawFd {
-        self.socket.as_raw_fd()
     }
 
     /// Datagrams one send may carry (segmentation offload).
