@@ -79,7 +79,6 @@ listen(Name, Host) ->
     quic_dist_log:ensure_started(Opts),
     case open_listen_endpoint(Opts, Host, port_candidates(Opts)) of
         {ok, Ep, Ip} ->
-            {ok, _} = quic_dist_receiver:start(Ep),
             Port = quic_dist_nif:endpoint_port(Ep),
             case register_with_epmd(Name, Port) of
                 {ok, Creation} ->
@@ -335,11 +334,9 @@ endpoint() ->
                        {node, _, H} -> H;
                        _ -> element(2, inet:gethostname())
                    end,
-            case quic_dist_nif:endpoint_open(maps:get(ip, Opts, {0, 0, 0, 0}), 0, false,
-                                             quic_dist_opts:tls(Opts, Host),
-                                             quic_dist_opts:transport(Opts)) of
+            case open_endpoint(maps:get(ip, Opts, {0, 0, 0, 0}), 0, false,
+                               quic_dist_opts:tls(Opts, Host), quic_dist_opts:transport(Opts)) of
                 {ok, Ep} ->
-                    {ok, _} = quic_dist_receiver:start(Ep),
                     persistent_term:put(?ENDPOINT_KEY, Ep),
                     persistent_term:put(?OPTS_KEY, Opts),
                     log_mode("client only (not listening)", Opts),
@@ -417,9 +414,19 @@ open_listen_endpoint(Opts, Host, Ports) ->
 open_listen_endpoint(_Opts, _Tls, _Ip, [], LastError) ->
     LastError;
 open_listen_endpoint(Opts, Tls, Ip, [Port | Rest], _LastError) ->
-    case quic_dist_nif:endpoint_open(Ip, Port, true, Tls, quic_dist_opts:transport(Opts)) of
+    case open_endpoint(Ip, Port, true, Tls, quic_dist_opts:transport(Opts)) of
         {ok, Ep} -> {ok, Ep, Ip};
         {error, _} = Error -> open_listen_endpoint(Opts, Tls, Ip, Rest, Error)
+    end.
+
+%% Binds the node's UDP endpoint and starts the process that reads its socket.
+open_endpoint(Ip, Port, Listen, Tls, TransportOpts) ->
+    case quic_dist_nif:endpoint_open(Ip, Port, Listen, Tls, TransportOpts) of
+        {ok, Ep} ->
+            {ok, _} = quic_dist_receiver:start(Ep),
+            {ok, Ep};
+        Error ->
+            Error
     end.
 
 %% Says once, visibly, which trust mode the node uses.
