@@ -404,7 +404,7 @@ serve_recv(Queue, {From, Ref} = Waiting) ->
     end.
 
 put_queue(DH, Queue) ->
-    lists:foreach(fun(P) -> erlang:dist_ctrl_put_data(DH, P) end, queue:to_list(Queue)).
+    put_packets(DH, queue:to_list(Queue)).
 
 %% Data phase: every packet to the runtime, in order, then acknowledge the bytes (unless a
 %% receiver is too far behind: see mailbox_check/4).
@@ -510,10 +510,23 @@ local_process(Encoded) ->
         error:badarg -> undefined
     end.
 
-put_packets(DH, [P | Ps]) ->
+%% Hands packets to the runtime, in order. The runtime refuses them once the connection is
+%% gone (taken down, or its node already connected again): the packets have nowhere to go and
+%% we end, as the controller's exit signal would have ended us a moment later.
+put_packets(DH, Packets) ->
+    try
+        put_each(DH, Packets)
+    catch
+        error:Why when Why =:= badarg; Why =:= notsup ->
+            ?LOG_DEBUG("quic_dist: packets for a connection that is gone dropped (~p)", [Why],
+                       #{}),
+            exit({shutdown, connection_gone})
+    end.
+
+put_each(DH, [P | Ps]) ->
     erlang:dist_ctrl_put_data(DH, P),
-    put_packets(DH, Ps);
-put_packets(_DH, []) ->
+    put_each(DH, Ps);
+put_each(_DH, []) ->
     ok.
 
 %%% ------------------------------------------------------------------

@@ -244,6 +244,16 @@ impl DistEndpoint {
                         None => dist.close("not accepting connections"),
                     }
                 }
+                // The peer's application gave up on the connection (a node that lost a
+                // simultaneous connect, or stopped): nothing was refused.
+                Ok(Err(crate::direct::StreamError::ConnectionLost(
+                    quinn::ConnectionError::ApplicationClosed(close),
+                ))) => {
+                    if let Some(suppressed) = refusal_log.admit(remote) {
+                        info!(%remote, reason = %close, suppressed,
+                              "incoming connection closed by the peer during its set-up")
+                    }
+                }
                 Ok(Err(e)) => {
                     if let Some(suppressed) = refusal_log.admit(remote) {
                         warn!(%remote, error = %e, suppressed, "refused incoming connection")

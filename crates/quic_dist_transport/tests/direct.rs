@@ -8,7 +8,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use quic_dist_transport::certs::{generate_ca, generate_node, Validity};
-use quic_dist_transport::direct::{Connection, Endpoint};
+use quic_dist_transport::direct::{compat, Connection, Endpoint};
 use quic_dist_transport::{TlsMaterial, TransportOptions};
 use quinn_proto::{Dir, StreamId};
 
@@ -289,4 +289,88 @@ fn a_task_polled_again_and_again_without_events_waits_once() {
     c.run_tasks();
     assert_eq!(*polls.lock().unwrap(), 100);
     assert_eq!(c.waiting_tasks(), 1);
+}
+
+#[test]
+fn connections_opened_while_others_drain_all_complete_their_handshake() {
+    // quinn-proto hands a drained connection's handle to the next connection at once. Two
+    // distribution nodes that reconnect often (simultaneous connects, disconnects) open new
+    // connections on one thread while the timer thread drains closed ones: the new one must
+    // still get its datagrams (it once lost them when the drained connection's table entry
+    // was removed after the handle had been handed out again, and its handshake stalled).
+    let opts = TransportOptions::default().for_loopback();
+    let tls = tls();
+    let server = side(Some(tls.server_config(&opts).unwrap()), &opts);
+    let addr: SocketAddr = server.ep.local_addr().unwrap();
+    let clients: Vec<_> = (0..3)
+        .map(|_| {
+            let client = side(None, &opts);
+            let config = tls.client_config(&opts).unwrap();
+            let server_ep = server.ep.clone();
+            std::thread::spawn(move || {
+                for round in 0..2000 {
+                    let c = client
+                        .ep
+                        .connect(config.clone(), addr, "localhost")
+                        .unwrap();
+                    wait_for(&client.activity, &format!("handshake {round}"), || {
+                        c.is_connected().then_some(())
+                    });
+                    // Closing at once leaves the connection draining (on the timer thread)
+                    // while the next one starts.
+                    c.close(0u32.into(), b"next round");
+                    while let Some(s) = server_ep.accept() {
+                        s.close(0u32.into(), b"next round");
+                    }
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("every connection completed its handshake");
+    }
+}
+
+#[test]
+fn a_stream_read_in_batches_ends_once_its_last_chunks_and_its_end_came_together() {
+    // read_chunks takes what is there after the first chunk; when that includes the end of the
+    // stream, quinn-proto forgets the stream, so the end must be remembered and returned by the
+    // next call (a read would fail with "closed stream", which the carrier took for a broken
+    // peer and closed the connection in the middle of a graceful shutdown).
+    let opts = TransportOptions::default().for_loopback();
+    let (_client, c, _server, s) = connected_pair(&opts);
+    let (sent_tx, sent_rx) = std::sync::mpsc::channel();
+    let writer = compat::Connection::from(c.clone());
+    c.spawn(async move {
+        let mut send = writer.open_uni().await.expect("open");
+        send.write_all(&[7u8; 20_000]).await.expect("write");
+        send.finish().expect("finish");
+        // Acknowledged: the data and the end are all at the server, unread.
+        send.stopped().await.expect("stopped");
+        sent_tx.send(()).unwrap();
+    });
+    c.run_tasks();
+    sent_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the stream is acknowledged");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = compat::Connection::from(s.clone());
+    s.spawn(async move {
+        let mut recv = reader.accept_uni().await.expect("accept");
+        let mut bufs = vec![bytes::Bytes::new(); 32];
+        let mut got = 0;
+        let result = loop {
+            match recv.read_chunks(&mut bufs).await {
+                Ok(Some(n)) => got += bufs[..n].iter().map(|b| b.len()).sum::<usize>(),
+                Ok(None) => break Ok(got),
+                Err(e) => break Err(e.to_string()),
+            }
+        };
+        tx.send(result).unwrap();
+    });
+    s.run_tasks();
+    let result = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the reader ends");
+    assert_eq!(result, Ok(20_000));
 }

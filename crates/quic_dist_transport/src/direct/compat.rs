@@ -14,7 +14,7 @@ pub use quinn_proto::{ConnectionError, ConnectionStats, VarInt};
 use quinn_proto::{Dir, StreamId};
 
 use super::endpoint::Connection as Conn;
-use super::streams::StreamError;
+use super::streams::{ChunkNow, StreamError};
 
 /// quinn's `crypto` module path, for `HandshakeData`.
 pub mod crypto {
@@ -28,6 +28,12 @@ pub mod crypto {
 #[derive(Debug, Clone)]
 pub struct Connection(pub(crate) Arc<Conn>);
 
+impl From<Arc<Conn>> for Connection {
+    fn from(conn: Arc<Conn>) -> Self {
+        Self(conn)
+    }
+}
+
 /// The sending half of a stream.
 #[derive(Debug)]
 pub struct SendStream {
@@ -40,6 +46,8 @@ pub struct SendStream {
 pub struct RecvStream {
     conn: Arc<Conn>,
     id: StreamId,
+    /// Its end was read (after the chunks returned with it): quinn-proto forgot the stream.
+    ended: bool,
 }
 
 /// The deadline passed.
@@ -122,6 +130,7 @@ impl Connection {
         RecvStream {
             conn: self.0.clone(),
             id,
+            ended: false,
         }
     }
 
@@ -207,6 +216,9 @@ impl RecvStream {
     pub async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), StreamError> {
         let mut got = 0;
         while got < buf.len() {
+            if self.ended {
+                return Err(StreamError::Closed("stream finished early".into()));
+            }
             match self.conn.read_chunk(self.id, buf.len() - got).await? {
                 Some(chunk) => {
                     buf[got..got + chunk.len()].copy_from_slice(&chunk);
@@ -221,21 +233,30 @@ impl RecvStream {
     /// Waits for data, then fills as many of `bufs` as there are chunks ready; `None` at the
     /// end of the stream.
     pub async fn read_chunks(&mut self, bufs: &mut [Bytes]) -> Result<Option<usize>, StreamError> {
+        if self.ended {
+            return Ok(None);
+        }
         if bufs.is_empty() {
             return Ok(Some(0));
         }
         let Some(first) = self.conn.read_chunk(self.id, usize::MAX).await? else {
+            self.ended = true;
             return Ok(None);
         };
         bufs[0] = first;
         let mut n = 1;
         while n < bufs.len() {
             match self.conn.try_read_chunk(self.id)? {
-                Some(chunk) => {
+                ChunkNow::Chunk(chunk) => {
                     bufs[n] = chunk;
                     n += 1;
                 }
-                None => break,
+                ChunkNow::NotYet => break,
+                ChunkNow::End => {
+                    // Returned at the next call, after these chunks.
+                    self.ended = true;
+                    break;
+                }
             }
         }
         Ok(Some(n))

@@ -397,10 +397,22 @@ impl Connection {
             st.armed = None;
             st.conn.handle_timeout(now);
         }
-        let mut drained = false;
         while let Some(event) = st.conn.poll_endpoint_events() {
-            drained |= event.is_drained();
-            let back = lock(&ep.state).endpoint.handle_event(self.handle, event);
+            let mut eps = lock(&ep.state);
+            if event.is_drained() {
+                // quinn-proto gives the handle to the next connection as soon as it has this
+                // event: forget ours under the same lock, or we could remove the newcomer's
+                // entry later, and its datagrams would find no connection.
+                if eps
+                    .conns
+                    .get(&self.handle)
+                    .is_some_and(|c| Arc::ptr_eq(c, self))
+                {
+                    eps.conns.remove(&self.handle);
+                }
+            }
+            let back = eps.endpoint.handle_event(self.handle, event);
+            drop(eps);
             if let Some(back) = back {
                 st.conn.handle_event(back);
             }
@@ -464,9 +476,6 @@ impl Connection {
         drop(guard);
         for w in waiters {
             w.wake();
-        }
-        if drained {
-            lock(&ep.state).conns.remove(&self.handle);
         }
     }
 

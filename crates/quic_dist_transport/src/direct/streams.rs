@@ -25,6 +25,17 @@ pub enum StreamError {
     Closed(String),
 }
 
+/// What a stream has for a reader that does not wait.
+#[derive(Debug)]
+pub enum ChunkNow {
+    /// Data.
+    Chunk(Bytes),
+    /// Nothing yet.
+    NotYet,
+    /// The stream ended (all its data was read before).
+    End,
+}
+
 impl Connection {
     /// Runs `f` on quinn-proto's connection; if it is pending, the task waits for the next
     /// event. Drives the connection afterwards when `f` may have queued something to send.
@@ -157,25 +168,28 @@ impl Connection {
         .await
     }
 
-    /// A chunk of stream `id` if one is there now.
-    pub fn try_read_chunk(self: &Arc<Self>, id: StreamId) -> Result<Option<Bytes>, StreamError> {
+    /// A chunk of stream `id` if one is there now, or its end.
+    pub fn try_read_chunk(self: &Arc<Self>, id: StreamId) -> Result<ChunkNow, StreamError> {
         let (r, transmit) = {
             let mut st = self.state();
             let mut stream = st.conn.recv_stream(id);
             let mut chunks = match stream.read(true) {
                 Ok(chunks) => chunks,
-                Err(_) => return Ok(None),
+                Err(_) => return Ok(ChunkNow::NotYet),
             };
             let r = match chunks.next(usize::MAX) {
-                Ok(Some(chunk)) => Ok(Some(chunk.bytes)),
-                _ => Ok(None),
+                Ok(Some(chunk)) => ChunkNow::Chunk(chunk.bytes),
+                // quinn-proto forgets a stream once its end has been read: the caller must
+                // remember it, a later read would fail.
+                Ok(None) => ChunkNow::End,
+                Err(_) => ChunkNow::NotYet,
             };
             (r, chunks.finalize().should_transmit())
         };
         if transmit {
             self.drive();
         }
-        r
+        Ok(r)
     }
 
     /// The next chunk of stream `id`, at most `max` bytes; `None` at its end.
