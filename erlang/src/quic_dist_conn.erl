@@ -211,7 +211,12 @@ handshake_loop(S, StarterMon) ->
               end,
     receive
         {From, Ref, {set_supervisor, Sup}} ->
-            link(Sup),
+            try link(Sup)
+            catch
+                %% net_kernel ended the handshake before it began (a simultaneous connect
+                %% settled meanwhile): the connection has no use.
+                error:noproc -> exit({shutdown, supervisor_gone})
+            end,
             demonitor(StarterMon, [flush]),
             From ! {Ref, ok},
             handshake_loop(S, undefined);

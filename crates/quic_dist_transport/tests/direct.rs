@@ -374,3 +374,47 @@ fn a_stream_read_in_batches_ends_once_its_last_chunks_and_its_end_came_together(
         .expect("the reader ends");
     assert_eq!(result, Ok(20_000));
 }
+
+#[test]
+fn what_the_peer_sent_before_closing_is_still_read_after_the_close() {
+    // The peer's last packets (a `nok` handshake status, the final messages of a graceful
+    // shutdown) are acknowledged by QUIC before the reader task runs; the peer may then close
+    // at once. As with quinn, and TCP's data before a close, they must still be read.
+    let opts = TransportOptions::default().for_loopback();
+    let (_client, c, server, s) = connected_pair(&opts);
+    let (sent_tx, sent_rx) = std::sync::mpsc::channel();
+    let writer = compat::Connection::from(c.clone());
+    c.spawn(async move {
+        let mut send = writer.open_uni().await.expect("open");
+        send.write_all(b"the last words").await.expect("write");
+        send.finish().expect("finish");
+        send.stopped().await.expect("acknowledged");
+        writer.close(0u32.into(), b"done");
+        sent_tx.send(()).unwrap();
+    });
+    c.run_tasks();
+    sent_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the stream is acknowledged and the connection closed");
+    wait_for(&server.activity, "the close at the server", || s.lost());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = compat::Connection::from(s.clone());
+    s.spawn(async move {
+        let result = async {
+            let mut recv = reader.accept_uni().await?;
+            let mut bufs = vec![bytes::Bytes::new(); 8];
+            let mut got = Vec::new();
+            while let Some(n) = recv.read_chunks(&mut bufs).await? {
+                bufs[..n].iter().for_each(|b| got.extend_from_slice(b));
+            }
+            Ok::<_, quic_dist_transport::direct::StreamError>(got)
+        }
+        .await;
+        tx.send(result.map_err(|e| e.to_string())).unwrap();
+    });
+    s.run_tasks();
+    let result = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the reader ends");
+    assert_eq!(result, Ok(b"the last words".to_vec()));
+}

@@ -59,6 +59,10 @@ impl Executor {
 
     /// Adds a task; it first runs at the next [`run`](Self::run).
     pub fn spawn(self: &Arc<Self>, future: impl Future<Output = ()> + Send + 'static) {
+        // Outside tokio's budget: called from a tokio task that spent it (tests drive the
+        // transport from one), every tokio channel would answer "pending" and wake the task at
+        // once, and `run` would poll it again forever. The executor has no budget to give back.
+        let future = tokio::task::unconstrained(future);
         let task = Arc::new(Task {
             future: Mutex::new(Some(Box::pin(future))),
             queued: AtomicBool::new(false),
@@ -144,6 +148,48 @@ mod tests {
         assert_eq!(done.load(SeqCst), 0, "queued, not run");
         ex.run();
         assert_eq!(done.load(SeqCst), 1);
+    }
+
+    /// A waker that does nothing.
+    struct Noop;
+
+    impl Wake for Noop {
+        fn wake(self: Arc<Self>) {}
+    }
+
+    #[tokio::test]
+    async fn run_from_a_tokio_task_whose_budget_is_spent_does_not_spin() {
+        // Spend the budget of this tokio task without yielding.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u32>();
+        let waker = Waker::from(Arc::new(Noop));
+        let mut cx = Context::from_waker(&waker);
+        for i in 0..1000 {
+            tx.send(i).unwrap();
+            let _ = std::pin::pin!(rx.recv()).poll(&mut cx);
+        }
+        // A task of ours takes a message that is there: one poll, not a loop of
+        // "pending, wake again" polls.
+        let ex = Executor::new();
+        let (tx2, mut rx2) = tokio::sync::mpsc::unbounded_channel::<u32>();
+        tx2.send(7).unwrap();
+        let polls = Arc::new(AtomicUsize::new(0));
+        let got = Arc::new(AtomicUsize::new(0));
+        let (p, g) = (polls.clone(), got.clone());
+        ex.spawn(async move {
+            let mut recv = std::pin::pin!(rx2.recv());
+            let v = std::future::poll_fn(|cx| {
+                // Give up after many polls, so that the test fails instead of spinning.
+                if p.fetch_add(1, SeqCst) > 1000 {
+                    return Poll::Ready(None);
+                }
+                recv.as_mut().poll(cx)
+            })
+            .await;
+            g.store(v.map_or(0, |v| v as usize), SeqCst);
+        });
+        ex.run();
+        assert_eq!(got.load(SeqCst), 7);
+        assert_eq!(polls.load(SeqCst), 1);
     }
 
     #[test]

@@ -65,6 +65,31 @@ impl Connection {
         r
     }
 
+    /// [`poll_proto`](Self::poll_proto) for what the peer sent (stream data, its streams):
+    /// what arrived before the connection ended is still handed out, as quinn does and as TCP
+    /// hands out what came before a close. The loss is reported once nothing is left. (A
+    /// reader polled late, after the peer's close came in, otherwise lost the last packets the
+    /// peer sent, such as the `nok` that settles a simultaneous connect.)
+    fn poll_received<T>(
+        self: &Arc<Self>,
+        cx: &mut Context<'_>,
+        f: impl FnOnce(&mut quinn_proto::Connection) -> Poll<Result<T, StreamError>>,
+    ) -> Poll<Result<T, StreamError>> {
+        let mut st = self.state();
+        let r = f(&mut st.conn);
+        if let Some(reason) = st.lost.clone() {
+            // Nothing left to hand out, or the stream is gone with the connection.
+            if matches!(r, Poll::Pending | Poll::Ready(Err(StreamError::Closed(_)))) {
+                return Poll::Ready(Err(reason.into()));
+            }
+            return r;
+        }
+        if r.is_pending() && !st.waiters.iter().any(|w| w.will_wake(cx.waker())) {
+            st.waiters.push(cx.waker().clone());
+        }
+        r
+    }
+
     /// Opens a stream of direction `dir` (waits while the peer allows no more).
     pub async fn open(self: &Arc<Self>, dir: Dir) -> Result<StreamId, StreamError> {
         poll_fn(|cx| {
@@ -79,7 +104,7 @@ impl Connection {
     /// Waits for the peer to open a stream of direction `dir`.
     pub async fn accept(self: &Arc<Self>, dir: Dir) -> Result<StreamId, StreamError> {
         poll_fn(|cx| {
-            self.poll_proto(cx, false, |c| match c.streams().accept(dir) {
+            self.poll_received(cx, |c| match c.streams().accept(dir) {
                 Some(id) => Poll::Ready(Ok(id)),
                 None => Poll::Pending,
             })
@@ -200,7 +225,7 @@ impl Connection {
     ) -> Result<Option<Bytes>, StreamError> {
         poll_fn(|cx| {
             let mut transmit = false;
-            let r = self.poll_proto(cx, false, |c| {
+            let r = self.poll_received(cx, |c| {
                 let mut stream = c.recv_stream(id);
                 let mut chunks = match stream.read(true) {
                     Ok(chunks) => chunks,
