@@ -114,6 +114,19 @@ async fn establish(
     Ok(DistConnection::new(conn.clone(), send, recv, opts))
 }
 
+/// Whether the peer's application closed the connection: with a reason once the handshake is
+/// done, or, during the QUIC handshake (when the reason cannot be sent yet), as a transport
+/// close with the APPLICATION_ERROR code. A TLS alert (a refused certificate) is neither.
+fn peer_gave_up(e: &quinn::ConnectionError) -> bool {
+    match e {
+        quinn::ConnectionError::ApplicationClosed(_) => true,
+        quinn::ConnectionError::ConnectionClosed(c) => {
+            c.error_code == quinn_proto::TransportErrorCode::APPLICATION_ERROR
+        }
+        _ => false,
+    }
+}
+
 /// Called with each incoming connection that completed the handshakes.
 type OnConnection = Arc<dyn Fn(DistConnection) + Send + Sync>;
 
@@ -246,11 +259,9 @@ impl DistEndpoint {
                 }
                 // The peer's application gave up on the connection (a node that lost a
                 // simultaneous connect, or stopped): nothing was refused.
-                Ok(Err(crate::direct::StreamError::ConnectionLost(
-                    quinn::ConnectionError::ApplicationClosed(close),
-                ))) => {
+                Ok(Err(crate::direct::StreamError::ConnectionLost(e))) if peer_gave_up(&e) => {
                     if let Some(suppressed) = refusal_log.admit(remote) {
-                        info!(%remote, reason = %close, suppressed,
+                        info!(%remote, reason = %e, suppressed,
                               "incoming connection closed by the peer during its set-up")
                     }
                 }
@@ -359,6 +370,29 @@ impl DistEndpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peer_giving_up_is_told_from_a_refusal() {
+        use quinn_proto::{ApplicationClose, ConnectionClose, TransportErrorCode, VarInt};
+        let transport = |error_code| {
+            quinn::ConnectionError::ConnectionClosed(ConnectionClose {
+                error_code,
+                frame_type: None,
+                reason: bytes::Bytes::new(),
+            })
+        };
+        let app = quinn::ConnectionError::ApplicationClosed(ApplicationClose {
+            error_code: VarInt::from_u32(0),
+            reason: bytes::Bytes::from_static(b"connection dropped"),
+        });
+        assert!(peer_gave_up(&app));
+        assert!(peer_gave_up(&transport(
+            TransportErrorCode::APPLICATION_ERROR
+        )));
+        // TLS alert 42 (bad certificate): the peer refused us, worth a warning.
+        assert!(!peer_gave_up(&transport(TransportErrorCode::crypto(42))));
+        assert!(!peer_gave_up(&quinn::ConnectionError::TimedOut));
+    }
 
     #[test]
     fn loopback_addresses() {
