@@ -36,6 +36,15 @@ pub enum ChunkNow {
     End,
 }
 
+/// Makes the polling task one of the connection's waiters, woken at its next event. Once per
+/// task: a task polled again and again before any event (a writer woken by its queue on a
+/// one-way transfer, whose peer only acknowledges) must not grow the list.
+fn wait_for_event(waiters: &mut Vec<std::task::Waker>, cx: &Context<'_>) {
+    if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+        waiters.push(cx.waker().clone());
+    }
+}
+
 impl Connection {
     /// Runs `f` on quinn-proto's connection; if it is pending, the task waits for the next
     /// event. Drives the connection afterwards when `f` may have queued something to send.
@@ -51,11 +60,8 @@ impl Connection {
                 return Poll::Ready(Err(reason.into()));
             }
             let r = f(&mut st.conn);
-            // Once per task: a task polled again and again before any event (a writer woken
-            // by its queue on a one-way transfer, whose peer only acknowledges) must not grow
-            // the list.
-            if r.is_pending() && !st.waiters.iter().any(|w| w.will_wake(cx.waker())) {
-                st.waiters.push(cx.waker().clone());
+            if r.is_pending() {
+                wait_for_event(&mut st.waiters, cx);
             }
             r
         };
@@ -84,8 +90,8 @@ impl Connection {
             }
             return r;
         }
-        if r.is_pending() && !st.waiters.iter().any(|w| w.will_wake(cx.waker())) {
-            st.waiters.push(cx.waker().clone());
+        if r.is_pending() {
+            wait_for_event(&mut st.waiters, cx);
         }
         r
     }
