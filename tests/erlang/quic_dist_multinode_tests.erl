@@ -47,6 +47,8 @@ lifecycle_test_() ->
               fun t_nodedown_on_stop/1),
      isolated("nodedown after kill -9 within net_ticktime (4 s)", 120,
               fun t_nodedown_on_kill/1),
+     isolated("nodedown within seconds of a send to a node killed with kill -9 (net_ticktime "
+              "60)", 90, fun t_nodedown_on_send_after_kill/1),
      isolated("reconnect to a restarted node after kill -9", 120,
               fun t_reconnect_after_kill/1),
      isolated("three nodes: full mesh and global names", 90, fun t_mesh_global/1),
@@ -246,6 +248,26 @@ t_nodedown_on_kill(Reg) ->
     ?assertEqual([], call(A, erlang, nodes, [])),
     io:format(user, "~n    nodedown after ~b ms (~p) ",
               [Ms, proplists:get_value(nodedown_reason, Info)]).
+
+t_nodedown_on_send_after_kill(Reg) ->
+    [A, B] = ?P:start_many(Reg, [#{prefix => "a", ticktime => 60},
+                                 #{prefix => "b", ticktime => 60}]),
+    NB = ?P:nodename(B),
+    ?P:connect(A, B),
+    call(A, ?P, watch, [?WATCHER, [{monitor_node, NB}, monitor_nodes]]),
+    ok = ?P:kill(B),
+    %% QUIC has no FIN or RST: the datagram this send makes draws an ICMP port unreachable
+    %% from B's host, and B does not answer the probe that follows. Ticks alone would take
+    %% 45-75 s: 15 s proves the carrier noticed.
+    call(A, erlang, send, [{qdt_nobody, NB}, hello]),
+    {ok, {nodedown, NB}, Ms} =
+        call(A, ?P, wait_event, [?WATCHER, {nodedown, NB}, 15000], 20000),
+    {ok, {nodedown, NB, Info}, _} =
+        call(A, ?P, wait_event, [?WATCHER, {nodedown, NB, '_'}, 15000], 20000),
+    Reason = proplists:get_value(nodedown_reason, Info),
+    ?assertMatch({connection_closed, <<"peer gone: ", _/binary>>}, Reason),
+    ?assertEqual([], call(A, erlang, nodes, [])),
+    io:format(user, "~n    nodedown after ~b ms (~p) ", [Ms, Reason]).
 
 t_reconnect_after_kill(Reg) ->
     [A, B] = ?P:start_many(Reg, [#{prefix => "a", ticktime => 4},

@@ -540,6 +540,13 @@ pub fn describe_close(e: &compat::ConnectionError) -> String {
         }
         compat::ConnectionError::LocallyClosed => "closed locally".to_string(),
         compat::ConnectionError::TimedOut => "idle timeout: no packet from the peer".to_string(),
+        // Only this node makes this one (a peer's close is `ConnectionClosed`): it gave the
+        // peer up after a probe (`direct`), and the reason says why.
+        compat::ConnectionError::TransportError(t)
+            if t.code == quinn_proto::TransportErrorCode::NO_VIABLE_PATH =>
+        {
+            t.reason.clone()
+        }
         other => other.to_string(),
     }
 }

@@ -4,11 +4,12 @@
 
 use std::future::Future;
 use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use quic_dist_transport::certs::{generate_ca, generate_node, Validity};
-use quic_dist_transport::direct::{compat, Connection, Endpoint};
+use quic_dist_transport::direct::{compat, Connection, Endpoint, PEER_GONE};
 use quic_dist_transport::{TlsMaterial, TransportOptions};
 use quinn_proto::{Dir, StreamId};
 
@@ -45,13 +46,22 @@ fn watch(ep: Endpoint, activity: Arc<Activity>) {
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_io()
+            .enable_time()
             .build()
             .unwrap();
         rt.block_on(async move {
             let socket = tokio::net::UdpSocket::from_std(ep.socket_handle().unwrap()).unwrap();
             loop {
-                if socket.readable().await.is_err() {
-                    return;
+                // `enif_select` also wakes for an error report alone (an ICMP report on the
+                // socket's error queue); `readable` does not: a receive every 10 ms stands in.
+                match tokio::time::timeout(Duration::from_millis(10), socket.readable()).await {
+                    Ok(Err(_)) => return,
+                    Ok(Ok(())) => {}
+                    Err(_) => {
+                        let _ = ep.receive();
+                        activity.bump();
+                        continue;
+                    }
                 }
                 // Everything waiting is taken; the next readiness is a new datagram.
                 let _ = socket.try_io(tokio::io::Interest::READABLE, || {
@@ -417,4 +427,127 @@ fn what_the_peer_sent_before_closing_is_still_read_after_the_close() {
         .recv_timeout(Duration::from_secs(10))
         .expect("the reader ends");
     assert_eq!(result, Ok(b"the last words".to_vec()));
+}
+
+/// Forwards datagrams between one client and `server` from a port of its own, until stopped:
+/// stopping it closes that port, as a node's death closes its own.
+struct Relay {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Relay {
+    fn start(server: SocketAddr) -> Self {
+        Self::start_on("127.0.0.1:0".parse().unwrap(), server)
+    }
+
+    fn start_on(bind: SocketAddr, server: SocketAddr) -> Self {
+        let socket = UdpSocket::bind(bind).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(10)))
+            .unwrap();
+        let addr = socket.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut client = None;
+            let mut buf = vec![0u8; 65536];
+            while !stopped.load(SeqCst) {
+                let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                    continue;
+                };
+                if from == server {
+                    if let Some(c) = client {
+                        let _ = socket.send_to(&buf[..n], c);
+                    }
+                } else {
+                    client = Some(from);
+                    let _ = socket.send_to(&buf[..n], server);
+                }
+            }
+        });
+        Self { addr, stop, thread }
+    }
+
+    /// Stops forwarding and closes the port; returns its address.
+    fn stop(self) -> SocketAddr {
+        self.stop.store(true, SeqCst);
+        self.thread.join().unwrap();
+        self.addr
+    }
+}
+
+/// A client connected to the server through a relay.
+fn connected_through_relay(opts: &TransportOptions) -> (Side, Arc<Connection>, Side, Relay) {
+    let tls = tls();
+    let server = side(Some(tls.server_config(opts).unwrap()), opts);
+    let client = side(None, opts);
+    let relay = Relay::start(server.ep.local_addr().unwrap());
+    let c = client
+        .ep
+        .connect(tls.client_config(opts).unwrap(), relay.addr, "localhost")
+        .unwrap();
+    wait_for(&client.activity, "the handshake", || {
+        c.is_connected().then_some(())
+    });
+    (client, c, server, relay)
+}
+
+#[test]
+fn a_peer_whose_port_closed_is_given_up_after_a_probe() {
+    // A QUIC peer that dies says nothing; the kernel answers the next datagram sent to its
+    // closed port with an ICMP port unreachable. Without that report the connection would
+    // last until its idle timeout (minutes), and the node until its ticks stop.
+    let opts = TransportOptions::default().for_loopback();
+    let (client, c, _server, relay) = connected_through_relay(&opts);
+    relay.stop();
+    let sent = Instant::now();
+    c.with(|c| c.ping());
+    wait_for(&client.activity, "the probe", || {
+        c.is_probing().then_some(())
+    });
+    let lost = wait_for(&client.activity, "the connection given up", || c.lost());
+    assert!(
+        matches!(&lost, quinn_proto::ConnectionError::TransportError(t) if t.reason == PEER_GONE),
+        "{lost:?}"
+    );
+    assert!(!c.is_probing());
+    eprintln!(
+        "given up {:?} after the first datagram to the closed port",
+        sent.elapsed()
+    );
+}
+
+#[test]
+fn a_peer_that_answers_the_probe_keeps_its_connection() {
+    // A report is not authenticated (and a port may be reopened): a peer that answers the
+    // probe is alive, and nothing is lost.
+    let opts = TransportOptions::default().for_loopback();
+    let (client, c, server, relay) = connected_through_relay(&opts);
+    let s = wait_for(&server.activity, "the accepted connection", || {
+        server.ep.accept()
+    });
+    let server_addr = server.ep.local_addr().unwrap();
+    let addr = relay.stop();
+    c.with(|c| c.ping());
+    wait_for(&client.activity, "the probe", || {
+        c.is_probing().then_some(())
+    });
+    let _relay = Relay::start_on(addr, server_addr);
+    wait_for(&client.activity, "the answer to the probe", || {
+        (!c.is_probing()).then_some(())
+    });
+    assert!(c.lost().is_none(), "{:?}", c.lost());
+    // And the connection still carries data.
+    let id = c.with(|c| c.streams().open(Dir::Uni)).expect("stream");
+    c.with(|c| c.send_stream(id).write(b"still here")).unwrap();
+    let mut got = Vec::new();
+    wait_for(&server.activity, "the data at the server", || {
+        let sid = s.with(|c| c.streams().accept(Dir::Uni)).or(Some(id))?;
+        read_available(&s, sid, &mut got);
+        (got.len() >= 10).then_some(())
+    });
+    assert_eq!(got, b"still here");
+    assert!(c.lost().is_none());
 }

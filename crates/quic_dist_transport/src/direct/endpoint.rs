@@ -10,7 +10,7 @@ use quinn_proto::{
     ClientConfig, ConnectError, ConnectionHandle, DatagramEvent, EndpointConfig, Event,
     ServerConfig,
 };
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::timers::Timers;
 use super::udp::Socket;
@@ -27,6 +27,11 @@ const MAX_TRANSMIT_SEGMENTS: usize = 10;
 
 /// How soon a connection whose datagram did not fit in the socket's send buffer tries again.
 const SEND_RETRY: std::time::Duration = std::time::Duration::from_micros(200);
+
+/// How long a peer whose port was reported closed has to show it is alive (any datagram)
+/// before its connection is given up. A live peer acknowledges the probe within a round trip
+/// and its acknowledgement delay (25 ms); the margin is for a peer whose schedulers are busy.
+const PROBE_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Sends a datagram and gives its buffer back for reuse, or keeps both in `unsent` if the
 /// socket's send buffer is full (`None` then). Other errors are the path's (an unreachable
@@ -114,6 +119,16 @@ pub(super) struct ConnState {
     pub(super) waiters: Vec<std::task::Waker>,
     /// Why the connection ended, once it has.
     pub(super) lost: Option<quinn_proto::ConnectionError>,
+    /// Set while the peer's port is reported closed (see `unreachable.rs`).
+    probe: Option<Probe>,
+}
+
+/// A probe of a peer reported gone: it is alive if a datagram comes before the deadline.
+#[derive(Debug, Clone, Copy)]
+struct Probe {
+    /// Datagrams received from the peer when the probe began.
+    received: u64,
+    deadline: Instant,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -201,6 +216,7 @@ impl Endpoint {
                 queued: None,
                 waiters: Vec::new(),
                 lost: None,
+                probe: None,
             }),
             endpoint: Arc::downgrade(&self.inner),
         });
@@ -218,6 +234,18 @@ impl Endpoint {
     /// a TLS hello that cannot be served), with why.
     pub fn take_refused(&self) -> Vec<(SocketAddr, quinn_proto::ConnectionError)> {
         std::mem::take(&mut lock(&self.inner.state).refused)
+    }
+
+    /// Probes the connections to every peer the socket's error queue reports as gone.
+    fn probe_unreachable_peers(&self) {
+        let gone = self.inner.socket.take_port_unreachable();
+        if gone.is_empty() {
+            return;
+        }
+        let conns: Vec<_> = lock(&self.inner.state).conns.values().cloned().collect();
+        for conn in conns {
+            conn.probe_if_gone(&gone);
+        }
     }
 
     /// Closes every connection, telling the peers `reason`, and refuses new ones from now on.
@@ -256,19 +284,25 @@ impl Endpoint {
 
     fn receive_up_to(&self, max_batches: usize) -> io::Result<()> {
         let mut touched: Vec<Arc<Connection>> = Vec::new();
-        for _ in 0..max_batches {
+        for batch in 0..max_batches {
             let datagrams = match self.inner.socket.recv(self.inner.max_datagram) {
                 Ok(d) => d,
-                // An ICMP error for an earlier send (a peer gone): its connection times out.
+                // An ICMP report of an earlier send: a peer's port is closed.
                 Err(e)
                     if e.kind() == io::ErrorKind::ConnectionRefused
                         || e.kind() == io::ErrorKind::ConnectionReset =>
                 {
-                    continue
+                    self.probe_unreachable_peers();
+                    continue;
                 }
                 Err(e) => return Err(e),
             };
             if datagrams.is_empty() {
+                // Woken with nothing to read: by a report on the error queue, which keeps the
+                // socket ready until it is read (a send may have taken the error itself).
+                if batch == 0 {
+                    self.probe_unreachable_peers();
+                }
                 break;
             }
             let now = Instant::now();
@@ -342,6 +376,32 @@ impl Endpoint {
     }
 }
 
+/// Closes a connection whose peer's port is closed and which did not answer a probe: its node
+/// is gone. Its tasks see the connection lost with why.
+fn give_up_unreachable(st: &mut ConnState, now: Instant) {
+    let remote = st.conn.remote_address();
+    warn!(remote = %remote, window = ?PROBE_WINDOW,
+          "peer gone: its udp port is closed (icmp port unreachable) and it did not answer a probe; closing the connection");
+    st.conn.close(
+        now,
+        quinn_proto::VarInt::from_u32(0),
+        bytes::Bytes::from_static(b"peer unreachable"),
+    );
+    if st.lost.is_none() {
+        st.lost = Some(quinn_proto::ConnectionError::TransportError(
+            quinn_proto::TransportError {
+                code: quinn_proto::TransportErrorCode::NO_VIABLE_PATH,
+                frame: None,
+                reason: PEER_GONE.to_string(),
+            },
+        ));
+    }
+}
+
+/// Why a connection was given up after a probe (see [`give_up_unreachable`]).
+pub const PEER_GONE: &str =
+    "peer gone: its udp port is closed (icmp port unreachable) and it did not answer a probe";
+
 impl Connection {
     /// Runs `f` on quinn-proto's connection (to write or read streams), then drives it.
     pub fn with<R>(self: &Arc<Self>, f: impl FnOnce(&mut quinn_proto::Connection) -> R) -> R {
@@ -366,6 +426,35 @@ impl Connection {
         for w in waiters {
             w.wake();
         }
+    }
+
+    /// Starts a probe if the peer's address is among `gone` (ports reported closed): the peer
+    /// is sent a PING and has [`PROBE_WINDOW`] to send anything; then the connection is given
+    /// up (`drive`). An ICMP report is not authenticated: a forged one costs a PING, no more.
+    fn probe_if_gone(self: &Arc<Self>, gone: &[SocketAddr]) {
+        {
+            let mut st = lock(&self.state);
+            let remote = st.conn.remote_address();
+            let same = |a: &SocketAddr| {
+                a.port() == remote.port() && a.ip().to_canonical() == remote.ip().to_canonical()
+            };
+            if st.lost.is_some() || st.probe.is_some() || !gone.iter().any(same) {
+                return;
+            }
+            debug!(remote = %remote, "peer's port reported closed: probing");
+            st.probe = Some(Probe {
+                received: st.conn.stats().udp_rx.datagrams,
+                deadline: Instant::now() + PROBE_WINDOW,
+            });
+            st.conn.ping();
+        }
+        self.drive();
+    }
+
+    /// Whether the peer is being probed: its port was reported closed and it has not sent
+    /// anything since.
+    pub fn is_probing(&self) -> bool {
+        lock(&self.state).probe.is_some()
     }
 
     /// Whether the handshake is complete.
@@ -396,6 +485,17 @@ impl Connection {
         if st.armed.is_some_and(|t| t <= now) {
             st.armed = None;
             st.conn.handle_timeout(now);
+        }
+        let mut woke = false;
+        if let Some(probe) = st.probe {
+            if st.conn.stats().udp_rx.datagrams > probe.received {
+                st.probe = None;
+                debug!(remote = %st.conn.remote_address(), "probed peer answered");
+            } else if now >= probe.deadline {
+                st.probe = None;
+                give_up_unreachable(st, now);
+                woke = true;
+            }
         }
         while let Some(event) = st.conn.poll_endpoint_events() {
             let mut eps = lock(&ep.state);
@@ -445,7 +545,6 @@ impl Connection {
                 }
             }
         }
-        let mut woke = false;
         while let Some(event) = st.conn.poll() {
             if let Event::ConnectionLost { reason } = &event {
                 st.lost = Some(reason.clone());
@@ -465,6 +564,10 @@ impl Connection {
             Some(now)
         } else {
             st.conn.poll_timeout()
+        };
+        let next = match (next, st.probe.map(|p| p.deadline)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         };
         st.armed = next;
         if let Some(at) = next {

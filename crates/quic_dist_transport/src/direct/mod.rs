@@ -14,6 +14,7 @@ pub mod exec;
 mod streams;
 mod timers;
 mod udp;
+mod unreachable;
 
-pub use endpoint::{Connection, Endpoint};
+pub use endpoint::{Connection, Endpoint, PEER_GONE};
 pub use streams::StreamError;

@@ -41,6 +41,9 @@ impl Socket {
     pub(crate) fn new(socket: UdpSocket) -> io::Result<Self> {
         socket.set_nonblocking(true)?;
         let state = UdpSocketState::new((&socket).into())?;
+        if let Err(e) = super::unreachable::enable(&socket) {
+            tracing::debug!(error = %e, "no icmp error reports: a dead peer is noticed by ticks");
+        }
         Ok(Self {
             socket,
             state,
@@ -76,6 +79,11 @@ impl Socket {
                 src_ip: t.src_ip,
             },
         )
+    }
+
+    /// Destinations reported as a closed port since the last call (see `unreachable.rs`).
+    pub(crate) fn take_port_unreachable(&self) -> Vec<SocketAddr> {
+        super::unreachable::take_port_unreachable(&self.socket)
     }
 
     /// Receives what is waiting, up to one batch, each datagram in `max_datagram` bytes at
