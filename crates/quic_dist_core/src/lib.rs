@@ -2,7 +2,7 @@
 //!
 //! Everything here is deterministic and free of I/O so it can be unit-tested without a runtime:
 //! the framing of distribution packets on a QUIC stream ([`framing`]), the routing facts of a
-//! distribution packet ([`dist_header`]), the choice of stream per packet and the delivery rule
+//! distribution packet ([`dist_header`]), the joining of a message's fragments ([`fragments`]), the choice of stream per packet and the delivery rule
 //! for ordered packets ([`stream_map`]), and the limits that keep memory bounded per connection
 //! ([`limits`]).
 #![warn(missing_docs)]
@@ -10,6 +10,7 @@
 pub mod copy;
 pub mod dist_header;
 pub mod error;
+pub mod fragments;
 pub mod framing;
 pub mod in_flight;
 pub mod limits;

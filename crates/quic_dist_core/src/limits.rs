@@ -2,8 +2,9 @@
 
 /// Largest distribution packet accepted on the wire, in bytes.
 ///
-/// OTP 25 fragments every message above 64 KiB, so real packets stay far below this; the limit
-/// only stops a broken or hostile peer from making us buffer an unbounded frame.
+/// OTP 25 fragments every message above 64 KiB (the receiver joins at most 2 MiB of them, after
+/// framing), so real frames stay far below this; the limit only stops a broken or hostile peer
+/// from making us buffer an unbounded frame.
 pub const DEFAULT_MAX_FRAME: usize = 64 * 1024 * 1024;
 
 /// Bytes queued for sending (all streams) and copied by the carrier, above which the output

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use quic_dist_core::dist_header::{is_fragment, receiver, route, Route};
+use quic_dist_core::fragments::FragmentJoiner;
 use quic_dist_core::limits::{RECV_BATCH_BYTES, RECV_BATCH_PACKETS, RECV_UNACKED_LIMIT};
 use quic_dist_core::stream_map::{ordered_ready, MAX_DATA_STREAMS};
 use quic_dist_core::{Frame, FrameDecoder, Packet};
@@ -184,6 +185,10 @@ async fn read_frames(
     };
     let ch = &shared.channels[channel];
     let mut receivers = Receivers::default();
+    let mut joiner = FragmentJoiner::new();
+    // Packets taken off the stream since the last delivery, fragments held by the joiner
+    // included: other streams' ordered packets count on them (see `deliver`).
+    let mut consumed = 0u64;
     loop {
         // Backpressure: stop reading while the owner has too much of this channel unconsumed,
         // but still notice a close: otherwise a stalled owner is never told, and a dropped one
@@ -230,7 +235,7 @@ async fn read_frames(
                 }
                 Ok(Some(Frame::Packet(p))) => p,
                 Ok(Some(Frame::Ordered { after, packet })) => {
-                    deliver(shared, &mut batch);
+                    deliver(shared, &mut batch, &mut consumed);
                     if channel > 0 && !wait_for_streams(conn, shared, &after, channel - 1).await {
                         return ReadEnd::Gone;
                     }
@@ -248,14 +253,17 @@ async fn read_frames(
                 }
             };
             shared.packets_received.fetch_add(1, SeqCst);
-            receivers.note(&packet, &mut batch.receivers);
-            batch.bytes += packet.len();
-            batch.packets.push(packet);
+            consumed += 1;
+            for packet in joiner.push(packet) {
+                receivers.note(&packet, &mut batch.receivers);
+                batch.bytes += packet.len();
+                batch.packets.push(packet);
+            }
             if batch.packets.len() >= RECV_BATCH_PACKETS || batch.bytes >= RECV_BATCH_BYTES {
-                deliver(shared, &mut batch);
+                deliver(shared, &mut batch, &mut consumed);
             }
         }
-        deliver(shared, &mut batch);
+        deliver(shared, &mut batch, &mut consumed);
     }
 }
 
@@ -354,26 +362,32 @@ const SHORT_FIRST_PART: usize = 4096;
 /// Most bytes of a packet read to find its receiver when the header is cut between pieces.
 const HEADER_LIMIT: usize = 64 * 1024;
 
-fn deliver(shared: &Shared, batch: &mut PacketBatch) {
-    if batch.packets.is_empty() {
-        return;
-    }
+/// Hands `batch` to the owner and counts the `consumed` packets of the stream as delivered.
+///
+/// Fragments the joiner holds count too: the runtime would not have let their message be seen
+/// before its last fragment either, so an ordered packet of another stream that the sender
+/// sent after them may go first, as it would have arrived first.
+fn deliver(shared: &Shared, batch: &mut PacketBatch, consumed: &mut u64) {
     let channel = batch.channel;
-    let b = std::mem::replace(
-        batch,
-        PacketBatch {
-            channel,
-            ..PacketBatch::default()
-        },
-    );
-    let count = b.packets.len() as u64;
     let ch = &shared.channels[channel];
-    ch.unacked.fetch_add(b.bytes, SeqCst);
-    if let Some(ev) = shared.events.get() {
-        ev.packets(b);
+    if !batch.packets.is_empty() {
+        let b = std::mem::replace(
+            batch,
+            PacketBatch {
+                channel,
+                ..PacketBatch::default()
+            },
+        );
+        ch.unacked.fetch_add(b.bytes, SeqCst);
+        if let Some(ev) = shared.events.get() {
+            ev.packets(b);
+        }
     }
     // Counted once handed over: an ordered packet of another stream, delivered after this
     // count changes, reaches the owner after these packets.
-    ch.delivered.fetch_add(count, SeqCst);
-    shared.delivered_changed.notify_waiters();
+    let count = std::mem::take(consumed);
+    if count > 0 {
+        ch.delivered.fetch_add(count, SeqCst);
+        shared.delivered_changed.notify_waiters();
+    }
 }

@@ -1074,6 +1074,63 @@ async fn lent_and_copied_pieces_arrive_as_one_packet_on_any_number_of_streams() 
     }
 }
 
+/// `packet` (a [`dist_send`]) cut as the runtime fragments a message: a start fragment with
+/// the header and control message, continuations with the rest, FragId counting down to 1.
+fn fragments(packet: &[u8], seq: u64, cuts: &[usize]) -> Vec<Vec<u8>> {
+    // From the atom cache count on, as a start fragment carries it.
+    let body = &packet[2..];
+    let mut bounds = vec![0];
+    bounds.extend_from_slice(cuts);
+    bounds.push(body.len());
+    let count = bounds.len() as u64 - 1;
+    bounds
+        .windows(2)
+        .enumerate()
+        .map(|(i, w)| {
+            let kind = if i == 0 { 69 } else { 70 };
+            [
+                &[131, kind][..],
+                &seq.to_be_bytes(),
+                &(count - i as u64).to_be_bytes(),
+                &body[w[0]..w[1]],
+            ]
+            .concat()
+        })
+        .collect()
+}
+
+/// The receiver joins a message's fragments into one ordinary packet (which the runtime
+/// decodes without joining them again), delivered where its last fragment arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fragments_of_a_message_arrive_joined_into_one_packet() {
+    for streams in [1, 4] {
+        let mut p = data_pair(streams).await;
+        let whole = dist_send(1, 99, 150_000);
+        let frags = fragments(&whole, 7, &[65_536, 131_072]);
+        assert_eq!(frags.len(), 3);
+        // Another sender's message between the fragments, as the runtime may interleave them.
+        let other = dist_send(2, 5, 100);
+        let sent = [
+            frags[0].clone(),
+            other.clone(),
+            frags[1].clone(),
+            frags[2].clone(),
+        ];
+        assert_eq!(send_batch(&p.client, &sent), SendStatus::Ready);
+        let (got, _) = p.server.recv_packets(2, true).await;
+        let got: Vec<Vec<u8>> = got.iter().map(|b| b.to_vec()).collect();
+        if streams == 1 {
+            assert_eq!(got, vec![other.clone(), whole.clone()]);
+        } else {
+            let mut got = got;
+            got.sort();
+            let mut want = vec![other.clone(), whole.clone()];
+            want.sort();
+            assert_eq!(got, want);
+        }
+    }
+}
+
 async fn data_pair(streams: usize) -> Pair {
     let p = pair(TransportOptions::default(), TransportOptions::default()).await;
     p.client.conn.start_data_streams(streams).unwrap();
