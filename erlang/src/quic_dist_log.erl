@@ -9,7 +9,12 @@
 
 -include_lib("kernel/include/logger.hrl").
 
--define(DEFAULT_FILTER, "quic_dist_transport=info,quic_dist_nif=info,quinn=warn,quinn_proto=warn").
+%% quinn_udp at error only: with the socket's error reports on (a dead peer's closed port, see
+%% direct/unreachable.rs) every failed send surfaces as an error, and quinn_udp warns of each kind
+%% (a peer's closed port, which the transport reports itself, or a full queue on a local link,
+%% which QUIC's loss recovery handles) where a warning says nothing the user can act on.
+-define(DEFAULT_FILTER,
+        "quic_dist_transport=info,quic_dist_nif=info,quinn=warn,quinn_proto=warn,quinn_udp=error").
 
 %% @doc Starts the registered log process (and loads the NIF).
 -spec start_link() -> {ok, pid()} | {error, term()}.
