@@ -11,7 +11,8 @@
 -include_lib("eunit/include/eunit.hrl").
 
 %% Run on the nodes.
--export([memory/0, start_flood/3, wait_stuck/1, wait_flood_done/1, many_senders/4, order_receiver/4, signal_pairs/3, head_of_line/2, stream_counts/1]).
+-export([memory/0, start_flood/3, wait_stuck/1, wait_flood_done/1, many_senders/4, order_receiver/4, signal_pairs/3, head_of_line/2, stream_counts/1,
+         pings_beside_stream/3]).
 
 -define(P, quic_dist_test_peers).
 -define(BIG, (100 * 1024)).          % above 64 KiB: fragmented
@@ -28,6 +29,9 @@ streams_test_() ->
           120, [], fun t_signals/1),
      pair("a small message overtakes a 256 MiB message between another pair", 180, [],
           fun t_no_head_of_line/1),
+     pair("ping-pong beside a stream of 8 MiB messages, the pinger started before and after "
+          "the streamer: a round trip does not wait for a bulk message", 120, [],
+          fun t_pings_beside_stream/1),
      pair("a receiver that does not read its mailbox while 2 GB are sent to it: the sender "
           "is suspended, memory stays bounded, and it goes on once the receiver is gone", 180,
           [], fun t_slow_receiver/1),
@@ -90,6 +94,21 @@ t_no_head_of_line(#{a := A, b := B}) ->
     %% sent; nothing but the big message's own bytes ahead of it in some queue (the runtime's
     %% for the node, the carrier's) could make it wait for half of the rest.
     ?assert(ReceivedAtSmall < ?HOL_SIZE div 2).
+
+t_pings_beside_stream(#{a := A, b := B}) ->
+    ?P:connect(A, B),
+    NB = ?P:nodename(B),
+    %% New processes take streams in turn, so one of the two orders puts the pinger on a
+    %% stream of higher index than the streamer's. The echo reports how many bulk bytes the
+    %% sink had got when each ping came: between two pings (one round trip), a carrier that
+    %% made the ping wait behind the stream shows a whole 8 MiB message or more.
+    [begin
+         Gaps = ?P:call(A, ?MODULE, pings_beside_stream, [NB, Order, 200], 110000),
+         Median = lists:nth(length(Gaps) div 2, lists:sort(Gaps)),
+         io:format(user, "~n    ~p: median ~b KiB of the stream per round trip ",
+                   [Order, Median bsr 10]),
+         ?assert(Median < 8 * 1024 * 1024)
+     end || Order <- [pinger_first, streamer_first]].
 
 t_slow_receiver(#{a := A, b := B}) ->
     ?P:connect(A, B),
@@ -339,6 +358,78 @@ head_of_line(Node, Size) ->
             receive {Ref, Order} -> {Order, Received} after 150000 -> timeout end
     after 150000 -> timeout
     end.
+
+%% Pings (at most N) an echo on Node while a streamer sends 8 MiB binaries to a sink there
+%% (at most 4 unacknowledged); the pinger's first message to Node goes before or after the
+%% streamer's, as Order says. Returns, per round trip, the bulk bytes the sink got since the
+%% previous one.
+pings_beside_stream(Node, Order, N) ->
+    Self = self(),
+    Spawn = fun(F) -> Me = self(), spawn(Node, fun() -> Me ! {self(), up}, F() end) end,
+    Up = fun(Pid) -> receive {Pid, up} -> Pid end end,
+    Pinger = fun() ->
+                     receive go -> ok end,
+                     Echo = Up(Spawn(fun echo_with_count/0)),
+                     Self ! {ready, self()},
+                     receive start -> ok end,
+                     Self ! {gaps, ping_gaps(Echo, N, 0, [])}
+             end,
+    Streamer = fun() ->
+                       receive go -> ok end,
+                       Sink = Up(Spawn(fun() -> counting_sink(undefined) end)),
+                       Self ! {ready, self()},
+                       receive start -> ok end,
+                       stream_to(Sink, binary:copy(<<"s">>, 8 * 1024 * 1024), 4)
+               end,
+    {P, S} = {spawn_link(Pinger), spawn_link(Streamer)},
+    %% Each one's first message to Node (the spawn) in the order asked.
+    First = case Order of pinger_first -> [P, S]; streamer_first -> [S, P] end,
+    [begin Pid ! go, receive {ready, Pid} -> ok end end || Pid <- First],
+    S ! start,
+    P ! start,
+    Gaps = receive {gaps, G} -> G after 100000 -> error(pings_timeout) end,
+    unlink(S),
+    exit(S, kill),
+    Gaps.
+
+%% The sink counts bulk bytes in a counter the echo reads.
+counting_sink(undefined) ->
+    Ref = counters:new(1, []),
+    persistent_term:put({?MODULE, sink_bytes}, Ref),
+    counting_sink(Ref);
+counting_sink(Ref) ->
+    receive
+        {From, B} when is_binary(B) ->
+            counters:add(Ref, 1, byte_size(B)),
+            From ! got,
+            counting_sink(Ref)
+    end.
+
+echo_with_count() ->
+    receive
+        {From, ping} ->
+            Bytes = case persistent_term:get({?MODULE, sink_bytes}, undefined) of
+                        undefined -> 0;
+                        Ref -> counters:get(Ref, 1)
+                    end,
+            From ! {pong, Bytes},
+            echo_with_count()
+    end.
+
+stream_to(Sink, Bin, Credit) when Credit > 0 ->
+    Sink ! {self(), Bin},
+    stream_to(Sink, Bin, Credit - 1);
+stream_to(Sink, Bin, 0) ->
+    receive got -> stream_to(Sink, Bin, 1) end.
+
+ping_gaps(_Echo, 0, _Last, Acc) ->
+    Acc;
+ping_gaps(Echo, N, Last, Acc) ->
+    Echo ! {self(), ping},
+    receive {pong, Bytes} -> ok end,
+    %% The first round trips may come before the stream has started.
+    Acc1 = case Last of 0 -> Acc; _ -> [Bytes - Last | Acc] end,
+    ping_gaps(Echo, N - 1, Bytes, Acc1).
 
 observe(Report, Ref, Seen) when length(Seen) =:= 2 ->
     Report ! {Ref, lists:reverse(Seen)};

@@ -121,6 +121,8 @@ pub(super) struct ConnState {
     pub(super) lost: Option<quinn_proto::ConnectionError>,
     /// Set while the peer's port is reported closed (see `unreachable.rs`).
     probe: Option<Probe>,
+    /// Wake the waiters last-registered first this time (see [`take_waiters`]).
+    wake_reversed: bool,
 }
 
 /// A probe of a peer reported gone: it is alive if a datagram comes before the deadline.
@@ -217,6 +219,7 @@ impl Endpoint {
                 waiters: Vec::new(),
                 lost: None,
                 probe: None,
+                wake_reversed: false,
             }),
             endpoint: Arc::downgrade(&self.inner),
         });
@@ -376,6 +379,26 @@ impl Endpoint {
     }
 }
 
+/// Takes the connection's waiting tasks, to be woken in the returned order: registration order
+/// and its reverse in turn.
+///
+/// The executor runs woken tasks in the order they were woken, and tasks register again in the
+/// order they ran: woken always in registration order, the same task would run first at every
+/// event for the life of the connection. Writers compete for the connection's send window
+/// (narrowed to about 128 KiB while small messages go beside bulk data): the first writer to
+/// run takes whatever an acknowledgement freed, and when that was a bulk transfer's writer, a
+/// small message on a stream of higher index waited until the whole bulk message was written
+/// (ping p50 12-17 ms behind an 8 MiB stream, 0.4-0.6 ms with the streams the other way round).
+/// Reversing the order every other time puts any task ahead of any other within two events.
+fn take_waiters(st: &mut ConnState) -> Vec<std::task::Waker> {
+    let mut waiters = std::mem::take(&mut st.waiters);
+    if st.wake_reversed {
+        waiters.reverse();
+    }
+    st.wake_reversed = !st.wake_reversed;
+    waiters
+}
+
 /// Closes a connection whose peer's port is closed and which did not answer a probe: its node
 /// is gone. Its tasks see the connection lost with why.
 fn give_up_unreachable(st: &mut ConnState, now: Instant) {
@@ -420,7 +443,7 @@ impl Connection {
             if st.lost.is_none() {
                 st.lost = Some(quinn_proto::ConnectionError::LocallyClosed);
             }
-            std::mem::take(&mut st.waiters)
+            take_waiters(&mut st)
         };
         self.drive();
         for w in waiters {
@@ -551,11 +574,7 @@ impl Connection {
             }
             woke = true;
         }
-        let waiters = if woke {
-            std::mem::take(&mut st.waiters)
-        } else {
-            Vec::new()
-        };
+        let waiters = if woke { take_waiters(st) } else { Vec::new() };
         // Out of budget with more to send: the timer thread goes on at once. Blocked by a full
         // socket buffer: it tries again shortly (the buffer drains at the link's rate).
         let next = if blocked {
