@@ -38,8 +38,12 @@ attr_value(V) when is_binary(V) -> V;
 attr_value(V) when is_list(V) -> V;
 attr_value(V) -> io_lib:format("~p", [V]).
 
-format_time({utcTime, T}) -> list_to_binary(T);
-format_time({generalTime, T}) -> list_to_binary(T).
+%% ISO 8601 in UTC ("2036-11-30T11:28:47Z"), not the ASN.1 string ("361130112847Z").
+format_time(Time) ->
+    Seconds = pubkey_cert:time_str_2_gregorian_sec(Time),
+    {{Y, Mo, D}, {H, Mi, S}} = calendar:gregorian_seconds_to_datetime(Seconds),
+    iolist_to_binary(io_lib:format("~4..0b-~2..0b-~2..0bT~2..0b:~2..0b:~2..0bZ",
+                                   [Y, Mo, D, H, Mi, S])).
 
 alt_names(asn1_NOVALUE) -> [];
 alt_names(Exts) ->
