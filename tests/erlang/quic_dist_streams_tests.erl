@@ -103,7 +103,9 @@ t_pings_beside_stream(#{a := A, b := B}) ->
     %% sink had got when each ping came: between two pings (one round trip), a carrier that
     %% made the ping wait behind the stream shows a whole 8 MiB message or more.
     [begin
-         Gaps = ?P:call(A, ?MODULE, pings_beside_stream, [NB, Order, 200], 110000),
+         Gaps = ?P:call(A, ?MODULE, pings_beside_stream, [NB, Order, 64 * 1024 * 1024],
+                        110000),
+         ?assert(length(Gaps) >= 20),
          Median = lists:nth(length(Gaps) div 2, lists:sort(Gaps)),
          io:format(user, "~n    ~p: median ~b KiB of the stream per round trip ",
                    [Order, Median bsr 10]),
@@ -359,11 +361,11 @@ head_of_line(Node, Size) ->
     after 150000 -> timeout
     end.
 
-%% Pings (at most N) an echo on Node while a streamer sends 8 MiB binaries to a sink there
-%% (at most 4 unacknowledged); the pinger's first message to Node goes before or after the
-%% streamer's, as Order says. Returns, per round trip, the bulk bytes the sink got since the
-%% previous one.
-pings_beside_stream(Node, Order, N) ->
+%% Pings an echo on Node while a streamer sends 8 MiB binaries to a sink there (at most 4
+%% unacknowledged), until the sink has Total bytes (or 100 000 round trips); the pinger's first
+%% message to Node goes before or after the streamer's, as Order says. Returns, per round trip
+%% once the stream flows, the bulk bytes the sink got since the previous one.
+pings_beside_stream(Node, Order, Total) ->
     Self = self(),
     Spawn = fun(F) -> Me = self(), spawn(Node, fun() -> Me ! {self(), up}, F() end) end,
     Up = fun(Pid) -> receive {Pid, up} -> Pid end end,
@@ -372,7 +374,7 @@ pings_beside_stream(Node, Order, N) ->
                      Echo = Up(Spawn(fun echo_with_count/0)),
                      Self ! {ready, self()},
                      receive start -> ok end,
-                     Self ! {gaps, ping_gaps(Echo, N, 0, [])}
+                     Self ! {gaps, ping_gaps(Echo, Total, 100000, 0, [])}
              end,
     Streamer = fun() ->
                        receive go -> ok end,
@@ -422,14 +424,16 @@ stream_to(Sink, Bin, Credit) when Credit > 0 ->
 stream_to(Sink, Bin, 0) ->
     receive got -> stream_to(Sink, Bin, 1) end.
 
-ping_gaps(_Echo, 0, _Last, Acc) ->
+ping_gaps(_Echo, _Total, 0, _Last, Acc) ->
     Acc;
-ping_gaps(Echo, N, Last, Acc) ->
+ping_gaps(_Echo, Total, _N, Last, Acc) when Last >= Total ->
+    Acc;
+ping_gaps(Echo, Total, N, Last, Acc) ->
     Echo ! {self(), ping},
     receive {pong, Bytes} -> ok end,
-    %% The first round trips may come before the stream has started.
+    %% Round trips before the first bulk message has arrived are not counted.
     Acc1 = case Last of 0 -> Acc; _ -> [Bytes - Last | Acc] end,
-    ping_gaps(Echo, N - 1, Bytes, Acc1).
+    ping_gaps(Echo, Total, N - 1, Bytes, Acc1).
 
 observe(Report, Ref, Seen) when length(Seen) =:= 2 ->
     Report ! {Ref, lists:reverse(Seen)};
