@@ -403,8 +403,7 @@ fn take_waiters(st: &mut ConnState) -> Vec<std::task::Waker> {
 /// is gone. Its tasks see the connection lost with why.
 fn give_up_unreachable(st: &mut ConnState, now: Instant) {
     let remote = st.conn.remote_address();
-    warn!(remote = %remote, window = ?PROBE_WINDOW,
-          "peer gone: its udp port is closed (icmp port unreachable) and it did not answer a probe; closing the connection");
+    warn!(remote = %remote, window = ?PROBE_WINDOW, "{PEER_GONE}; closing the connection");
     st.conn.close(
         now,
         quinn_proto::VarInt::from_u32(0),
