@@ -66,13 +66,15 @@ impl FragmentJoiner {
         Self::default()
     }
 
-    /// Takes the next packet of the stream; returns what is ready for the runtime, in order:
-    /// nothing while a message's fragments are still arriving, the joined message with its
-    /// last fragment, and any other packet as it is.
-    pub fn push(&mut self, packet: Packet) -> Vec<Packet> {
+    /// Takes the next packet of the stream and appends to `ready` what is now ready for the
+    /// runtime, in order: nothing while a message's fragments are still arriving, the joined
+    /// message with its last fragment, and any other packet as it is. Appending to the
+    /// caller's batch keeps the path of a small message free of allocations.
+    pub fn push(&mut self, packet: Packet, ready: &mut Vec<Packet>) {
         let head = packet.head(START_HEADER);
         if head.len() < FRAGMENT_HEADER || head[0] != VERSION {
-            return vec![packet];
+            ready.push(packet);
+            return;
         }
         let seq = u64::from_be_bytes(head[2..10].try_into().expect("8 bytes"));
         let frag = u64::from_be_bytes(head[10..18].try_into().expect("8 bytes"));
@@ -87,27 +89,25 @@ impl FragmentJoiner {
                             fragments: vec![packet],
                         },
                     );
-                    Vec::new()
                 } else {
-                    vec![packet]
+                    ready.push(packet);
                 }
             }
-            FRAG_START => self.hand_on(seq, packet),
+            FRAG_START => self.hand_on(seq, packet, ready),
             FRAG_CONT => match self.joining.get_mut(&seq) {
-                None => vec![packet],
-                Some(j) if j.next != frag => self.hand_on(seq, packet),
+                None => ready.push(packet),
+                Some(j) if j.next != frag => self.hand_on(seq, packet, ready),
                 Some(j) if frag > 1 => {
                     j.fragments.push(packet);
                     j.next -= 1;
-                    Vec::new()
                 }
                 Some(_) => {
                     let mut fragments = self.joining.remove(&seq).expect("present").fragments;
                     fragments.push(packet);
-                    vec![joined(fragments)]
+                    ready.push(joined(fragments));
                 }
             },
-            _ => vec![packet],
+            _ => ready.push(packet),
         }
     }
 
@@ -116,15 +116,12 @@ impl FragmentJoiner {
         self.joining.len()
     }
 
-    /// The fragments held for `seq` as they came, then `packet`.
-    fn hand_on(&mut self, seq: u64, packet: Packet) -> Vec<Packet> {
-        let mut out = self
-            .joining
-            .remove(&seq)
-            .map(|j| j.fragments)
-            .unwrap_or_default();
-        out.push(packet);
-        out
+    /// Appends the fragments held for `seq` as they came, then `packet`.
+    fn hand_on(&mut self, seq: u64, packet: Packet, ready: &mut Vec<Packet>) {
+        if let Some(j) = self.joining.remove(&seq) {
+            ready.extend(j.fragments);
+        }
+        ready.push(packet);
     }
 }
 
@@ -152,6 +149,13 @@ mod tests {
         Packet::from(Bytes::from(b))
     }
 
+    /// What one packet makes ready.
+    fn push(j: &mut FragmentJoiner, packet: Packet) -> Vec<Packet> {
+        let mut ready = Vec::new();
+        j.push(packet, &mut ready);
+        ready
+    }
+
     fn whole(payload: &[u8]) -> Packet {
         let mut b = WHOLE_HEADER.to_vec();
         b.extend_from_slice(payload);
@@ -161,12 +165,10 @@ mod tests {
     #[test]
     fn the_fragments_of_a_message_become_one_whole_packet_at_the_last() {
         let mut j = FragmentJoiner::new();
-        assert!(j
-            .push(fragment(FRAG_START, 7, 3, b"\0CTRL-first "))
-            .is_empty());
-        assert!(j.push(fragment(FRAG_CONT, 7, 2, b"second ")).is_empty());
+        assert!(push(&mut j, fragment(FRAG_START, 7, 3, b"\0CTRL-first ")).is_empty());
+        assert!(push(&mut j, fragment(FRAG_CONT, 7, 2, b"second ")).is_empty());
         assert_eq!(j.joining(), 1);
-        let out = j.push(fragment(FRAG_CONT, 7, 1, b"third"));
+        let out = push(&mut j, fragment(FRAG_CONT, 7, 1, b"third"));
         assert_eq!(out, vec![whole(b"\0CTRL-first second third")]);
         assert_eq!(j.joining(), 0);
     }
@@ -175,15 +177,15 @@ mod tests {
     fn interleaved_sequences_are_joined_each_and_other_packets_pass_at_once() {
         let mut j = FragmentJoiner::new();
         let plain = whole(b"\0small message");
-        assert!(j.push(fragment(FRAG_START, 1, 2, b"\0a1")).is_empty());
-        assert!(j.push(fragment(FRAG_START, 2, 2, b"\0b1")).is_empty());
-        assert_eq!(j.push(plain.clone()), vec![plain]);
+        assert!(push(&mut j, fragment(FRAG_START, 1, 2, b"\0a1")).is_empty());
+        assert!(push(&mut j, fragment(FRAG_START, 2, 2, b"\0b1")).is_empty());
+        assert_eq!(push(&mut j, plain.clone()), vec![plain]);
         assert_eq!(
-            j.push(fragment(FRAG_CONT, 2, 1, b"b2")),
+            push(&mut j, fragment(FRAG_CONT, 2, 1, b"b2")),
             vec![whole(b"\0b1b2")]
         );
         assert_eq!(
-            j.push(fragment(FRAG_CONT, 1, 1, b"a2")),
+            push(&mut j, fragment(FRAG_CONT, 1, 1, b"a2")),
             vec![whole(b"\0a1a2")]
         );
     }
@@ -196,10 +198,8 @@ mod tests {
             Packet::from_parts([b.slice(..at), b.slice(at..)])
         };
         let mut j = FragmentJoiner::new();
-        assert!(j
-            .push(cut(fragment(FRAG_START, 9, 2, b"\0xy"), 5))
-            .is_empty());
-        let out = j.push(cut(fragment(FRAG_CONT, 9, 1, b"z"), 17));
+        assert!(push(&mut j, cut(fragment(FRAG_START, 9, 2, b"\0xy"), 5)).is_empty());
+        let out = push(&mut j, cut(fragment(FRAG_CONT, 9, 1, b"z"), 17));
         assert_eq!(out, vec![whole(b"\0xyz")]);
     }
 
@@ -207,11 +207,11 @@ mod tests {
     fn messages_of_too_many_fragments_and_single_fragments_pass_through() {
         let mut j = FragmentJoiner::new();
         let big = fragment(FRAG_START, 1, MAX_JOINED_FRAGMENTS + 1, b"\0x");
-        assert_eq!(j.push(big.clone()), vec![big]);
+        assert_eq!(push(&mut j, big.clone()), vec![big]);
         let next = fragment(FRAG_CONT, 1, MAX_JOINED_FRAGMENTS, b"y");
-        assert_eq!(j.push(next.clone()), vec![next]);
+        assert_eq!(push(&mut j, next.clone()), vec![next]);
         let single = fragment(FRAG_START, 2, 1, b"\0z");
-        assert_eq!(j.push(single.clone()), vec![single]);
+        assert_eq!(push(&mut j, single.clone()), vec![single]);
         assert_eq!(j.joining(), 0);
     }
 
@@ -220,9 +220,9 @@ mod tests {
         // One cache reference: later packets may redefine the entry it names.
         let mut j = FragmentJoiner::new();
         let start = fragment(FRAG_START, 3, 2, b"\x01\x00ref");
-        assert_eq!(j.push(start.clone()), vec![start]);
+        assert_eq!(push(&mut j, start.clone()), vec![start]);
         let cont = fragment(FRAG_CONT, 3, 1, b"rest");
-        assert_eq!(j.push(cont.clone()), vec![cont]);
+        assert_eq!(push(&mut j, cont.clone()), vec![cont]);
     }
 
     #[test]
@@ -230,14 +230,14 @@ mod tests {
         let mut j = FragmentJoiner::new();
         let start = fragment(FRAG_START, 4, 3, b"\0a");
         let skipped = fragment(FRAG_CONT, 4, 1, b"c");
-        assert!(j.push(start.clone()).is_empty());
-        assert_eq!(j.push(skipped.clone()), vec![start, skipped]);
+        assert!(push(&mut j, start.clone()).is_empty());
+        assert_eq!(push(&mut j, skipped.clone()), vec![start, skipped]);
         assert_eq!(j.joining(), 0);
         let again = fragment(FRAG_START, 5, 2, b"\0a");
         let restart = fragment(FRAG_START, 5, 2, b"\0b");
-        assert!(j.push(again.clone()).is_empty());
-        assert_eq!(j.push(restart.clone()), vec![again, restart]);
+        assert!(push(&mut j, again.clone()).is_empty());
+        assert_eq!(push(&mut j, restart.clone()), vec![again, restart]);
         let orphan = fragment(FRAG_CONT, 6, 1, b"x");
-        assert_eq!(j.push(orphan.clone()), vec![orphan]);
+        assert_eq!(push(&mut j, orphan.clone()), vec![orphan]);
     }
 }

@@ -254,10 +254,11 @@ async fn read_frames(
             };
             shared.packets_received.fetch_add(1, SeqCst);
             consumed += 1;
-            for packet in joiner.push(packet) {
-                receivers.note(&packet, &mut batch.receivers);
+            let ready_from = batch.packets.len();
+            joiner.push(packet, &mut batch.packets);
+            for packet in &batch.packets[ready_from..] {
+                receivers.note(packet, &mut batch.receivers);
                 batch.bytes += packet.len();
-                batch.packets.push(packet);
             }
             if batch.packets.len() >= RECV_BATCH_PACKETS || batch.bytes >= RECV_BATCH_BYTES {
                 deliver(shared, &mut batch, &mut consumed);
