@@ -12,10 +12,8 @@ use quinn::udp::{RecvMeta, Transmit, UdpSocketState};
 pub(crate) struct Socket {
     socket: UdpSocket,
     state: UdpSocketState,
-    /// Memory datagrams are received into, allocated once; each datagram is copied out of it
-    /// into a buffer of its own size. (Receiving straight into fresh memory kept per datagram
-    /// saved that copy but cost a page fault and the zeroing of each fresh page instead.)
-    buffer: std::sync::Mutex<Vec<u8>>,
+    /// Memory datagrams are received into.
+    slots: std::sync::Mutex<RecvSlots>,
 }
 
 /// Datagrams (or GRO batches) one receive takes at most. Fewer than quinn-udp's 32: what a
@@ -47,7 +45,7 @@ impl Socket {
         Ok(Self {
             socket,
             state,
-            buffer: std::sync::Mutex::new(Vec::new()),
+            slots: std::sync::Mutex::new(RecvSlots::default()),
         })
     }
 
@@ -91,40 +89,179 @@ impl Socket {
     pub(crate) fn recv(&self, max_datagram: usize) -> io::Result<Vec<Datagram>> {
         // One IP packet, coalesced or not, carries at most 64 KiB: a larger slot would only
         // make the buffer huge (64 GRO segments of 64 KiB datagrams: 4 MiB a slot).
-        let slot = (max_datagram * self.state.gro_segments().max(1)).min(MAX_RECEIVE);
-        let mut buffer = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
-        if buffer.len() < slot * RECV_BATCH {
-            *buffer = vec![0; slot * RECV_BATCH];
-        }
+        let slot_len = (max_datagram * self.state.gro_segments().max(1)).min(MAX_RECEIVE);
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut buffers: Vec<BytesMut> = (0..RECV_BATCH).map(|_| slots.take(slot_len)).collect();
         let mut meta = [RecvMeta::default(); RECV_BATCH];
-        let n = {
-            let mut slices: Vec<IoSliceMut> = buffer[..slot * RECV_BATCH]
-                .chunks_mut(slot)
-                .map(IoSliceMut::new)
-                .collect();
-            match self
-                .state
+        let received = {
+            let mut slices: Vec<IoSliceMut> =
+                buffers.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            self.state
                 .recv((&self.socket).into(), &mut slices, &mut meta)
-            {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Vec::new()),
-                Err(e) => return Err(e),
+        };
+        let n = match received {
+            Ok(n) => n,
+            Err(e) => {
+                slots.give_back(buffers);
+                return match e.kind() {
+                    io::ErrorKind::WouldBlock => Ok(Vec::new()),
+                    _ => Err(e),
+                };
             }
         };
         let mut out = Vec::with_capacity(n);
-        for (received, m) in buffer.chunks(slot).zip(&meta[..n]) {
-            // With GRO one buffer holds several datagrams, each `stride` bytes but the last.
-            for data in received[..m.len].chunks(m.stride.max(1)) {
-                out.push(Datagram {
-                    from: m.addr,
-                    local_ip: m.dst_ip,
-                    ecn: m
-                        .ecn
-                        .and_then(|e| quinn_proto::EcnCodepoint::from_bits(e as u8)),
-                    data: BytesMut::from(data),
-                });
+        for (buffer, m) in buffers.iter_mut().zip(&meta[..n]) {
+            let ecn = m
+                .ecn
+                .and_then(|e| quinn_proto::EcnCodepoint::from_bits(e as u8));
+            let datagram = |data| Datagram {
+                from: m.addr,
+                local_ip: m.dst_ip,
+                ecn,
+                data,
+            };
+            if m.stride >= m.len && 2 * m.len >= slot_len {
+                // One datagram filling most of its slot: handed on in the slot's memory, no
+                // copy; the slot is received into again once quinn and the stream readers
+                // dropped every piece of it.
+                out.push(datagram(buffer.split_to(m.len)));
+            } else {
+                // Small datagrams, and GRO batches, whose datagrams would each keep the whole
+                // slot alive: copied out, each into a buffer of its own size.
+                for data in buffer[..m.len].chunks(m.stride.max(1)) {
+                    out.push(datagram(BytesMut::from(data)));
+                }
             }
         }
+        slots.give_back(buffers);
         Ok(out)
+    }
+}
+
+/// Most receive slots kept for reuse: 4 MiB of 64 KiB slots, more than the data a connection's
+/// stream readers hold between two deliveries (joined messages of up to 2 MiB).
+const SLOTS_KEPT: usize = 64;
+
+/// Buffers datagrams are received into, each used again once nothing refers to it any more.
+///
+/// A large datagram is handed to quinn in its slot's memory (it decrypts it in place; stream
+/// data stays there, by reference, until copied into an Erlang binary). Copying it out of one
+/// reused buffer instead cost a second pass over every received byte; receiving into fresh
+/// memory for every datagram cost a page fault and the zeroing of each fresh page.
+#[derive(Debug, Default)]
+struct RecvSlots {
+    kept: Vec<BytesMut>,
+}
+
+impl RecvSlots {
+    /// A buffer of `len` bytes that nothing else refers to: a kept one if one is free again,
+    /// else fresh zeroed memory.
+    fn take(&mut self, len: usize) -> BytesMut {
+        for i in 0..self.kept.len() {
+            let slot = &mut self.kept[i];
+            slot.clear();
+            // Succeeds only when this handle is the slot's last (every datagram split off it
+            // dropped): its whole memory is then this handle's again, without allocating.
+            if slot.try_reclaim(len) {
+                let mut slot = self.kept.swap_remove(i);
+                // SAFETY: `try_reclaim` does not allocate, so these are bytes of the slot's
+                // original allocation, which was zeroed when made (below) and only written
+                // since; `len` is within the capacity just reclaimed.
+                #[allow(unsafe_code)]
+                unsafe {
+                    slot.set_len(len)
+                };
+                return slot;
+            }
+        }
+        BytesMut::zeroed(len)
+    }
+
+    /// Keeps what is left of `buffers` after a receive, for a later `take`.
+    fn give_back(&mut self, buffers: Vec<BytesMut>) {
+        for buffer in buffers {
+            if self.kept.len() < SLOTS_KEPT {
+                self.kept.push(buffer);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slot_is_reused_only_when_nothing_refers_to_it() {
+        let mut slots = RecvSlots::default();
+        let mut first = slots.take(1000);
+        first[..3].copy_from_slice(b"abc");
+        let datagram = first.split_to(3).freeze();
+        let piece = datagram.slice(1..);
+        drop(datagram);
+        slots.give_back(vec![first]);
+
+        // A piece of the datagram is alive: the slot must not be handed out again.
+        let mut second = slots.take(1000);
+        second.fill(b'x');
+        assert_eq!(&piece[..], b"bc");
+        slots.give_back(vec![second]);
+        assert_eq!(slots.kept.len(), 2);
+
+        drop(piece);
+        let reused = slots.take(1000);
+        assert_eq!(reused.len(), 1000);
+        assert_eq!(slots.kept.len(), 1);
+        // Too small for a larger request: fresh memory, the kept one stays.
+        let mut small = RecvSlots::default();
+        small.give_back(vec![BytesMut::zeroed(10)]);
+        assert_eq!(small.take(1000).len(), 1000);
+        assert_eq!(small.kept.len(), 1);
+    }
+
+    #[test]
+    fn at_most_slots_kept_are_kept() {
+        let mut slots = RecvSlots::default();
+        slots.give_back((0..SLOTS_KEPT + 5).map(|_| BytesMut::zeroed(8)).collect());
+        assert_eq!(slots.kept.len(), SLOTS_KEPT);
+    }
+
+    /// Datagrams received into shared slots keep their contents while held, however many
+    /// receives follow; small ones are copied out.
+    #[test]
+    fn received_datagrams_are_never_overwritten_by_later_receives() {
+        let receiver = Socket::new(UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap();
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = receiver.local_addr().unwrap();
+        let big = 40_000;
+        let mut held = Vec::new();
+        for round in 0..(3 * SLOTS_KEPT / RECV_BATCH) as u8 {
+            let payloads: Vec<Vec<u8>> = (0..RECV_BATCH as u8)
+                .map(|i| {
+                    let len = if i % 2 == 0 { big } else { 100 };
+                    vec![round.wrapping_mul(31).wrapping_add(i); len]
+                })
+                .collect();
+            for p in &payloads {
+                sender.send_to(p, to).unwrap();
+            }
+            // Loopback sends are delivered before `send_to` returns: a few receives take all.
+            let mut got = Vec::new();
+            for _ in 0..payloads.len() {
+                got.extend(receiver.recv(MAX_RECEIVE).unwrap());
+            }
+            assert_eq!(got.len(), payloads.len());
+            for (d, p) in got.into_iter().zip(payloads) {
+                assert_eq!(&d.data[..], &p[..]);
+                held.push((d.data.freeze(), p));
+            }
+            // Drop every other round's datagrams so that some slots come free.
+            if round % 2 == 1 {
+                held.truncate(held.len() / 2);
+            }
+        }
+        for (data, expected) in &held {
+            assert_eq!(&data[..], &expected[..]);
+        }
     }
 }
