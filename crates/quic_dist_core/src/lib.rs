@@ -2,9 +2,9 @@
 //!
 //! Everything here is deterministic and free of I/O so it can be unit-tested without a runtime:
 //! the framing of distribution packets on a QUIC stream ([`framing`]), the routing facts of a
-//! distribution packet ([`dist_header`]), the joining of a message's fragments ([`fragments`]), the choice of stream per packet and the delivery rule
-//! for ordered packets ([`stream_map`]), and the limits that keep memory bounded per connection
-//! ([`limits`]).
+//! distribution packet ([`dist_header`]), the joining of a message's fragments ([`fragments`]),
+//! the choice of stream per packet and the delivery rule for ordered packets ([`stream_map`]),
+//! and the limits that keep memory bounded per connection ([`limits`]).
 #![warn(missing_docs)]
 
 pub mod copy;

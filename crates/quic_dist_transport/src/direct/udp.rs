@@ -91,11 +91,10 @@ impl Socket {
         // make the buffer huge (64 GRO segments of 64 KiB datagrams: 4 MiB a slot).
         let slot_len = (max_datagram * self.state.gro_segments().max(1)).min(MAX_RECEIVE);
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let mut buffers: Vec<BytesMut> = (0..RECV_BATCH).map(|_| slots.take(slot_len)).collect();
+        let mut buffers: [BytesMut; RECV_BATCH] = std::array::from_fn(|_| slots.take(slot_len));
         let mut meta = [RecvMeta::default(); RECV_BATCH];
         let received = {
-            let mut slices: Vec<IoSliceMut> =
-                buffers.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            let mut slices = buffers.each_mut().map(|b| IoSliceMut::new(b));
             self.state
                 .recv((&self.socket).into(), &mut slices, &mut meta)
         };
@@ -178,7 +177,7 @@ impl RecvSlots {
     }
 
     /// Keeps what is left of `buffers` after a receive, for a later `take`.
-    fn give_back(&mut self, buffers: Vec<BytesMut>) {
+    fn give_back(&mut self, buffers: impl IntoIterator<Item = BytesMut>) {
         for buffer in buffers {
             if self.kept.len() < SLOTS_KEPT {
                 self.kept.push(buffer);
@@ -222,7 +221,7 @@ mod tests {
     #[test]
     fn at_most_slots_kept_are_kept() {
         let mut slots = RecvSlots::default();
-        slots.give_back((0..SLOTS_KEPT + 5).map(|_| BytesMut::zeroed(8)).collect());
+        slots.give_back((0..SLOTS_KEPT + 5).map(|_| BytesMut::zeroed(8)));
         assert_eq!(slots.kept.len(), SLOTS_KEPT);
     }
 
