@@ -368,6 +368,7 @@ impl<'c> SendBatch<'c> {
             PathSample {
                 sent_bytes: stats.udp_tx.bytes,
                 rtt: stats.path.rtt,
+                min_rtt: stats.path.min_rtt,
                 lost_packets: stats.path.lost_packets,
             }
         });
