@@ -329,20 +329,24 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_long_path_keeps_twice_its_bandwidth_delay_product() {
+    /// The window a bulk transfer at `mb_per_s` over a round trip of `rtt_us` is narrowed to
+    /// when small messages start beside it.
+    fn narrowed_beside_bulk(mb_per_s: u64, rtt_us: u64) -> Option<u64> {
         let t0 = Instant::now();
         let mut p = InFlightPolicy::new(2, FULL, MIXED_SEND_WINDOW);
-        // 100 MB/s over a 20 ms round trip: 2 MB in flight are needed.
         for i in 0..30 {
-            p.observe(t0 + ms(i), &[MIB, 0], Some(path(i, 100, 20_000)));
+            p.observe(t0 + ms(i), &[MIB, 0], Some(path(i, mb_per_s, rtt_us)));
         }
-        p.observe(t0 + ms(30), &[MIB, 60], Some(path(30, 100, 20_000)));
-        let w = p
-            .observe(t0 + ms(31), &[0, 60], Some(path(31, 100, 20_000)))
-            .expect("narrowed");
-        assert_eq!(w, 4_000_000);
+        p.observe(t0 + ms(30), &[MIB, 60], Some(path(30, mb_per_s, rtt_us)));
+        p.observe(t0 + ms(31), &[0, 60], Some(path(31, mb_per_s, rtt_us)))
+    }
+
+    #[test]
+    fn a_long_path_keeps_twice_its_bandwidth_delay_product() {
+        // 100 MB/s over a 20 ms round trip: 2 MB in flight are needed.
+        assert_eq!(narrowed_beside_bulk(100, 20_000), Some(4_000_000));
         // Never above the configured window.
+        let t0 = Instant::now();
         let mut small = InFlightPolicy::new(2, 100_000, MIXED_SEND_WINDOW);
         small.observe(t0, &[MIB, 0], Some(path(0, 1000, 60)));
         small.observe(t0 + ms(1), &[MIB, 10], Some(path(1, 1000, 60)));
@@ -354,18 +358,9 @@ mod tests {
 
     #[test]
     fn a_short_path_narrows_to_the_floor_whatever_its_rate() {
-        let t0 = Instant::now();
         // Loopback at 1.3 GB/s with a 300 µs round trip under load: twice its bandwidth-delay
         // product would be 780 KB, most of it the receiver's queue.
-        let mut p = InFlightPolicy::new(2, FULL, MIXED_SEND_WINDOW);
-        for i in 0..30 {
-            p.observe(t0 + ms(i), &[MIB, 0], Some(path(i, 1300, 300)));
-        }
-        p.observe(t0 + ms(30), &[MIB, 60], Some(path(30, 1300, 300)));
-        assert_eq!(
-            p.observe(t0 + ms(31), &[0, 60], Some(path(31, 1300, 300))),
-            Some(MIXED_SEND_WINDOW)
-        );
+        assert_eq!(narrowed_beside_bulk(1300, 300), Some(MIXED_SEND_WINDOW));
     }
 
     #[test]
