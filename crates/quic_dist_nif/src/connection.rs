@@ -16,7 +16,7 @@ use crate::caller;
 use crate::atoms;
 use crate::lend::Lender;
 use crate::terms::{
-    binary, binary_of_parts, encode_socket_addr, error_tuple, give_iodata, iodata_size,
+    binary, binary_of_parts, encode_socket_addr, error_tuple, give_pieces, iodata_pieces,
 };
 
 /// A connection, held by the Erlang side as a resource. Dropping it closes the connection.
@@ -111,11 +111,13 @@ fn conn_send<'a>(
     let _caller = caller::enter(env);
     let mut batch = conn.conn.batch();
     let mut lender = Lender::default();
+    let mut pieces = Vec::new();
     for packet in packets.into_list_iterator()? {
-        if let Err(e) = batch.begin_packet(iodata_size(packet)?) {
+        pieces.clear();
+        if let Err(e) = batch.begin_packet(iodata_pieces(packet, &mut pieces)?) {
             return Ok(error_tuple(env, e));
         }
-        give_iodata(packet, &mut batch, &mut lender, &mut true)?;
+        give_pieces(&pieces, &mut batch, &mut lender);
         if let Err(e) = batch.end_packet() {
             return Ok(error_tuple(env, e));
         }

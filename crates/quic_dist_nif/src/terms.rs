@@ -68,22 +68,49 @@ pub fn encode_socket_addr<'a>(env: Env<'a>, addr: SocketAddr) -> Term<'a> {
     (ip, addr.port()).encode(env)
 }
 
-/// The size in bytes of an iodata term (binary, byte, or possibly improper list of those).
-pub fn iodata_size(term: Term) -> NifResult<usize> {
+/// One piece of an iodata term: a binary (with its term, to lend it) or a byte.
+pub enum IoPiece<'a> {
+    /// A binary and the term that holds it.
+    Binary(Term<'a>, Binary<'a>),
+    /// A byte of a charlist.
+    Byte(u8),
+}
+
+impl IoPiece<'_> {
+    fn len(&self) -> usize {
+        match self {
+            IoPiece::Binary(_, bin) => bin.len(),
+            IoPiece::Byte(_) => 1,
+        }
+    }
+}
+
+/// Appends the pieces of an iodata term (binary, byte, or possibly improper list of those) to
+/// `pieces`, in order, and returns their size in bytes: one walk over the term, which the
+/// packet's frame header needs before its bytes.
+pub fn iodata_pieces<'a>(term: Term<'a>, pieces: &mut Vec<IoPiece<'a>>) -> NifResult<usize> {
     match term.get_type() {
-        TermType::Binary => Ok(Binary::from_term(term)?.len()),
-        TermType::Integer => term.decode::<u8>().map(|_| 1),
+        TermType::Binary => {
+            let piece = IoPiece::Binary(term, Binary::from_term(term)?);
+            let len = piece.len();
+            pieces.push(piece);
+            Ok(len)
+        }
+        TermType::Integer => {
+            pieces.push(IoPiece::Byte(term.decode()?));
+            Ok(1)
+        }
         TermType::List => {
             let mut size = 0;
             let mut rest = term;
             while !rest.is_empty_list() {
                 match rest.list_get_cell() {
                     Ok((head, tail)) => {
-                        size += iodata_size(head)?;
+                        size += iodata_pieces(head, pieces)?;
                         rest = tail;
                     }
                     // Improper tail: must be a binary.
-                    Err(_) => return Ok(size + iodata_size(rest)?),
+                    Err(_) => return Ok(size + iodata_pieces(rest, pieces)?),
                 }
             }
             Ok(size)
@@ -92,46 +119,24 @@ pub fn iodata_size(term: Term) -> NifResult<usize> {
     }
 }
 
-/// Gives the bytes of an iodata term to `batch`: large binaries lent (not copied), except the
-/// packet's first bytes, which hold its distribution header; the rest copied. `first` is true
-/// until the first bytes have been given.
-pub fn give_iodata(
-    term: Term,
-    batch: &mut SendBatch,
-    lender: &mut Lender,
-    first: &mut bool,
-) -> NifResult<()> {
-    match term.get_type() {
-        TermType::Binary => {
-            let bin = Binary::from_term(term)?;
-            if !*first && bin.len() >= LEND_MIN {
-                batch.lend(lender.lend(term, &bin));
-            } else {
-                batch.copy(bin.as_slice());
-            }
-            *first &= bin.is_empty();
-            Ok(())
-        }
-        TermType::List => {
-            let mut rest = term;
-            while !rest.is_empty_list() {
-                match rest.list_get_cell() {
-                    Ok((head, tail)) => {
-                        give_iodata(head, batch, lender, first)?;
-                        rest = tail;
-                    }
-                    // Improper tail: must be a binary.
-                    Err(_) => return give_iodata(rest, batch, lender, first),
+/// Gives a packet's pieces to `batch`: large binaries lent (not copied), except the packet's
+/// first bytes, which hold its distribution header; the rest copied.
+pub fn give_pieces(pieces: &[IoPiece], batch: &mut SendBatch, lender: &mut Lender) {
+    let mut first = true;
+    for piece in pieces {
+        match piece {
+            IoPiece::Binary(term, bin) => {
+                if !first && bin.len() >= LEND_MIN {
+                    batch.lend(lender.lend(*term, bin));
+                } else {
+                    batch.copy(bin.as_slice());
                 }
+                first &= bin.is_empty();
             }
-            Ok(())
+            IoPiece::Byte(byte) => {
+                batch.copy(&[*byte]);
+                first = false;
+            }
         }
-        TermType::Integer => {
-            let byte: u8 = term.decode()?;
-            batch.copy(&[byte]);
-            *first = false;
-            Ok(())
-        }
-        _ => Err(rustler::Error::BadArg),
     }
 }
