@@ -76,24 +76,15 @@ pub enum IoPiece<'a> {
     Byte(u8),
 }
 
-impl IoPiece<'_> {
-    fn len(&self) -> usize {
-        match self {
-            IoPiece::Binary(_, bin) => bin.len(),
-            IoPiece::Byte(_) => 1,
-        }
-    }
-}
-
 /// Appends the pieces of an iodata term (binary, byte, or possibly improper list of those) to
 /// `pieces`, in order, and returns their size in bytes: one walk over the term, which the
 /// packet's frame header needs before its bytes.
 pub fn iodata_pieces<'a>(term: Term<'a>, pieces: &mut Vec<IoPiece<'a>>) -> NifResult<usize> {
     match term.get_type() {
         TermType::Binary => {
-            let piece = IoPiece::Binary(term, Binary::from_term(term)?);
-            let len = piece.len();
-            pieces.push(piece);
+            let bin = Binary::from_term(term)?;
+            let len = bin.len();
+            pieces.push(IoPiece::Binary(term, bin));
             Ok(len)
         }
         TermType::Integer => {
