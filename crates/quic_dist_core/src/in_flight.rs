@@ -70,8 +70,8 @@ pub struct PathSample {
     pub sent_bytes: u64,
     /// The current (smoothed) round-trip time.
     pub rtt: Duration,
-    /// The smallest round trip sampled on the path (not smoothed: a smoothed one carries the
-    /// queue of whatever was in flight when it was taken).
+    /// The smallest round trip sampled on the connection so far, as the transport keeps it (not
+    /// smoothed: a smoothed one carries the queue of whatever was in flight when it was taken).
     pub min_rtt: Duration,
     /// Packets declared lost since the connection started.
     pub lost_packets: u64,
@@ -93,9 +93,9 @@ pub struct InFlightPolicy {
     narrowed: Option<(u64, Instant)>,
     /// Narrowing did not help: not again before then.
     suppressed_until: Option<Instant>,
-    /// Smallest round trip sampled, and the latest smoothed one.
+    /// The latest smoothed round trip, and the path's smallest.
     rtt: Duration,
-    min_rtt: Option<Duration>,
+    min_rtt: Duration,
     /// Send rate, bytes per second, and the sample it was last measured from.
     rate: f64,
     last: Option<(Instant, u64)>,
@@ -117,7 +117,7 @@ impl InFlightPolicy {
             narrowed: None,
             suppressed_until: None,
             rtt: Duration::ZERO,
-            min_rtt: None,
+            min_rtt: Duration::ZERO,
             rate: 0.0,
             last: None,
             lost: 0,
@@ -172,7 +172,7 @@ impl InFlightPolicy {
             Some((_, at)) => {
                 path.is_some()
                     && now.duration_since(at) >= SETTLE
-                    && self.rtt.saturating_sub(self.min_rtt.unwrap_or_default()) > NETWORK_QUEUE
+                    && self.rtt.saturating_sub(self.min_rtt) > NETWORK_QUEUE
             }
             None => false,
         };
@@ -203,11 +203,10 @@ impl InFlightPolicy {
     /// Twice the bandwidth-delay product, within the narrow minimum and the full window; the
     /// minimum on a path whose round trip is below [`SHORT_PATH_RTT`].
     fn narrow_window(&self) -> u64 {
-        let rtt = self.min_rtt.unwrap_or_default();
-        let bdp = if rtt < SHORT_PATH_RTT {
+        let bdp = if self.min_rtt < SHORT_PATH_RTT {
             0.0
         } else {
-            self.rate * rtt.as_secs_f64()
+            self.rate * self.min_rtt.as_secs_f64()
         };
         ((2.0 * bdp) as u64).max(self.floor).min(self.full)
     }
@@ -218,9 +217,7 @@ impl InFlightPolicy {
             self.lost_at = Some(now);
         }
         self.rtt = path.rtt;
-        if !path.min_rtt.is_zero() {
-            self.min_rtt = Some(self.min_rtt.map_or(path.min_rtt, |m| m.min(path.min_rtt)));
-        }
+        self.min_rtt = path.min_rtt;
         match self.last {
             Some((t, sent)) if now.duration_since(t) >= RATE_INTERVAL => {
                 let secs = now.duration_since(t).as_secs_f64();
@@ -244,12 +241,18 @@ mod tests {
         Duration::from_millis(n)
     }
 
-    /// A path sending `mb_per_s` MB/s with a round trip of `rtt_us`, at `t_ms` into the test.
+    /// A path sending `mb_per_s` MB/s with a round trip of `rtt_us`, its smallest so far, at
+    /// `t_ms` into the test.
     fn path(t_ms: u64, mb_per_s: u64, rtt_us: u64) -> PathSample {
+        loaded_path(t_ms, mb_per_s, rtt_us, rtt_us)
+    }
+
+    /// The same with a queue: the round trip is `rtt_us`, the smallest so far `min_rtt_us`.
+    fn loaded_path(t_ms: u64, mb_per_s: u64, rtt_us: u64, min_rtt_us: u64) -> PathSample {
         PathSample {
             sent_bytes: t_ms * mb_per_s * 1000,
             rtt: Duration::from_micros(rtt_us),
-            min_rtt: Duration::from_micros(rtt_us),
+            min_rtt: Duration::from_micros(min_rtt_us),
             lost_packets: 0,
         }
     }
@@ -397,37 +400,27 @@ mod tests {
         // A slow link with a 20 ms buffer: 0.2 ms round trip idle, 20 ms under load.
         let mut p = InFlightPolicy::new(2, FULL, MIXED_SEND_WINDOW);
         p.observe(t0, &[MIB, 0], Some(path(0, 12, 200)));
-        p.observe(t0 + ms(10), &[MIB, 60], Some(path(10, 12, 20_000)));
+        let slow = |t: u64| Some(loaded_path(t, 12, 20_000, 200));
+        p.observe(t0 + ms(10), &[MIB, 60], slow(10));
         assert_eq!(
-            p.observe(t0 + ms(20), &[MIB, 60], Some(path(20, 12, 20_000))),
+            p.observe(t0 + ms(20), &[MIB, 60], slow(20)),
             Some(MIXED_SEND_WINDOW)
         );
-        assert_eq!(
-            p.observe(t0 + ms(40), &[MIB, 60], Some(path(40, 12, 20_000))),
-            None
-        );
-        assert_eq!(
-            p.observe(t0 + ms(80), &[MIB, 60], Some(path(80, 12, 20_000))),
-            Some(FULL)
-        );
+        assert_eq!(p.observe(t0 + ms(40), &[MIB, 60], slow(40)), None);
+        assert_eq!(p.observe(t0 + ms(80), &[MIB, 60], slow(80)), Some(FULL));
         for t in (90..10_000).step_by(100) {
-            assert_eq!(
-                p.observe(t0 + ms(t), &[MIB, 60], Some(path(t, 12, 20_000))),
-                None
-            );
+            assert_eq!(p.observe(t0 + ms(t), &[MIB, 60], slow(t)), None);
         }
         // On loopback the round trip falls once narrowed: it stays narrow.
         let mut lo = InFlightPolicy::new(2, FULL, MIXED_SEND_WINDOW);
         lo.observe(t0, &[MIB, 0], Some(path(0, 1000, 60)));
-        lo.observe(t0 + ms(10), &[MIB, 60], Some(path(10, 1000, 3000)));
+        let queued = |t: u64, rtt_us: u64| Some(loaded_path(t, 1000, rtt_us, 60));
+        lo.observe(t0 + ms(10), &[MIB, 60], queued(10, 3000));
         assert!(lo
-            .observe(t0 + ms(20), &[MIB, 60], Some(path(20, 1000, 3000)))
+            .observe(t0 + ms(20), &[MIB, 60], queued(20, 3000))
             .is_some());
         for t in (30..1000).step_by(10) {
-            assert_eq!(
-                lo.observe(t0 + ms(t), &[MIB, 60], Some(path(t, 1000, 300))),
-                None
-            );
+            assert_eq!(lo.observe(t0 + ms(t), &[MIB, 60], queued(t, 300)), None);
         }
     }
 
