@@ -8,8 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use quic_dist_transport::certs::{generate_ca, generate_node, Validity};
-use quic_dist_transport::direct::{compat, Connection, Endpoint, PEER_GONE};
+use quic_dist_transport::direct::{compat, Connection, Endpoint, PEER_GONE, SMALL_WRITE_RESERVE};
 use quic_dist_transport::{TlsMaterial, TransportOptions};
 use quinn_proto::{Dir, StreamId};
 
@@ -41,8 +42,9 @@ impl Activity {
     }
 }
 
-/// Calls `receive` whenever the endpoint's socket is readable, until the test ends.
-fn watch(ep: Endpoint, activity: Arc<Activity>) {
+/// Calls `receive` whenever the endpoint's socket is readable, until the test ends; while
+/// `paused`, receives nothing (and says so once, in `parked`).
+fn watch(ep: Endpoint, activity: Arc<Activity>, paused: Arc<AtomicBool>, parked: Arc<AtomicBool>) {
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_io()
@@ -52,6 +54,14 @@ fn watch(ep: Endpoint, activity: Arc<Activity>) {
         rt.block_on(async move {
             let socket = tokio::net::UdpSocket::from_std(ep.socket_handle().unwrap()).unwrap();
             loop {
+                if paused.load(SeqCst) {
+                    if !parked.swap(true, SeqCst) {
+                        activity.bump();
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    continue;
+                }
+                parked.store(false, SeqCst);
                 // `enif_select` also wakes for an error report alone (an ICMP report on the
                 // socket's error queue); `readable` does not: a receive every 10 ms stands in.
                 match tokio::time::timeout(Duration::from_millis(10), socket.readable()).await {
@@ -77,6 +87,23 @@ fn watch(ep: Endpoint, activity: Arc<Activity>) {
 struct Side {
     ep: Endpoint,
     activity: Arc<Activity>,
+    paused: Arc<AtomicBool>,
+    parked: Arc<AtomicBool>,
+}
+
+impl Side {
+    /// Stops receiving (the peer's datagrams wait in the socket, unacknowledged) until
+    /// [`resume`](Self::resume); returns once the watcher has stopped.
+    fn pause(&self) {
+        self.paused.store(true, SeqCst);
+        wait_for(&self.activity, "the watcher to stop", || {
+            self.parked.load(SeqCst).then_some(())
+        });
+    }
+
+    fn resume(&self) {
+        self.paused.store(false, SeqCst);
+    }
 }
 
 fn tls() -> TlsMaterial {
@@ -95,8 +122,15 @@ fn side(server: Option<quinn_proto::ServerConfig>, opts: &TransportOptions) -> S
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     let ep = Endpoint::new(socket, opts.quinn_endpoint(), server).unwrap();
     let activity = Arc::new(Activity::default());
-    watch(ep.clone(), activity.clone());
-    Side { ep, activity }
+    let paused = Arc::new(AtomicBool::new(false));
+    let parked = Arc::new(AtomicBool::new(false));
+    watch(ep.clone(), activity.clone(), paused.clone(), parked.clone());
+    Side {
+        ep,
+        activity,
+        paused,
+        parked,
+    }
 }
 
 /// Waits (bounded) until `cond` holds, looking after each receive.
@@ -550,4 +584,49 @@ fn a_peer_that_answers_the_probe_keeps_its_connection() {
     });
     assert_eq!(got, b"still here");
     assert!(c.lost().is_none());
+}
+
+/// Polls `fut` once, with a waker that does nothing.
+fn poll_once<F: Future>(fut: F) -> std::task::Poll<F::Output> {
+    struct Noop;
+    impl std::task::Wake for Noop {
+        fn wake(self: Arc<Self>) {}
+    }
+    let waker = std::task::Waker::from(Arc::new(Noop));
+    let mut cx = std::task::Context::from_waker(&waker);
+    std::pin::pin!(fut).poll(&mut cx)
+}
+
+#[test]
+fn a_small_write_goes_beyond_a_send_window_that_bulk_data_keeps_full() {
+    let opts = TransportOptions::default().for_loopback();
+    let (_client, c, server, s) = connected_pair(&opts);
+    let open = || c.with(|c| c.streams().open(Dir::Uni)).expect("stream");
+    let (bulk, other_bulk, small) = (open(), open(), open());
+    let window = 64 * 1024;
+    c.set_send_window(window);
+    // From here the server acknowledges nothing: the window stays full once filled.
+    server.pause();
+    let mut first = [Bytes::from(vec![1u8; window as usize])];
+    assert!(poll_once(c.write_all_chunks(bulk, &mut first)).is_ready());
+    // More bulk data waits for the window...
+    let above_reserve = SMALL_WRITE_RESERVE as usize + 1;
+    let mut more = [Bytes::from(vec![2u8; above_reserve])];
+    assert!(poll_once(c.write_all_chunks(other_bulk, &mut more)).is_pending());
+    // ...a small message does not.
+    let ping = Bytes::from_static(b"a ping beside bulk data");
+    assert!(poll_once(c.write_all_chunks(small, &mut [ping.clone()])).is_ready());
+    server.resume();
+    let mut got = Vec::new();
+    wait_for(&server.activity, "the small message", || {
+        while let Some(id) = s.with(|c| c.streams().accept(Dir::Uni)) {
+            assert!(
+                id == bulk || id == small || id == other_bulk,
+                "unknown stream"
+            );
+        }
+        read_available(&s, small, &mut got);
+        (got.len() >= ping.len()).then_some(())
+    });
+    assert_eq!(got, ping);
 }

@@ -65,9 +65,10 @@ impl Connection {
         self.0.state().conn.stats()
     }
 
-    /// Bounds the bytes in flight.
+    /// Bounds the bytes in flight (small writes may go a little beyond, see
+    /// `Connection::write_all_chunks`).
     pub fn set_send_window(&self, window: u64) {
-        self.0.state().conn.set_send_window(window);
+        self.0.set_send_window(window);
     }
 
     /// The TLS handshake's data (cipher suite, ALPN, server name).

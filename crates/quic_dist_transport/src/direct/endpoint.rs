@@ -123,6 +123,9 @@ pub(super) struct ConnState {
     probe: Option<Probe>,
     /// Wake the waiters last-registered first this time (see [`take_waiters`]).
     wake_reversed: bool,
+    /// The send window last set by the distribution layer (narrowed while small messages go
+    /// beside bulk data), which small writes may exceed (see `streams.rs`).
+    pub(super) send_window: Option<u64>,
 }
 
 /// A probe of a peer reported gone: it is alive if a datagram comes before the deadline.
@@ -220,6 +223,7 @@ impl Endpoint {
                 lost: None,
                 probe: None,
                 wake_reversed: false,
+                send_window: None,
             }),
             endpoint: Arc::downgrade(&self.inner),
         });

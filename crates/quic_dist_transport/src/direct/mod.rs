@@ -17,4 +17,4 @@ mod udp;
 mod unreachable;
 
 pub use endpoint::{Connection, Endpoint, PEER_GONE};
-pub use streams::StreamError;
+pub use streams::{StreamError, SMALL_WRITE_RESERVE};
