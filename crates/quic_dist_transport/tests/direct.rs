@@ -630,3 +630,58 @@ fn a_small_write_goes_beyond_a_send_window_that_bulk_data_keeps_full() {
     });
     assert_eq!(got, ping);
 }
+
+#[test]
+fn a_reader_is_woken_by_its_own_stream_alone() {
+    let opts = TransportOptions::default().for_loopback();
+    let (_client, c, server, s) = connected_pair(&opts);
+    let open = || c.with(|c| c.streams().open(Dir::Uni)).expect("stream");
+    let (idle, busy) = (open(), open());
+    // The server learns of both streams from a first byte on each.
+    for id in [idle, busy] {
+        c.with(|c| c.send_stream(id).write(&[0])).unwrap();
+    }
+    let mut accepted = Vec::new();
+    wait_for(&server.activity, "both streams", || {
+        while let Some(id) = s.with(|c| c.streams().accept(Dir::Uni)) {
+            accepted.push(id);
+        }
+        (accepted.len() == 2).then_some(())
+    });
+    // A task reads the idle stream's byte, then waits for more that never comes.
+    let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = polls.clone();
+    let conn = s.clone();
+    s.spawn(async move {
+        let mut read = std::pin::pin!(async {
+            let _ = conn.read_chunk(idle, usize::MAX).await;
+            conn.read_chunk(idle, usize::MAX).await
+        });
+        std::future::poll_fn(|cx| {
+            counted.fetch_add(1, SeqCst);
+            read.as_mut().poll(cx).map(|_| ())
+        })
+        .await
+    });
+    s.run_tasks();
+    let before = polls.load(SeqCst);
+    // Fifty messages on the other stream, each received before the next is sent.
+    let mut got = Vec::new();
+    for round in 1..=50u8 {
+        c.with(|c| c.send_stream(busy).write(&[round])).unwrap();
+        wait_for(&server.activity, "the message", || {
+            read_available(&s, busy, &mut got);
+            (got.last() == Some(&round)).then_some(())
+        });
+    }
+    // One more receive: the wakes of the last one have run.
+    let seen = server.activity.current();
+    wait_for(&server.activity, "another receive", || {
+        (server.activity.current() > seen).then_some(())
+    });
+    assert!(
+        polls.load(SeqCst) <= before + 1,
+        "the idle stream's reader was polled {} times for the other stream's data",
+        polls.load(SeqCst) - before
+    );
+}

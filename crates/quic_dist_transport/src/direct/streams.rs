@@ -2,8 +2,9 @@
 //! of quinn's API that the distribution layer uses, woken by quinn-proto's events.
 //!
 //! Every future checks quinn-proto's state under the connection's lock and, when it must wait,
-//! leaves its waker there; any application event wakes every waiter of the connection, which
-//! then looks again (a connection has a handful of tasks: cheap, and nothing can be missed).
+//! leaves its waker there with what it waits for: a stream's data or room on a stream (woken by
+//! quinn-proto's `Readable` and `Writable` events for that stream, as quinn does), or anything
+//! else (woken by any other event, which are rare: streams opened, the handshake, the end).
 
 use std::future::poll_fn;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use quinn_proto::{ConnectionError, Dir, ReadError, StreamId, WriteError};
 
-use super::endpoint::{ConnState, Connection};
+use super::endpoint::{ConnState, Connection, Interest};
 
 /// Why a stream operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -36,12 +37,20 @@ pub enum ChunkNow {
     End,
 }
 
-/// Makes the polling task one of the connection's waiters, woken at its next event. Once per
-/// task: a task polled again and again before any event (a writer woken by its queue on a
-/// one-way transfer, whose peer only acknowledges) must not grow the list.
-fn wait_for_event(waiters: &mut Vec<std::task::Waker>, cx: &Context<'_>) {
-    if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
-        waiters.push(cx.waker().clone());
+/// Makes the polling task one of the connection's waiters, woken at its next event of
+/// `interest`. Once per task and interest: a task polled again and again before any event (a
+/// writer woken by its queue on a one-way transfer, whose peer only acknowledges) must not grow
+/// the list.
+fn wait_for_event(
+    waiters: &mut Vec<(Interest, std::task::Waker)>,
+    interest: Interest,
+    cx: &Context<'_>,
+) {
+    if !waiters
+        .iter()
+        .any(|(i, w)| *i == interest && w.will_wake(cx.waker()))
+    {
+        waiters.push((interest, cx.waker().clone()));
     }
 }
 
@@ -88,14 +97,16 @@ fn write_chunks(
 
 impl Connection {
     /// Runs `f` on quinn-proto's connection; if it is pending, the task waits for the next
-    /// event. Drives the connection afterwards when `f` may have queued something to send.
+    /// event of `interest`. Drives the connection afterwards when `f` may have queued something
+    /// to send.
     fn poll_proto<T>(
         self: &Arc<Self>,
         cx: &mut Context<'_>,
         drive: bool,
+        interest: Interest,
         f: impl FnOnce(&mut quinn_proto::Connection) -> Poll<Result<T, StreamError>>,
     ) -> Poll<Result<T, StreamError>> {
-        self.poll_state(cx, drive, |st| f(&mut st.conn))
+        self.poll_state(cx, drive, interest, |st| f(&mut st.conn))
     }
 
     /// [`poll_proto`](Self::poll_proto) with the whole connection state.
@@ -103,6 +114,7 @@ impl Connection {
         self: &Arc<Self>,
         cx: &mut Context<'_>,
         drive: bool,
+        interest: Interest,
         f: impl FnOnce(&mut ConnState) -> Poll<Result<T, StreamError>>,
     ) -> Poll<Result<T, StreamError>> {
         let r = {
@@ -112,7 +124,7 @@ impl Connection {
             }
             let r = f(&mut st);
             if r.is_pending() {
-                wait_for_event(&mut st.waiters, cx);
+                wait_for_event(&mut st.waiters, interest, cx);
             }
             r
         };
@@ -130,6 +142,7 @@ impl Connection {
     fn poll_received<T>(
         self: &Arc<Self>,
         cx: &mut Context<'_>,
+        interest: Interest,
         f: impl FnOnce(&mut quinn_proto::Connection) -> Poll<Result<T, StreamError>>,
     ) -> Poll<Result<T, StreamError>> {
         let mut st = self.state();
@@ -142,7 +155,7 @@ impl Connection {
             return r;
         }
         if r.is_pending() {
-            wait_for_event(&mut st.waiters, cx);
+            wait_for_event(&mut st.waiters, interest, cx);
         }
         r
     }
@@ -150,7 +163,7 @@ impl Connection {
     /// Opens a stream of direction `dir` (waits while the peer allows no more).
     pub async fn open(self: &Arc<Self>, dir: Dir) -> Result<StreamId, StreamError> {
         poll_fn(|cx| {
-            self.poll_proto(cx, false, |c| match c.streams().open(dir) {
+            self.poll_proto(cx, false, Interest::Any, |c| match c.streams().open(dir) {
                 Some(id) => Poll::Ready(Ok(id)),
                 None => Poll::Pending,
             })
@@ -161,7 +174,7 @@ impl Connection {
     /// Waits for the peer to open a stream of direction `dir`.
     pub async fn accept(self: &Arc<Self>, dir: Dir) -> Result<StreamId, StreamError> {
         poll_fn(|cx| {
-            self.poll_received(cx, |c| match c.streams().accept(dir) {
+            self.poll_received(cx, Interest::Any, |c| match c.streams().accept(dir) {
                 Some(id) => Poll::Ready(Ok(id)),
                 None => Poll::Pending,
             })
@@ -172,7 +185,7 @@ impl Connection {
     /// Waits until the handshake is complete.
     pub async fn connected(self: &Arc<Self>) -> Result<(), StreamError> {
         poll_fn(|cx| {
-            self.poll_proto(cx, false, |c| {
+            self.poll_proto(cx, false, Interest::Any, |c| {
                 if c.is_handshaking() {
                     Poll::Pending
                 } else {
@@ -186,7 +199,9 @@ impl Connection {
     /// Waits until the connection ends; why it did.
     pub async fn closed(self: &Arc<Self>) -> ConnectionError {
         poll_fn(|cx| {
-            match self.poll_proto(cx, false, |_| Poll::<Result<(), StreamError>>::Pending) {
+            match self.poll_proto(cx, false, Interest::Any, |_| {
+                Poll::<Result<(), StreamError>>::Pending
+            }) {
                 Poll::Ready(Err(StreamError::ConnectionLost(e))) => Poll::Ready(e),
                 _ => Poll::Pending,
             }
@@ -211,7 +226,12 @@ impl Connection {
         chunks: &mut [Bytes],
     ) -> Result<(), StreamError> {
         let mut first = 0;
-        poll_fn(|cx| self.poll_state(cx, true, |st| write_chunks(st, id, chunks, &mut first))).await
+        poll_fn(|cx| {
+            self.poll_state(cx, true, Interest::Write(id), |st| {
+                write_chunks(st, id, chunks, &mut first)
+            })
+        })
+        .await
     }
 
     /// Ends stream `id` after what was written.
@@ -233,11 +253,13 @@ impl Connection {
         id: StreamId,
     ) -> Result<Option<quinn_proto::VarInt>, StreamError> {
         poll_fn(|cx| {
-            self.poll_proto(cx, false, |c| match c.send_stream(id).stopped() {
-                Ok(Some(code)) => Poll::Ready(Ok(Some(code))),
-                Ok(None) => Poll::Pending,
-                // Finished and acknowledged: quinn-proto forgot the stream.
-                Err(_) => Poll::Ready(Ok(None)),
+            self.poll_proto(cx, false, Interest::Any, |c| {
+                match c.send_stream(id).stopped() {
+                    Ok(Some(code)) => Poll::Ready(Ok(Some(code))),
+                    Ok(None) => Poll::Pending,
+                    // Finished and acknowledged: quinn-proto forgot the stream.
+                    Err(_) => Poll::Ready(Ok(None)),
+                }
             })
         })
         .await
@@ -275,7 +297,7 @@ impl Connection {
     ) -> Result<Option<Bytes>, StreamError> {
         poll_fn(|cx| {
             let mut transmit = false;
-            let r = self.poll_received(cx, |c| {
+            let r = self.poll_received(cx, Interest::Read(id), |c| {
                 let mut stream = c.recv_stream(id);
                 let mut chunks = match stream.read(true) {
                     Ok(chunks) => chunks,
