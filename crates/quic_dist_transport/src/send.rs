@@ -156,6 +156,12 @@ impl Shared {
     }
 }
 
+/// The staging buffer's first allocation, and each one after it fills: room for dozens of small
+/// frames, which then stay adjacent (see `SendBatch::end_packet`), within the allocator's small
+/// sizes. It was 64 KiB: a large allocation (an extent of its own in jemalloc) for every
+/// `conn_send`, a single ping's included, held until QUIC had the frame acknowledged.
+const STAGING_CAPACITY: usize = 8 * 1024;
+
 /// What [`SendBatch::submit`] did.
 #[derive(Debug)]
 pub struct Submitted {
@@ -219,8 +225,7 @@ impl<'c> SendBatch<'c> {
         Self {
             conn,
             mapper: if multi { guard } else { None },
-            // Room for many small frames, so that they stay adjacent (see `end_packet`).
-            staging: BytesMut::with_capacity(if multi { 64 * 1024 } else { 0 }),
+            staging: BytesMut::with_capacity(if multi { STAGING_CAPACITY } else { 0 }),
             declared: 0,
             given: 0,
             pieces: Vec::new(),
