@@ -59,7 +59,7 @@ fn wait_for_event(
 /// small message then waited for an acknowledgement to free some of it, and for its turn among
 /// the waiting writers, before it could be sent. With the reserve it is sent at once, and bulk
 /// writes still see the narrowed window. (Ping beside an 8 MiB stream on loopback: p50 0.56-0.67
-/// ms and p99 2.6-5.3 ms, against 0.84-1.03 and 4.1-7.6 without.)
+/// ms and p99 2.6-5.3 ms, against 0.82-1.03 and 4.1-7.6 without.)
 pub const SMALL_WRITE_RESERVE: u64 = 32 * 1024;
 
 /// Writes what it can of `chunks[*first..]` on stream `id`, moving `first` past what was
