@@ -12,7 +12,7 @@
 
 %% Run on the nodes.
 -export([memory/0, start_flood/3, wait_stuck/1, wait_flood_done/1, many_senders/4, order_receiver/4, signal_pairs/3, head_of_line/2, stream_counts/1,
-         pings_beside_stream/3]).
+         pings_beside_stream/3, small_burst/2]).
 
 -define(P, quic_dist_test_peers).
 -define(BIG, (100 * 1024)).          % above 64 KiB: fragmented
@@ -25,6 +25,8 @@
 streams_test_() ->
     [pair("64 senders x 10 000 messages of mixed sizes to 4 receivers: each sender's order kept",
           180, [], fun t_many_senders/1),
+     pair("a burst of small messages arrives intact, and a received binary keeps at most 16 KiB "
+          "alive", 60, [], fun t_small_burst/1),
      pair("messages, then exit: links, monitors and monitors by name report after the messages",
           120, [], fun t_signals/1),
      pair("a small message overtakes a 256 MiB message between another pair", 180, [],
@@ -137,6 +139,15 @@ t_slow_receiver(#{a := A, b := B}) ->
     ?assertEqual(2048, ?P:call(A, ?MODULE, wait_flood_done, [Sender], 120000)).
 
 mib(Bytes) -> list_to_tuple([B div (1024 * 1024) || B <- tuple_to_list(Bytes)]).
+
+t_small_burst(#{a := A, b := B}) ->
+    ?P:connect(A, B),
+    {Intact, MaxReferenced} = ?P:call(A, ?MODULE, small_burst, [?P:nodename(B), 5000], 50000),
+    ?assertEqual(5000, Intact),
+    %% Small packets received together are copied into one binary, each handed to the runtime
+    %% as a sub-binary of it; a message binary decoded out of one must not keep more than that
+    %% binary alive (the runtime copies a small message before queueing it: 192 bytes here).
+    ?assert(MaxReferenced =< 16 * 1024).
 
 t_one_stream(#{a := A, b := B}) ->
     ?P:connect(A, B),
@@ -359,6 +370,27 @@ head_of_line(Node, Size) ->
         {Ref, received, Received} ->
             receive {Ref, Order} -> {Order, Received} after 150000 -> timeout end
     after 150000 -> timeout
+    end.
+
+%% Sends N 100-byte binaries, numbered, at once to a collector on Node. Returns how many
+%% arrived intact and the most bytes any of them kept referenced there.
+small_burst(Node, N) ->
+    Self = self(),
+    Collector = spawn(Node, fun() -> collect_burst(Self, N, 0, 0) end),
+    [Collector ! burst_message(I) || I <- lists:seq(1, N)],
+    receive {Collector, Result} -> Result after 45000 -> timeout end.
+
+burst_message(I) ->
+    <<I:32, (binary:copy(<<(I rem 256)>>, 96))/binary>>.
+
+collect_burst(From, 0, Intact, MaxReferenced) ->
+    From ! {self(), {Intact, MaxReferenced}};
+collect_burst(From, N, Intact, MaxReferenced) ->
+    receive
+        <<I:32, _/binary>> = B ->
+            Ok = case B =:= burst_message(I) of true -> 1; false -> 0 end,
+            collect_burst(From, N - 1, Intact + Ok,
+                          max(MaxReferenced, binary:referenced_byte_size(B)))
     end.
 
 %% Pings an echo on Node while a streamer sends 8 MiB binaries to a sink there (at most 4

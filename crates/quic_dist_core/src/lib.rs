@@ -4,6 +4,7 @@
 //! the framing of distribution packets on a QUIC stream ([`framing`]), the routing facts of a
 //! distribution packet ([`dist_header`]), the joining of a message's fragments ([`fragments`]),
 //! the choice of stream per packet and the delivery rule for ordered packets ([`stream_map`]),
+//! which received packets share one Erlang binary ([`shared_binaries`]),
 //! and the limits that keep memory bounded per connection ([`limits`]).
 #![warn(missing_docs)]
 
@@ -15,6 +16,7 @@ pub mod framing;
 pub mod in_flight;
 pub mod limits;
 pub mod packet;
+pub mod shared_binaries;
 pub mod stream_map;
 #[cfg(test)]
 mod test_terms;

@@ -16,7 +16,7 @@ use crate::caller;
 use crate::atoms;
 use crate::lend::Lender;
 use crate::terms::{
-    binary, binary_of_parts, encode_socket_addr, error_tuple, give_pieces, iodata_pieces,
+    binary, encode_socket_addr, error_tuple, give_pieces, iodata_pieces, packet_binaries,
 };
 
 /// A connection, held by the Erlang side as a resource. Dropping it closes the connection.
@@ -41,11 +41,7 @@ struct ErlangEvents {
 impl ConnectionEvents for ErlangEvents {
     fn packets(&self, batch: PacketBatch) {
         caller::send(&self.input, move |env| {
-            let list: Vec<Term> = batch
-                .packets
-                .iter()
-                .map(|p| binary_of_parts(env, p.len(), p.parts()).to_term(env))
-                .collect();
+            let list = packet_binaries(env, &batch.packets);
             let receivers: Vec<Term> = batch
                 .receivers
                 .iter()

@@ -2,6 +2,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use quic_dist_core::shared_binaries::binary_runs;
+use quic_dist_core::Packet;
 use quic_dist_transport::SendBatch;
 
 use crate::lend::{Lender, LEND_MIN};
@@ -35,6 +37,32 @@ pub fn binary_of_parts<'a, 'p>(
         at += part.len();
     }
     b.into()
+}
+
+/// The packets as Erlang binaries, in order, copied once: small ones that arrived together
+/// as sub-binaries of one shared binary (see [`quic_dist_core::shared_binaries`]).
+pub fn packet_binaries<'a>(env: Env<'a>, packets: &[Packet]) -> Vec<Term<'a>> {
+    let mut out = Vec::with_capacity(packets.len());
+    let mut rest = packets;
+    for run in binary_runs(packets.iter().map(Packet::len)) {
+        let (these, after) = rest.split_at(run.packets);
+        rest = after;
+        let whole = binary_of_parts(env, run.bytes, these.iter().flat_map(Packet::parts));
+        if let [only] = these {
+            debug_assert_eq!(only.len(), run.bytes);
+            out.push(whole.to_term(env));
+            continue;
+        }
+        let mut at = 0;
+        for packet in these {
+            let sub = whole
+                .make_subbinary(at, packet.len())
+                .expect("a run's packets lie within its binary");
+            out.push(sub.to_term(env));
+            at += packet.len();
+        }
+    }
+    out
 }
 
 /// Reads an `inet:ip_address()` tuple.
