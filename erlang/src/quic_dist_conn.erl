@@ -356,7 +356,7 @@ input_init(Ctrl, Conn) ->
 input_handshake(Ctrl, Conn, Queue, Waiting) ->
     receive
         {quic_dist_data, Packets, Channel, Bytes, _Receivers} ->
-            ok = quic_dist_nif:conn_ack(Conn, Channel, Bytes),
+            ack(Conn, Channel, Bytes),
             Queue1 = lists:foldl(fun queue:in/2, Queue, Packets),
             {Queue2, Waiting1} = serve_recv(Queue1, Waiting),
             input_handshake(Ctrl, Conn, Queue2, Waiting1);
@@ -429,7 +429,7 @@ input_loop(#input{dhandle = DH, node = Node} = S) ->
 %% Counts what each receiver got; acknowledges the batch unless one of them is over the limit,
 %% in which case the acknowledgement waits for its mailbox (mailbox_recheck/1).
 mailbox_check(_Receivers, Channel, Bytes, #input{limit = 0, conn = Conn} = S) ->
-    ok = quic_dist_nif:conn_ack(Conn, Channel, Bytes),
+    ack(Conn, Channel, Bytes),
     S;
 mailbox_check(Receivers, Channel, Bytes, #input{conn = Conn, pending = Pending0} = S) ->
     Local = [{Pid, N} || {To, N} <- Receivers, Pid <- [local_process(To)], Pid =/= undefined],
@@ -439,7 +439,7 @@ mailbox_check(Receivers, Channel, Bytes, #input{conn = Conn, pending = Pending0}
     S1 = S#input{pending = Pending},
     case over_limit([Pid || {Pid, _} <- Local], S1) of
         {none, S2} ->
-            ok = quic_dist_nif:conn_ack(Conn, Channel, Bytes),
+            ack(Conn, Channel, Bytes),
             S2;
         {Pid, Len, S2} ->
             hold(Pid, Len, Channel, Bytes, S2)
@@ -476,7 +476,7 @@ mailbox_recheck(#input{held = Held, pending = Pending, conn = Conn} = S) ->
                           case queue_len(Pid) of
                               Len when Len > Len0 div 2 -> {K#{Pid => Entry}, P};
                               Len ->
-                                  [ok = quic_dist_nif:conn_ack(Conn, C, B)
+                                  [ack(Conn, C, B)
                                    || {C, B} <- lists:reverse(Acks)],
                                   Left = maps:get(Pid, P, 0) * Len div max(Len0, 1),
                                   {K, P#{Pid => Left}}
@@ -513,6 +513,15 @@ local_process(Encoded) ->
         _ -> undefined
     catch
         error:badarg -> undefined
+    end.
+
+%% Tells the NIF the runtime has consumed a batch. A reader that this lets go on reads in the
+%% node's receiver process, not here: this process feeds the runtime every packet of the
+%% connection and is the first to run out of time under load.
+ack(Conn, Channel, Bytes) ->
+    case quic_dist_nif:conn_ack(Conn, Channel, Bytes) of
+        ok -> ok;
+        run_tasks -> quic_dist_receiver:run_tasks(Conn)
     end.
 
 %% Hands packets to the runtime, in order. The runtime refuses them once the connection is

@@ -12,7 +12,7 @@
 -export([log_init/2,
          endpoint_open/5, endpoint_port/1, endpoint_accept/2, endpoint_receive/1,
          endpoint_unwatch/1, endpoint_close/2, connect/6,
-         conn_start/3, conn_send/2, conn_data_mode/2, conn_open_input/1, conn_tick/1, conn_ack/3, conn_getstat/1, conn_stats/1,
+         conn_start/3, conn_send/2, conn_data_mode/2, conn_open_input/1, conn_tick/1, conn_ack/3, conn_run_tasks/1, conn_getstat/1, conn_stats/1,
          conn_info/1, conn_peer_names/2, conn_shutdown/2,
          unix_now/0, gen_ca/3, gen_intermediate/5, gen_node_cert/6]).
 
@@ -102,8 +102,11 @@ conn_data_mode(_Conn, _Streams) -> ?NOT_LOADED.
 -spec conn_open_input(reference()) -> ok.
 conn_open_input(_Conn) -> ?NOT_LOADED.
 
--spec conn_ack(reference(), non_neg_integer(), non_neg_integer()) -> ok.
+-spec conn_ack(reference(), non_neg_integer(), non_neg_integer()) -> ok | run_tasks.
 conn_ack(_Conn, _Channel, _Bytes) -> ?NOT_LOADED.
+
+-spec conn_run_tasks(reference()) -> ok.
+conn_run_tasks(_Conn) -> ?NOT_LOADED.
 
 -spec conn_getstat(reference()) -> {ok, non_neg_integer(), non_neg_integer(), non_neg_integer()}.
 conn_getstat(_Conn) -> ?NOT_LOADED.

@@ -16,7 +16,7 @@
 %%% has a bounded amount of work, and a socket with more waiting answers the next select at once.
 -module(quic_dist_receiver).
 
--export([start/1, stop/0]).
+-export([start/1, stop/0, run_tasks/1]).
 
 -include_lib("kernel/include/logger.hrl").
 
@@ -48,6 +48,17 @@ stop() ->
             receive {'DOWN', MRef, process, Pid, _} -> ok end
     end.
 
+%% @doc Has the receiver run the ready tasks of `Conn''s endpoint: stream readers that an input
+%% handler's acknowledgement let go on (here, if the node has no receiver).
+-spec run_tasks(reference()) -> ok.
+run_tasks(Conn) ->
+    case whereis(?NAME) of
+        undefined -> quic_dist_nif:conn_run_tasks(Conn);
+        Pid ->
+            Pid ! {run_tasks, Conn},
+            ok
+    end.
+
 %% Registers the name (one receiver per node) and arms the first select.
 init(Parent, Ref, Ep) ->
     try register(?NAME, self()) of
@@ -65,6 +76,9 @@ loop(Ep) ->
     receive
         {select, _Watch, undefined, ready_input} ->
             receive_and_arm(Ep),
+            loop(Ep);
+        {run_tasks, Conn} ->
+            ok = quic_dist_nif:conn_run_tasks(Conn),
             loop(Ep);
         stop ->
             ok = quic_dist_nif:endpoint_unwatch(Ep)

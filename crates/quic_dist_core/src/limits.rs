@@ -33,6 +33,10 @@ pub const STREAM_QUEUE_LOW_WATER: usize = 512 * 1024;
 /// mailbox, per busy stream.
 pub const RECV_UNACKED_LIMIT: usize = 512 * 1024;
 
+/// Unconsumed bytes at or below which a reader stopped at [`RECV_UNACKED_LIMIT`] reads again:
+/// half the limit, so that each resumption reads a good share and not one batch.
+pub const RECV_RESUME: usize = RECV_UNACKED_LIMIT / 2;
+
 /// Most packets handed to the input handler in one message.
 pub const RECV_BATCH_PACKETS: usize = 512;
 

@@ -2,6 +2,7 @@
 
 rustler::atoms! {
     ok,
+    run_tasks,
     error,
     busy,
     closed,

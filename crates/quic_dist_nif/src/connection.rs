@@ -174,11 +174,24 @@ fn conn_tick(env: Env, conn: ResourceArc<ConnRes>) -> Atom {
     atoms::ok()
 }
 
-/// The input handler consumed `bytes` of the packets delivered on `channel`.
+/// The input handler consumed `bytes` of the packets delivered on `channel`: `ok`, or
+/// `run_tasks` when that lets the channel's reader go on, which it then does at the next
+/// `conn_run_tasks/1` (the caller asks the node's receiver process for it).
 #[rustler::nif]
 fn conn_ack(env: Env, conn: ResourceArc<ConnRes>, channel: usize, bytes: usize) -> Atom {
     let _caller = caller::enter(env);
-    conn.conn.ack(channel, bytes);
+    if conn.conn.ack_later(channel, bytes) {
+        atoms::run_tasks()
+    } else {
+        atoms::ok()
+    }
+}
+
+/// Runs the ready tasks of the connection's endpoint (readers that `conn_ack/3` let go on).
+#[rustler::nif]
+fn conn_run_tasks(env: Env, conn: ResourceArc<ConnRes>) -> Atom {
+    let _caller = caller::enter(env);
+    conn.conn.run_ready_tasks();
     atoms::ok()
 }
 

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use quic_dist_core::in_flight::InFlightPolicy;
+use quic_dist_core::limits::{RECV_BATCH_BYTES, RECV_RESUME};
 use quic_dist_core::stream_map::{StreamMapper, MAX_DATA_STREAMS};
 use quic_dist_core::{FrameEncoder, Packet};
 use rustls_pki_types::CertificateDer;
@@ -375,15 +376,40 @@ impl DistConnection {
     }
 
     /// The owner consumed `bytes` of the packets delivered on `channel`: its reader may read
-    /// that much more.
+    /// that much more, and does so in this call.
     pub fn ack(&self, channel: usize, bytes: usize) {
+        self.ack_later(channel, bytes);
+        self.run_tasks();
+    }
+
+    /// [`ack`](Self::ack), leaving the reading of small packets to another thread: true when a
+    /// reader that backpressure had stopped may now go on, which it then does at the next
+    /// [`run_ready_tasks`](Self::run_ready_tasks) of any connection of the endpoint. The
+    /// caller, the one process that feeds the runtime every packet of the connection, is the
+    /// first to run out of time when small packets arrive faster than the runtime takes them,
+    /// and asks the process that reads the socket to do that reading. After a batch of bulk
+    /// data (at least [`RECV_BATCH_BYTES`] bytes) the reader goes on in this call, as in
+    /// [`ack`](Self::ack): handing over a large packet costs the caller little, and a hand-off
+    /// would delay the next one.
+    pub fn ack_later(&self, channel: usize, bytes: usize) -> bool {
         let Some(ch) = self.shared.channels.get(channel) else {
-            return;
+            return false;
         };
-        let _ = ch
+        let before = ch
             .unacked
-            .fetch_update(SeqCst, SeqCst, |u| Some(u.saturating_sub(bytes)));
+            .fetch_update(SeqCst, SeqCst, |u| Some(u.saturating_sub(bytes)))
+            .unwrap_or_default();
         ch.credit.notify_one();
+        let resumes = before > RECV_RESUME && before.saturating_sub(bytes) <= RECV_RESUME;
+        if resumes && bytes >= RECV_BATCH_BYTES {
+            self.run_tasks();
+            return false;
+        }
+        resumes
+    }
+
+    /// Runs the tasks of the endpoint's connections that are ready (see `direct::exec`).
+    pub fn run_ready_tasks(&self) {
         self.run_tasks();
     }
 

@@ -17,7 +17,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use quic_dist_core::dist_header::{is_fragment, receiver, route, Route};
 use quic_dist_core::fragments::FragmentJoiner;
-use quic_dist_core::limits::{RECV_BATCH_BYTES, RECV_BATCH_PACKETS, RECV_UNACKED_LIMIT};
+use quic_dist_core::limits::{
+    RECV_BATCH_BYTES, RECV_BATCH_PACKETS, RECV_RESUME, RECV_UNACKED_LIMIT,
+};
 use quic_dist_core::stream_map::{ordered_ready, MAX_DATA_STREAMS};
 use quic_dist_core::{Frame, FrameDecoder, Packet};
 use tracing::{debug, warn};
@@ -193,12 +195,16 @@ async fn read_frames(
         // Backpressure: stop reading while the owner has too much of this channel unconsumed,
         // but still notice a close: otherwise a stalled owner is never told, and a dropped one
         // leaks this task (and the connection state it holds) forever.
-        while ch.unacked.load(SeqCst) >= RECV_UNACKED_LIMIT {
-            tokio::select! {
-                () = ch.credit.notified() => {}
-                e = conn.closed() => {
-                    shared.report_closed(describe_close(&e));
-                    return ReadEnd::Gone;
+        // Once stopped, it waits until half the limit is consumed, so that it reads a good
+        // share at each resumption (see `DistConnection::ack_later`).
+        if ch.unacked.load(SeqCst) >= RECV_UNACKED_LIMIT {
+            while ch.unacked.load(SeqCst) > RECV_RESUME {
+                tokio::select! {
+                    () = ch.credit.notified() => {}
+                    e = conn.closed() => {
+                        shared.report_closed(describe_close(&e));
+                        return ReadEnd::Gone;
+                    }
                 }
             }
         }

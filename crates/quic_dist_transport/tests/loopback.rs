@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use quic_dist_core::limits::{
-    RECV_BATCH_BYTES, RECV_BATCH_PACKETS, RECV_UNACKED_LIMIT, SEND_QUEUE_HIGH_WATER,
+    RECV_BATCH_BYTES, RECV_BATCH_PACKETS, RECV_RESUME, RECV_UNACKED_LIMIT, SEND_QUEUE_HIGH_WATER,
 };
 use quic_dist_core::{FrameError, Packet, FRAME_HEADER_LEN};
 use quic_dist_transport::certs::{generate_ca, generate_node, PemPair, Validity};
@@ -650,8 +650,18 @@ async fn unacknowledged_data_stops_the_reader_and_acks_resume_the_flow() {
     // arrives.
     let total = stuck_at + 128;
     let first_missing = delivered.len() as u64;
+    // First as the input handler acknowledges small batches (`ack_later`): the reader stays
+    // stopped while more than RECV_RESUME is unconsumed, and the acknowledgement that brings it
+    // there says the reader may go on, which it does at the next run of the endpoint's tasks.
+    let small_step = 1000;
+    let first_step = delivered_bytes - RECV_RESUME - small_step;
+    assert!(!p.server.conn.ack_later(0, first_step));
+    p.server.conn.run_ready_tasks();
+    stays_quiet(&mut p.server.packets, "delivery above the resume mark").await;
+    assert!(p.server.conn.ack_later(0, small_step));
+    p.server.conn.run_ready_tasks();
     let mut server = p.server;
-    server.conn.ack(0, delivered_bytes);
+    server.conn.ack(0, RECV_RESUME);
     let receiver = tokio::spawn(async move {
         let (got, _) = server
             .recv_packets((total - first_missing) as usize, true)
