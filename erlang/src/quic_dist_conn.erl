@@ -22,7 +22,9 @@
 %%%   handshake only the control stream is delivered: it queues them and serves `hs_recv'.
 %%%   After `handshake_complete' it opens the data streams (`conn_open_input'), calls
 %%%   `dist_ctrl_put_data/2' for each packet, in order, and acknowledges the bytes per stream so
-%%%   the NIF reads more of that stream.
+%%%   the NIF reads more of that stream. It is the one process that feeds the runtime every
+%%%   packet of the connection, so the reading of small packets that an acknowledgement lets go
+%%%   on is left to the node's receiver process (`conn_ack' answers `run_tasks').
 %%% - A receiving process that does not keep up: the input handler counts the bytes delivered to
 %%%   each receiver since its mailbox was last seen empty. Above the `mailbox_limit' option it
 %%%   stops acknowledging that stream's batches until the mailbox has halved: the stream stops

@@ -2,11 +2,12 @@
 %%%
 %%% ```
 %%%  erts check_io ──{select, _, undefined, ready_input}──> receiver (high priority, one per node)
-%%%                                                           │ endpoint_receive(Ep): one NIF call
-%%%                                                           │ reads up to 16 batches of
-%%%                                                           │ datagrams, runs QUIC on this
-%%%                                                           │ scheduler, delivers packets to the
-%%%                                                           │ input handlers, re-arms the select
+%%%  input handler ──{run_tasks, Conn}─────────────────────>   │ endpoint_receive(Ep): one NIF call
+%%%    (its acknowledgement let a stream reader go on)        │ reads up to 8 datagrams, runs QUIC
+%%%                                                           │ on this scheduler, delivers packets
+%%%                                                           │ to the input handlers, re-arms the
+%%%                                                           │ select; conn_run_tasks(Conn) runs
+%%%                                                           │ the readers let go on
 %%%                                                           ▼
 %%%                               input handlers, acceptor, connecting processes (messages)
 %%% '''
