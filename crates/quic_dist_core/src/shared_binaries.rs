@@ -82,7 +82,7 @@ mod tests {
 
     #[test]
     fn a_shared_binary_holds_at_most_its_bound() {
-        let runs = binary_runs(std::iter::repeat_n(1000, 40));
+        let runs = binary_runs(vec![1000; 40]);
         assert_eq!(runs, vec![run(16, 16000), run(16, 16000), run(8, 8000)]);
         assert!(runs.iter().all(|r| r.bytes <= SHARED_BINARY_MAX));
     }
