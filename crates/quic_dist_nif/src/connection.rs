@@ -191,7 +191,7 @@ fn conn_ack(env: Env, conn: ResourceArc<ConnRes>, channel: usize, bytes: usize) 
 #[rustler::nif]
 fn conn_run_tasks(env: Env, conn: ResourceArc<ConnRes>) -> Atom {
     let _caller = caller::enter(env);
-    conn.conn.run_ready_tasks();
+    conn.conn.run_tasks();
     atoms::ok()
 }
 

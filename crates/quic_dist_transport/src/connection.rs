@@ -332,8 +332,9 @@ impl DistConnection {
         self.run_tasks();
     }
 
-    /// Runs the connection's tasks that this thread's calls woke (see `direct::exec`).
-    pub(crate) fn run_tasks(&self) {
+    /// Runs the ready tasks of the endpoint's connections: those this thread's calls woke, and
+    /// readers that [`ack_later`](Self::ack_later) let go on (see `direct::exec`).
+    pub fn run_tasks(&self) {
         self.conn.0.run_tasks();
     }
 
@@ -378,13 +379,14 @@ impl DistConnection {
     /// The owner consumed `bytes` of the packets delivered on `channel`: its reader may read
     /// that much more, and does so in this call.
     pub fn ack(&self, channel: usize, bytes: usize) {
-        self.ack_later(channel, bytes);
-        self.run_tasks();
+        if self.ack_later(channel, bytes) {
+            self.run_tasks();
+        }
     }
 
     /// [`ack`](Self::ack), leaving the reading of small packets to another thread: true when a
     /// reader that backpressure had stopped may now go on, which it then does at the next
-    /// [`run_ready_tasks`](Self::run_ready_tasks) of any connection of the endpoint. The
+    /// [`run_tasks`](Self::run_tasks) of any connection of the endpoint. The
     /// caller, the one process that feeds the runtime every packet of the connection, is the
     /// first to run out of time when small packets arrive faster than the runtime takes them,
     /// and asks the process that reads the socket to do that reading. After a batch of bulk
@@ -406,11 +408,6 @@ impl DistConnection {
             return false;
         }
         resumes
-    }
-
-    /// Runs the tasks of the endpoint's connections that are ready (see `direct::exec`).
-    pub fn run_ready_tasks(&self) {
-        self.run_tasks();
     }
 
     /// Current counters.

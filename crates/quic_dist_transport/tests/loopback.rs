@@ -656,10 +656,10 @@ async fn unacknowledged_data_stops_the_reader_and_acks_resume_the_flow() {
     let small_step = 1000;
     let first_step = delivered_bytes - RECV_RESUME - small_step;
     assert!(!p.server.conn.ack_later(0, first_step));
-    p.server.conn.run_ready_tasks();
+    p.server.conn.run_tasks();
     stays_quiet(&mut p.server.packets, "delivery above the resume mark").await;
     assert!(p.server.conn.ack_later(0, small_step));
-    p.server.conn.run_ready_tasks();
+    p.server.conn.run_tasks();
     let mut server = p.server;
     server.conn.ack(0, RECV_RESUME);
     let receiver = tokio::spawn(async move {

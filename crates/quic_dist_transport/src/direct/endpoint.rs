@@ -13,7 +13,7 @@ use quinn_proto::{
 use tracing::{debug, warn};
 
 use super::timers::Timers;
-use super::udp::Socket;
+use super::udp::{Datagram, Socket};
 
 /// Datagrams handled between two drives of their connections within one read. A read returns
 /// up to 8 buffers, and with UDP GRO each can hold many datagrams (about 21 per read under a
@@ -333,75 +333,15 @@ impl Endpoint {
                 break;
             }
             let mut datagrams = datagrams.into_iter().peekable();
-            while datagrams.peek().is_some() {
-                let now = Instant::now();
-                let mut events = Vec::with_capacity(DRIVE_EVERY);
-                let mut response = Vec::new();
-                {
-                    let mut state = lock(&self.inner.state);
-                    for d in datagrams.by_ref().take(DRIVE_EVERY) {
-                        response.clear();
-                        match state.endpoint.handle(
-                            now,
-                            d.from,
-                            d.local_ip,
-                            d.ecn,
-                            d.data,
-                            &mut response,
-                        ) {
-                            Some(DatagramEvent::ConnectionEvent(handle, event)) => {
-                                if let Some(conn) = state.conns.get(&handle) {
-                                    events.push((conn.clone(), event));
-                                }
-                            }
-                            Some(DatagramEvent::NewConnection(incoming)) if state.refusing => {
-                                let t = state.endpoint.refuse(incoming, &mut response);
-                                let _ = self.inner.socket.send(&t, &response[..t.size]);
-                            }
-                            Some(DatagramEvent::NewConnection(incoming)) => {
-                                let config = self
-                                    .inner
-                                    .loopback_server
-                                    .clone()
-                                    .filter(|_| d.from.ip().to_canonical().is_loopback());
-                                match state.endpoint.accept(incoming, now, &mut response, config) {
-                                    Ok((handle, conn)) => {
-                                        drop(state);
-                                        let conn = self.register(handle, conn);
-                                        state = lock(&self.inner.state);
-                                        state.accepted.push(conn.clone());
-                                        touched.push(conn);
-                                    }
-                                    Err(e) => {
-                                        debug!(from = %d.from, error = %e.cause, "incoming connection refused");
-                                        if state.refused.len() < REFUSALS_KEPT {
-                                            state.refused.push((d.from, e.cause));
-                                        }
-                                        if let Some(t) = e.response {
-                                            let _ = self.inner.socket.send(&t, &response[..t.size]);
-                                        }
-                                    }
-                                }
-                            }
-                            Some(DatagramEvent::Response(t)) => {
-                                let _ = self.inner.socket.send(&t, &response[..t.size]);
-                            }
-                            None => {}
-                        }
-                    }
+            loop {
+                self.handle_datagrams(datagrams.by_ref().take(DRIVE_EVERY), &mut touched);
+                if datagrams.peek().is_none() {
+                    break;
                 }
-                for (conn, event) in events {
-                    lock(&conn.state).conn.handle_event(event);
-                    if !touched.iter().any(|c| Arc::ptr_eq(c, &conn)) {
-                        touched.push(conn);
-                    }
-                }
-                if datagrams.peek().is_some() {
-                    // More of this read to handle: acknowledge what came so far first (see
-                    // DRIVE_EVERY).
-                    for conn in &touched {
-                        conn.drive();
-                    }
+                // More of this read to handle: acknowledge what came so far first (see
+                // DRIVE_EVERY).
+                for conn in &touched {
+                    conn.drive();
                 }
             }
         }
@@ -410,6 +350,73 @@ impl Endpoint {
         }
         self.inner.executor.run();
         Ok(())
+    }
+
+    /// Hands `datagrams` to quinn-proto and their events to their connections, adding each
+    /// connection they touched to `touched` (to be driven by the caller).
+    fn handle_datagrams(
+        &self,
+        datagrams: impl Iterator<Item = Datagram>,
+        touched: &mut Vec<Arc<Connection>>,
+    ) {
+        let now = Instant::now();
+        let mut events = Vec::with_capacity(datagrams.size_hint().0);
+        let mut response = Vec::new();
+        {
+            let mut state = lock(&self.inner.state);
+            for d in datagrams {
+                response.clear();
+                match state
+                    .endpoint
+                    .handle(now, d.from, d.local_ip, d.ecn, d.data, &mut response)
+                {
+                    Some(DatagramEvent::ConnectionEvent(handle, event)) => {
+                        if let Some(conn) = state.conns.get(&handle) {
+                            events.push((conn.clone(), event));
+                        }
+                    }
+                    Some(DatagramEvent::NewConnection(incoming)) if state.refusing => {
+                        let t = state.endpoint.refuse(incoming, &mut response);
+                        let _ = self.inner.socket.send(&t, &response[..t.size]);
+                    }
+                    Some(DatagramEvent::NewConnection(incoming)) => {
+                        let config = self
+                            .inner
+                            .loopback_server
+                            .clone()
+                            .filter(|_| d.from.ip().to_canonical().is_loopback());
+                        match state.endpoint.accept(incoming, now, &mut response, config) {
+                            Ok((handle, conn)) => {
+                                drop(state);
+                                let conn = self.register(handle, conn);
+                                state = lock(&self.inner.state);
+                                state.accepted.push(conn.clone());
+                                touched.push(conn);
+                            }
+                            Err(e) => {
+                                debug!(from = %d.from, error = %e.cause, "incoming connection refused");
+                                if state.refused.len() < REFUSALS_KEPT {
+                                    state.refused.push((d.from, e.cause));
+                                }
+                                if let Some(t) = e.response {
+                                    let _ = self.inner.socket.send(&t, &response[..t.size]);
+                                }
+                            }
+                        }
+                    }
+                    Some(DatagramEvent::Response(t)) => {
+                        let _ = self.inner.socket.send(&t, &response[..t.size]);
+                    }
+                    None => {}
+                }
+            }
+        }
+        for (conn, event) in events {
+            lock(&conn.state).conn.handle_event(event);
+            if !touched.iter().any(|c| Arc::ptr_eq(c, &conn)) {
+                touched.push(conn);
+            }
+        }
     }
 }
 
