@@ -8,12 +8,16 @@
 
 use std::sync::Arc;
 
-use quic_dist_transport::{ConnectionEvents, DistConnection, PacketBatch, SendStatus};
+use quic_dist_core::fragments::JoinBuffer;
+use quic_dist_transport::{
+    ConnectionEvents, DistConnection, JoinedPacket, PacketBatch, SendStatus,
+};
 use rustler::{Atom, Encoder, Env, LocalPid, NifResult, Resource, ResourceArc, Term};
 
 use crate::caller;
 
 use crate::atoms;
+use crate::join_buffer::ErlangJoinBuffer;
 use crate::lend::Lender;
 use crate::terms::{
     binary, encode_socket_addr, error_tuple, give_pieces, iodata_pieces, packet_binaries,
@@ -41,7 +45,16 @@ struct ErlangEvents {
 impl ConnectionEvents for ErlangEvents {
     fn packets(&self, batch: PacketBatch) {
         caller::send(&self.input, move |env| {
-            let list = packet_binaries(env, &batch.packets);
+            let list = match batch.joined {
+                Some(JoinedPacket(whole)) => {
+                    let whole = whole
+                        .into_any()
+                        .downcast::<ErlangJoinBuffer>()
+                        .expect("buffers come from join_buffer");
+                    vec![whole.into_binary(env).to_term(env)]
+                }
+                None => packet_binaries(env, &batch.packets),
+            };
             let receivers: Vec<Term> = batch
                 .receivers
                 .iter()
@@ -62,6 +75,10 @@ impl ConnectionEvents for ErlangEvents {
         caller::send(&self.input, move |env| {
             (atoms::quic_dist_closed(), reason).encode(env)
         });
+    }
+
+    fn join_buffer(&self, capacity: usize) -> Option<Box<dyn JoinBuffer>> {
+        Some(Box::new(ErlangJoinBuffer::new(capacity)?))
     }
 
     fn writable(&self) {

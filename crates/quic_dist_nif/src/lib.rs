@@ -14,6 +14,7 @@ mod certs;
 mod connection;
 mod endpoint;
 mod halt;
+mod join_buffer;
 mod lend;
 mod logging;
 mod select;

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use quic_dist_core::fragments::JoinBuffer;
 use quic_dist_core::in_flight::InFlightPolicy;
 use quic_dist_core::limits::{RECV_BATCH_BYTES, RECV_RESUME};
 use quic_dist_core::stream_map::{StreamMapper, MAX_DATA_STREAMS};
@@ -49,6 +50,18 @@ pub struct PacketBatch {
     /// The receivers of the messages among them (encoded pid or registered name) and how many
     /// bytes each got, fragments included: lets the owner notice a mailbox that grows.
     pub receivers: Vec<(Bytes, usize)>,
+    /// A long message copied into a buffer from [`ConnectionEvents::join_buffer`] as its
+    /// fragments arrived: then the batch's only packet (`packets` is empty).
+    pub joined: Option<JoinedPacket>,
+}
+
+/// A whole packet in a buffer of the owner's (see [`quic_dist_core::fragments`]).
+pub struct JoinedPacket(pub Box<dyn JoinBuffer>);
+
+impl std::fmt::Debug for JoinedPacket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "JoinedPacket({} bytes)", self.0.as_slice().len())
+    }
 }
 
 /// What the connection tells its owner. Called from tokio worker threads.
@@ -63,6 +76,12 @@ pub trait ConnectionEvents: Send + Sync + 'static {
     /// throttled (see [`Submitted::throttle`](crate::send::Submitted::throttle)).
     fn stream_writable(&self, stream: usize) {
         let _ = stream;
+    }
+    /// A buffer of about `capacity` bytes to copy a long message into as its fragments arrive
+    /// (any thread); `None` (the default) lets such messages pass through as fragments.
+    fn join_buffer(&self, capacity: usize) -> Option<Box<dyn JoinBuffer>> {
+        let _ = capacity;
+        None
     }
 }
 

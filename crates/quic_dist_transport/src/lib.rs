@@ -28,7 +28,8 @@ pub mod tls;
 
 pub use config::{Congestion, TransportOptions};
 pub use connection::{
-    ConnectionEvents, ConnectionInfo, ConnectionStats, DistConnection, PacketBatch, SendStatus,
+    ConnectionEvents, ConnectionInfo, ConnectionStats, DistConnection, JoinedPacket, PacketBatch,
+    SendStatus,
 };
 pub use endpoint::DistEndpoint;
 pub use error::TransportError;

@@ -25,8 +25,8 @@ use quic_dist_core::{Frame, FrameDecoder, Packet};
 use tracing::{debug, warn};
 
 use crate::connection::{
-    closed_reason, describe_close, PacketBatch, Shared, CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR,
-    SHUTDOWN_GRACE,
+    closed_reason, describe_close, JoinedPacket, PacketBatch, Shared, CLOSE_NORMAL,
+    CLOSE_PROTOCOL_ERROR, SHUTDOWN_GRACE,
 };
 use crate::direct::compat;
 use crate::send::Outgoing;
@@ -261,10 +261,21 @@ async fn read_frames(
             shared.packets_received.fetch_add(1, SeqCst);
             consumed += 1;
             let ready_from = batch.packets.len();
-            joiner.push(packet, &mut batch.packets);
+            let copied = joiner.push_copying(packet, &mut batch.packets, &mut |capacity| {
+                shared.events.get().and_then(|ev| ev.join_buffer(capacity))
+            });
             for packet in &batch.packets[ready_from..] {
                 receivers.note(packet, &mut batch.receivers);
                 batch.bytes += packet.len();
+            }
+            if let Some(whole) = copied {
+                // What came before it goes first, in a batch of its own; the message's
+                // fragments count as delivered with it.
+                deliver(shared, &mut batch, &mut 0);
+                receivers.note_whole(whole.as_slice(), &mut batch.receivers);
+                batch.bytes = whole.as_slice().len();
+                batch.joined = Some(JoinedPacket(whole));
+                deliver(shared, &mut batch, &mut consumed);
             }
             if batch.packets.len() >= RECV_BATCH_PACKETS || batch.bytes >= RECV_BATCH_BYTES {
                 deliver(shared, &mut batch, &mut consumed);
@@ -324,12 +335,16 @@ impl Receivers {
             }
             to => to,
         };
-        let Some(to) = to else {
-            return;
-        };
-        match batch.iter_mut().find(|(r, _)| *r == to) {
-            Some((_, n)) => *n += packet.len(),
-            None => batch.push((to, packet.len())),
+        if let Some(to) = to {
+            add(batch, to, packet.len());
+        }
+    }
+
+    /// Adds a whole packet copied from fragments (`bytes`) to its receiver's share.
+    fn note_whole(&mut self, bytes: &[u8], batch: &mut Vec<(Bytes, usize)>) {
+        let head = Bytes::copy_from_slice(&bytes[..bytes.len().min(HEADER_LIMIT)]);
+        if let Some(to) = self.receiver_of(&head) {
+            add(batch, to, bytes.len());
         }
     }
 
@@ -364,6 +379,14 @@ impl Receivers {
     }
 }
 
+/// Counts `bytes` for receiver `to` in a batch's shares.
+fn add(batch: &mut Vec<(Bytes, usize)>, to: Bytes, bytes: usize) {
+    match batch.iter_mut().find(|(r, _)| *r == to) {
+        Some((_, n)) => *n += bytes,
+        None => batch.push((to, bytes)),
+    }
+}
+
 /// A first piece shorter than this may hold only part of the distribution header.
 const SHORT_FIRST_PART: usize = 4096;
 /// Most bytes of a packet read to find its receiver when the header is cut between pieces.
@@ -377,7 +400,7 @@ const HEADER_LIMIT: usize = 64 * 1024;
 fn deliver(shared: &Shared, batch: &mut PacketBatch, consumed: &mut u64) {
     let channel = batch.channel;
     let ch = &shared.channels[channel];
-    if !batch.packets.is_empty() {
+    if !batch.packets.is_empty() || batch.joined.is_some() {
         let b = std::mem::replace(
             batch,
             PacketBatch {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use quic_dist_core::fragments::{JoinBuffer, MAX_JOINED_FRAGMENTS};
 use quic_dist_core::limits::{
     RECV_BATCH_BYTES, RECV_BATCH_PACKETS, RECV_RESUME, RECV_UNACKED_LIMIT, SEND_QUEUE_HIGH_WATER,
 };
@@ -98,6 +99,10 @@ impl ConnectionEvents for ChannelEvents {
     fn writable(&self) {
         let _ = self.writable.send(());
     }
+    // As the NIF does (with Erlang binaries): long messages are copied as they arrive.
+    fn join_buffer(&self, capacity: usize) -> Option<Box<dyn JoinBuffer>> {
+        Some(Box::new(Vec::<u8>::with_capacity(capacity)))
+    }
 }
 
 /// A started connection and the receiving ends of its events.
@@ -167,6 +172,7 @@ impl Side {
                 self.conn.ack(batch.channel, batch.bytes);
             }
             got.extend(batch.packets.iter().map(Packet::to_bytes));
+            got.extend((batch.joined.iter()).map(|j| Bytes::copy_from_slice(j.0.as_slice())));
         }
         assert_eq!(got.len(), n, "more packets than expected");
         (got, batches)
@@ -174,6 +180,14 @@ impl Side {
 }
 
 fn check_batch(batch: &PacketBatch) {
+    if let Some(joined) = &batch.joined {
+        assert!(
+            batch.packets.is_empty(),
+            "a joined message shares its batch"
+        );
+        assert_eq!(batch.bytes, joined.0.as_slice().len(), "batch byte count");
+        return;
+    }
     assert!(!batch.packets.is_empty(), "empty batch delivered");
     assert!(
         batch.packets.len() <= RECV_BATCH_PACKETS,
@@ -1137,6 +1151,52 @@ async fn the_fragments_of_a_message_arrive_joined_into_one_packet() {
             let mut want = vec![other.clone(), whole.clone()];
             want.sort();
             assert_eq!(got, want);
+        }
+    }
+}
+
+/// A message of more than `MAX_JOINED_FRAGMENTS` fragments is copied into a buffer of the
+/// owner's as they arrive and delivered whole, in a batch of its own, after what came before its
+/// last fragment and before what came after; its receiver is counted with its whole size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_message_arrives_whole_in_a_buffer_of_the_owners() {
+    for streams in [1, 4] {
+        let mut p = data_pair(streams).await;
+        let whole = dist_send(1, 99, 40 * 65_536);
+        // As the runtime cuts: the start fragment also holds the atom cache count.
+        let cuts: Vec<usize> = (1..40).map(|i| 1 + i * 65_536).collect();
+        let frags = fragments(&whole, 7, &cuts);
+        assert_eq!(frags.len() as u64, MAX_JOINED_FRAGMENTS + 8);
+        let before = dist_send(2, 5, 100);
+        let after = dist_send(1, 100, 100);
+        let mut sent = vec![frags[0].clone(), before.clone()];
+        sent.extend(frags[1..].iter().cloned());
+        sent.push(after.clone());
+        assert_eq!(send_batch(&p.client, &sent), SendStatus::Ready);
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            let batch = within(&mut p.server.packets, "packets").await;
+            check_batch(&batch);
+            p.server.conn.ack(batch.channel, batch.bytes);
+            if let Some(joined) = &batch.joined {
+                let receiver = batch.receivers.iter().map(|(_, n)| *n).sum::<usize>();
+                assert_eq!(receiver, whole.len(), "the receiver's share");
+                got.push(("joined", batch.channel, joined.0.as_slice().to_vec()));
+            }
+            for pk in &batch.packets {
+                got.push(("packet", batch.channel, pk.to_bytes().to_vec()));
+            }
+        }
+        let kinds: Vec<&str> = got.iter().map(|(k, _, _)| *k).collect();
+        let bytes: Vec<&Vec<u8>> = got.iter().map(|(_, _, b)| b).collect();
+        if streams == 1 {
+            assert_eq!(kinds, ["packet", "joined", "packet"]);
+            assert_eq!(bytes, [&before, &whole, &after]);
+        } else {
+            // Sender 1's packets keep their order on their stream; sender 2's may go first.
+            let of_1: Vec<&Vec<u8>> = bytes.iter().copied().filter(|b| **b != before).collect();
+            assert_eq!(of_1, [&whole, &after]);
+            assert!(bytes.contains(&&before));
         }
     }
 }
