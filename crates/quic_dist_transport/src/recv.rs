@@ -344,7 +344,8 @@ impl Receivers {
     fn note_whole(&mut self, bytes: &[u8], batch: &mut Vec<(Bytes, usize)>) {
         let head = Bytes::copy_from_slice(&bytes[..bytes.len().min(HEADER_LIMIT)]);
         if let Some(to) = self.receiver_of(&head) {
-            add(batch, to, bytes.len());
+            // A copy: a slice would keep the copied head alive with the batch.
+            add(batch, Bytes::copy_from_slice(&to), bytes.len());
         }
     }
 
