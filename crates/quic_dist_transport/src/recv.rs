@@ -272,7 +272,7 @@ async fn read_frames(
                 // What came before it goes first, in a batch of its own; the message's
                 // fragments count as delivered with it.
                 deliver(shared, &mut batch, &mut 0);
-                receivers.note_whole(whole.as_slice(), &mut batch.receivers);
+                Receivers::note_whole(whole.as_slice(), &mut batch.receivers);
                 batch.bytes = whole.as_slice().len();
                 batch.joined = Some(JoinedPacket(whole));
                 deliver(shared, &mut batch, &mut consumed);
@@ -340,12 +340,12 @@ impl Receivers {
         }
     }
 
-    /// Adds a whole packet copied from fragments (`bytes`) to its receiver's share.
-    fn note_whole(&mut self, bytes: &[u8], batch: &mut Vec<(Bytes, usize)>) {
-        let head = Bytes::copy_from_slice(&bytes[..bytes.len().min(HEADER_LIMIT)]);
-        if let Some(to) = self.receiver_of(&head) {
-            // A copy: a slice would keep the copied head alive with the batch.
-            add(batch, Bytes::copy_from_slice(&to), bytes.len());
+    /// Adds a whole packet copied from fragments (`bytes`, in the owner's buffer) to its
+    /// receiver's share. A whole packet needs no following of fragments: the receiver is read
+    /// straight out of it and copied, the buffer being the owner's.
+    fn note_whole(bytes: &[u8], batch: &mut Vec<(Bytes, usize)>) {
+        if let Some(to) = receiver(bytes) {
+            add(batch, Bytes::copy_from_slice(to), bytes.len());
         }
     }
 
