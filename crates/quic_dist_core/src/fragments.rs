@@ -87,11 +87,16 @@ const WHOLE_HEADER: [u8; 2] = [VERSION, 68];
 struct Joining {
     /// The FragId the next continuation must have.
     next: u64,
+    held: Held,
+}
+
+/// What is held of a message whose fragments are arriving.
+enum Held {
     /// The fragments as they came (handed on as they are if the sequence goes wrong).
-    fragments: Vec<Packet>,
-    /// For a long message: its bytes so far (the whole packet's header, then the payloads),
-    /// instead of `fragments`, and the FragId of its start fragment.
-    copied: Option<(Box<dyn JoinBuffer>, u64)>,
+    Fragments(Vec<Packet>),
+    /// A long message's bytes so far (the whole packet's header, then the payloads), and the
+    /// FragId of its start fragment.
+    Copied(Box<dyn JoinBuffer>, u64),
 }
 
 /// Joins the fragments of each message of one stream into one packet.
@@ -145,56 +150,40 @@ impl FragmentJoiner {
                 let no_atom_cache = head.get(FRAGMENT_HEADER) == Some(&0);
                 if !no_atom_cache || frag < 2 {
                     ready.push(packet);
-                } else if frag <= MAX_JOINED_FRAGMENTS {
-                    self.joining.insert(
-                        seq,
-                        Joining {
-                            next: frag - 1,
-                            fragments: vec![packet],
-                            copied: None,
-                        },
-                    );
-                } else {
-                    match copy_buffer(&packet, frag, buffer) {
-                        Some(buf) => {
-                            self.joining.insert(
-                                seq,
-                                Joining {
-                                    next: frag - 1,
-                                    fragments: Vec::new(),
-                                    copied: Some((buf, frag)),
-                                },
-                            );
-                        }
-                        None => ready.push(packet),
-                    }
+                    return None;
                 }
+                let held = if frag <= MAX_JOINED_FRAGMENTS {
+                    Held::Fragments(vec![packet])
+                } else if let Some(buf) = copy_buffer(&packet, frag, buffer) {
+                    Held::Copied(buf, frag)
+                } else {
+                    ready.push(packet);
+                    return None;
+                };
+                let next = frag - 1;
+                self.joining.insert(seq, Joining { next, held });
             }
             FRAG_START => self.hand_on(seq, packet, ready),
             FRAG_CONT => match self.joining.get_mut(&seq) {
                 None => ready.push(packet),
                 Some(j) if j.next != frag => self.hand_on(seq, packet, ready),
                 Some(j) if frag > 1 => {
-                    match &mut j.copied {
-                        Some((buf, _)) => append_payload(buf.as_mut(), packet),
-                        None => j.fragments.push(packet),
+                    match &mut j.held {
+                        Held::Copied(buf, _) => append_payload(buf.as_mut(), packet),
+                        Held::Fragments(fragments) => fragments.push(packet),
                     }
                     j.next -= 1;
                 }
-                Some(_) => {
-                    let j = self.joining.remove(&seq).expect("present");
-                    match j.copied {
-                        Some((mut buf, _)) => {
-                            append_payload(buf.as_mut(), packet);
-                            return Some(buf);
-                        }
-                        None => {
-                            let mut fragments = j.fragments;
-                            fragments.push(packet);
-                            ready.push(joined(fragments));
-                        }
+                Some(_) => match self.joining.remove(&seq).expect("present").held {
+                    Held::Copied(mut buf, _) => {
+                        append_payload(buf.as_mut(), packet);
+                        return Some(buf);
                     }
-                }
+                    Held::Fragments(mut fragments) => {
+                        fragments.push(packet);
+                        ready.push(joined(fragments));
+                    }
+                },
             },
             _ => ready.push(packet),
         }
@@ -209,9 +198,9 @@ impl FragmentJoiner {
     /// Appends the fragments held for `seq` as they came (those copied as one start fragment
     /// holding them all), then `packet`.
     fn hand_on(&mut self, seq: u64, packet: Packet, ready: &mut Vec<Packet>) {
-        if let Some(j) = self.joining.remove(&seq) {
-            ready.extend(j.fragments);
-            if let Some((buf, frag)) = j.copied {
+        match self.joining.remove(&seq).map(|j| j.held) {
+            Some(Held::Fragments(fragments)) => ready.extend(fragments),
+            Some(Held::Copied(buf, frag)) => {
                 let mut start = Vec::with_capacity(FRAGMENT_HEADER + buf.as_slice().len());
                 start.extend_from_slice(&[VERSION, FRAG_START]);
                 start.extend_from_slice(&seq.to_be_bytes());
@@ -219,6 +208,7 @@ impl FragmentJoiner {
                 start.extend_from_slice(&buf.as_slice()[WHOLE_HEADER.len()..]);
                 ready.push(Packet::from(Bytes::from(start)));
             }
+            None => {}
         }
         ready.push(packet);
     }
