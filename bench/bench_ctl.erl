@@ -135,7 +135,7 @@ params(false) ->
                  %% Five: TCP's repetitions of 64 MiB under 1% loss moved 121-656 MB/s within
                  %% a minute, and three made a median of luck.
                  loss_bulk => 64 * ?MiB, loss_bulk_reps => 5,
-                 rate_bulk => 16 * ?MiB, rate_rtt_n => 200,
+                 rate_bulk => 16 * ?MiB, rate_rtt_n => 200, small_total => 100000,
                  hol_pings => 50, hol_window => 4, hol_max_ms => 6000, hol_reps => 2,
                  rate => <<"100mbit">>, loss_percent => 1}};
 params(true) ->
@@ -150,7 +150,7 @@ params(true) ->
                max_ms => 3000, reps => 2},
       netns => #{rtt_warm => 50, rtt_n => 500, reps => 2, max_ms => 5000,
                  loss_bulk => 16 * ?MiB, loss_bulk_reps => 2,
-                 rate_bulk => 8 * ?MiB, rate_rtt_n => 100,
+                 rate_bulk => 8 * ?MiB, rate_rtt_n => 100, small_total => 20000,
                  hol_pings => 20, hol_window => 4, hol_max_ms => 4000, hol_reps => 1,
                  rate => <<"100mbit">>, loss_percent => 1}}.
 
@@ -281,31 +281,48 @@ netns_scenarios(Carrier, A, B, #{params := #{netns := P}} = Cfg) ->
     Loss = #{rtt => latency([call(A, bench_node, rtt, [node_of(B), RW, RN, MaxMs])
                              || _ <- lists:seq(1, Reps)]),
              bulk_1m => bulk_runs(A, B, ?MiB, maps:get(loss_bulk, P),
-                                  maps:get(loss_bulk_reps, P))},
-    log("[~s] netns loss ~p%: rtt p50 ~s us p99 ~s us, bulk 1 MiB ~s MB/s",
+                                  maps:get(loss_bulk_reps, P)),
+             small_8 => netns_small(A, B, P),
+             hol => netns_hol(A, B, P)},
+    log("[~s] netns loss ~p%: rtt p50 ~s us p99 ~s us, bulk 1 MiB ~s MB/s, "
+        "100 B msgs from 8 senders ~s msg/s, head-of-line p50 ~s us p99 ~s us",
         [Carrier, maps:get(loss_percent, P), fmt(maps:get(p50_us, maps:get(rtt, Loss))),
          fmt(maps:get(p99_us, maps:get(rtt, Loss))),
-         fmt(maps:get(mb_per_s, maps:get(bulk_1m, Loss)))]),
+         fmt(maps:get(mb_per_s, maps:get(bulk_1m, Loss))),
+         fmt(maps:get(msgs_per_s, maps:get(small_8, Loss))),
+         fmt(maps:get(p50_us, maps:get(hol, Loss))),
+         fmt(maps:get(p99_us, maps:get(hol, Loss)))]),
     %% Rate-limited link (tbf both ways).
     netns_cond(rate, Cfg),
     RateRtt = latency([call(A, bench_node, rtt, [node_of(B), 20, maps:get(rate_rtt_n, P),
                                                  MaxMs])
                        || _ <- lists:seq(1, Reps)]),
     RateBulk = bulk_runs(A, B, ?MiB, maps:get(rate_bulk, P), Reps),
-    HolRuns = [call(A, bench_node, hol, [node_of(B), maps:get(hol_pings, P), 8 * ?MiB,
-                                         maps:get(hol_window, P),
-                                         100, maps:get(hol_max_ms, P)])
-               || _ <- lists:seq(1, maps:get(hol_reps, P))],
-    Hol = (latency([S || {S, _, _} <- HolRuns]))#{
-            stream_mb_per_s => median([Bytes / Secs / 1.0e6 || {_, Bytes, Secs} <- HolRuns])},
-    Rate = #{rtt => RateRtt, bulk_1m => RateBulk, hol => Hol},
+    RateSmall = netns_small(A, B, P),
+    Hol = netns_hol(A, B, P),
+    Rate = #{rtt => RateRtt, bulk_1m => RateBulk, small_8 => RateSmall, hol => Hol},
     log("[~s] netns rate ~s: rtt p50 ~s us, bulk 1 MiB ~s MB/s, "
-        "head-of-line p50 ~s us p99 ~s us",
+        "100 B msgs from 8 senders ~s msg/s, head-of-line p50 ~s us p99 ~s us",
         [Carrier, maps:get(rate, P), fmt(maps:get(p50_us, RateRtt)),
-         fmt(maps:get(mb_per_s, RateBulk)), fmt(maps:get(p50_us, Hol)),
-         fmt(maps:get(p99_us, Hol))]),
+         fmt(maps:get(mb_per_s, RateBulk)), fmt(maps:get(msgs_per_s, RateSmall)),
+         fmt(maps:get(p50_us, Hol)), fmt(maps:get(p99_us, Hol))]),
     netns_cond(none, Cfg),
     #{netns_loss => Loss, netns_rate => Rate}.
+
+%% 100-byte messages from 8 senders across the link, after a fifth as many to warm up.
+netns_small(A, B, #{small_total := Total, reps := Reps}) ->
+    _ = call(A, bench_node, small, [node_of(B), 8, max(8, Total div 5), 100]),
+    Runs = [call(A, bench_node, small, [node_of(B), 8, Total, 100]) || _ <- lists:seq(1, Reps)],
+    Rates = [Count / Secs || {Secs, Count} <- Runs],
+    #{msgs_per_s => median(Rates), reps => Rates, messages => Total}.
+
+%% Round trips of one pair while another pair streams 8 MiB messages across the link.
+netns_hol(A, B, P) ->
+    Runs = [call(A, bench_node, hol, [node_of(B), maps:get(hol_pings, P), 8 * ?MiB,
+                                      maps:get(hol_window, P), 100, maps:get(hol_max_ms, P)])
+            || _ <- lists:seq(1, maps:get(hol_reps, P))],
+    (latency([S || {S, _, _} <- Runs]))#{
+      stream_mb_per_s => median([Bytes / Secs / 1.0e6 || {_, Bytes, Secs} <- Runs])}.
 
 bulk_runs(A, B, Size, Total, Reps) ->
     _ = call(A, bench_node, bulk, [node_of(B), Size, max(Size, Total div 4)]),
@@ -551,9 +568,19 @@ row_specs() ->
      {loss_rtt_p99, "netns 1% loss: RTT p99", "us", lower, [netns_loss, rtt, p99_us]},
      {loss_bulk, "netns 1% loss: bulk 1 MiB", "MB/s", higher,
       [netns_loss, bulk_1m, mb_per_s]},
+     {loss_small_8, "netns 1% loss: 100 B, 8 senders", "msg/s", higher,
+      [netns_loss, small_8, msgs_per_s]},
+     {loss_hol_p50, "netns 1% loss: RTT p50 w/ stream", "us", lower,
+      [netns_loss, hol, p50_us]},
+     {loss_hol_p99, "netns 1% loss: RTT p99 w/ stream", "us", lower,
+      [netns_loss, hol, p99_us]},
+     {loss_hol_stream, "  8 MiB stream meanwhile", "MB/s", higher,
+      [netns_loss, hol, stream_mb_per_s]},
      {rate_rtt_p50, "netns 100 Mbit/s: RTT p50", "us", lower, [netns_rate, rtt, p50_us]},
      {rate_bulk, "netns 100 Mbit/s: bulk 1 MiB", "MB/s", higher,
       [netns_rate, bulk_1m, mb_per_s]},
+     {rate_small_8, "netns 100 Mbit/s: 100 B, 8 senders", "msg/s", higher,
+      [netns_rate, small_8, msgs_per_s]},
      {rate_hol_p50, "netns 100 Mbit/s: RTT p50 w/ stream", "us", lower,
       [netns_rate, hol, p50_us]},
      {rate_hol_p99, "netns 100 Mbit/s: RTT p99 w/ stream", "us", lower,
@@ -662,7 +689,9 @@ fmt(X) -> io_lib:format("~.2f", [X]).
 fmt_ratio(null) -> "-";
 fmt_ratio(X) when X >= 100 -> integer_to_list(round(X));
 fmt_ratio(X) when X >= 10 -> io_lib:format("~.1f", [X]);
-fmt_ratio(X) -> io_lib:format("~.2f", [X]).
+fmt_ratio(X) when X >= 0.01; X =< 0 -> io_lib:format("~.2f", [X]);
+%% Below a hundredth (a latency against TCP's under loss): two significant digits, not 0.00.
+fmt_ratio(X) -> float_to_list(X, [{decimals, 1 - floor(math:log10(X))}, compact]).
 
 fmt_list(L) -> lists:join(", ", [fmt(X) || X <- L]).
 
