@@ -22,6 +22,8 @@
 %%%      when the UDP socket is readable; one NIF call reads a bounded batch, runs QUIC and
 %%%      sends packets to the input handlers, connections to the acceptor, results to
 %%%      connecting processes.
+%%%      └─ poller (low priority, linked): after a datagram, reads the socket in a loop for
+%%%         `poll_us' while its scheduler has nothing else to do (no select meanwhile).
 %%%
 %%%  quic_dist_log (childspec, started before net_kernel): loads the NIF and turns Rust
 %%%  `tracing' events into `logger' events.
@@ -335,7 +337,7 @@ endpoint() ->
                        _ -> element(2, inet:gethostname())
                    end,
             case open_endpoint(maps:get(ip, Opts, {0, 0, 0, 0}), 0, false,
-                               quic_dist_opts:tls(Opts, Host), quic_dist_opts:transport(Opts)) of
+                               quic_dist_opts:tls(Opts, Host), Opts) of
                 {ok, Ep} ->
                     persistent_term:put(?ENDPOINT_KEY, Ep),
                     persistent_term:put(?OPTS_KEY, Opts),
@@ -414,16 +416,16 @@ open_listen_endpoint(Opts, Host, Ports) ->
 open_listen_endpoint(_Opts, _Tls, _Ip, [], LastError) ->
     LastError;
 open_listen_endpoint(Opts, Tls, Ip, [Port | Rest], _LastError) ->
-    case open_endpoint(Ip, Port, true, Tls, quic_dist_opts:transport(Opts)) of
+    case open_endpoint(Ip, Port, true, Tls, Opts) of
         {ok, Ep} -> {ok, Ep, Ip};
         {error, _} = Error -> open_listen_endpoint(Opts, Tls, Ip, Rest, Error)
     end.
 
-%% Binds the node's UDP endpoint and starts the process that reads its socket.
-open_endpoint(Ip, Port, Listen, Tls, TransportOpts) ->
-    case quic_dist_nif:endpoint_open(Ip, Port, Listen, Tls, TransportOpts) of
+%% Binds the node's UDP endpoint and starts the processes that read its socket.
+open_endpoint(Ip, Port, Listen, Tls, Opts) ->
+    case quic_dist_nif:endpoint_open(Ip, Port, Listen, Tls, quic_dist_opts:transport(Opts)) of
         {ok, Ep} ->
-            {ok, _} = quic_dist_receiver:start(Ep),
+            {ok, _} = quic_dist_receiver:start(Ep, quic_dist_opts:poll_us(Opts)),
             {ok, Ep};
         Error ->
             Error

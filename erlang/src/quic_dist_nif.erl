@@ -10,7 +10,7 @@
 
 -export([load/0, nif_memory/0]).
 -export([log_init/2,
-         endpoint_open/5, endpoint_port/1, endpoint_accept/2, endpoint_receive/1,
+         endpoint_open/5, endpoint_port/1, endpoint_accept/2, endpoint_receive/1, endpoint_poll/1,
          endpoint_unwatch/1, endpoint_close/2, connect/6,
          conn_start/3, conn_send/2, conn_data_mode/2, conn_open_input/1, conn_tick/1, conn_ack/3, conn_run_tasks/1, conn_getstat/1, conn_stats/1,
          conn_info/1, conn_peer_names/2, conn_shutdown/2,
@@ -61,6 +61,11 @@ log_init(_LogPid, _LogFilter) -> ?NOT_LOADED.
 %% then arms a `{select, _, undefined, ready_input}' message to the caller for the next datagram.
 -spec endpoint_receive(reference()) -> ok | {error, binary()}.
 endpoint_receive(_Ep) -> ?NOT_LOADED.
+
+%% Reads what waits on the endpoint's socket as endpoint_receive/1 does, without arming a
+%% select: whether it read anything.
+-spec endpoint_poll(reference()) -> boolean() | {error, binary()}.
+endpoint_poll(_Ep) -> ?NOT_LOADED.
 
 %% Stops the `select' messages of endpoint_receive/1.
 -spec endpoint_unwatch(reference()) -> ok.

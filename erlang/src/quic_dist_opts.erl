@@ -4,14 +4,14 @@
 %%% Read during boot, before the file server runs: files are read with prim_file.
 -module(quic_dist_opts).
 
--export([get/0, tls/2, transport/1, streams/1, mailbox_limit/1, mode/1, describe_mode/1,
-         parse_pairs/1]).
+-export([get/0, tls/2, transport/1, streams/1, mailbox_limit/1, poll_us/1, mode/1,
+         describe_mode/1, parse_pairs/1]).
 
 -define(KEYS, [certfile, keyfile, cacertfile, password, verify_node_name, allowed_subjects,
                insecure, port, ip, log_filter,
                idle_timeout_ms, handshake_timeout_ms, max_frame,
                stream_window, connection_window, mixed_window, streams, mailbox_limit,
-               congestion]).
+               congestion, poll_us]).
 
 %% Data streams per direction unless the `streams' option says otherwise (see the README).
 -define(DEFAULT_STREAMS, 8).
@@ -99,6 +99,14 @@ mailbox_limit(Opts) ->
     case maps:get(mailbox_limit, Opts, 64 * 1024 * 1024) of
         N when is_integer(N), N >= 0 -> N;
         Other -> error({bad_option, mailbox_limit, Other, "a non-negative integer (bytes)"})
+    end.
+
+%% @doc How long the node's poller reads the socket after a datagram, µs (0: never).
+-spec poll_us(opts()) -> non_neg_integer().
+poll_us(Opts) ->
+    case maps:get(poll_us, Opts, 500) of
+        N when is_integer(N), N >= 0 -> N;
+        Other -> error({bad_option, poll_us, Other, "a non-negative integer (microseconds)"})
     end.
 
 %% @doc Data streams to send on: 1 keeps one ordered stream and the atom cache; more spread
@@ -190,7 +198,7 @@ parse_terms(String, Acc) ->
 convert(Key, V) when Key =:= port; Key =:= idle_timeout_ms;
                      Key =:= handshake_timeout_ms; Key =:= max_frame;
                      Key =:= stream_window; Key =:= connection_window; Key =:= streams;
-                     Key =:= mixed_window;
+                     Key =:= mixed_window; Key =:= poll_us;
                      Key =:= mailbox_limit ->
     list_to_integer(V);
 convert(ip, V) ->

@@ -15,7 +15,7 @@
          count_existing_atoms/1, send_atoms/2, send_sequence/2, send_sequences/3,
          seq_receiver/3, multi_seq_receiver/4, exit_on_request/0, trap_link_report/3,
          monitor_report/3, link_checks/1, monitor_checks/1, start_global_service/1,
-         global_hello/1, double/1]).
+         global_hello/1, double/1, round_trips/2, socket_poller/0, wait_poller_idle/2]).
 
 -define(P, quic_dist_test_peers).
 -define(WATCHER, qdt_watcher).
@@ -57,7 +57,10 @@ lifecycle_test_() ->
      isolated("fixed UDP port: -quic_dist_opt port and inet_dist_listen_min/max", 60,
               fun t_fixed_ports/1),
      isolated("certificate chains: node certificates from an intermediate CA", 60,
-              fun t_certificate_chain/1)].
+              fun t_certificate_chain/1),
+     isolated("the socket poller: round trips with and without it (poll_us 0); it runs at "
+              "low priority, goes back to waiting when datagrams stop, and stops with the "
+              "receiver", 60, fun t_socket_poller/1)].
 
 pair(Title, Secs, Fun) ->
     fun(Ctx) -> {Title, {timeout, Secs, fun() -> Fun(Ctx) end}} end.
@@ -379,6 +382,30 @@ t_fixed_ports(Reg) ->
     {ok, #{remote := {_, Port}}} = call(A, quic_dist, info, [?P:nodename(B)]),
     {ok, #{remote := {_, RPort}}} = call(A, quic_dist, info, [?P:nodename(C)]).
 
+t_socket_poller(Reg) ->
+    [A, B, C] = ?P:start_many(Reg, [#{prefix => "a"}, #{prefix => "b"},
+                                    #{prefix => "n", args => ["-quic_dist_opt", "poll_us", "0"]}]),
+    [NB, NC] = [?P:nodename(P) || P <- [B, C]],
+    %% Round trips to a node that polls and to one that does not, and between them.
+    ?assertEqual(2000, call(A, ?MODULE, round_trips, [NB, 2000])),
+    ?assertEqual(2000, call(A, ?MODULE, round_trips, [NC, 2000])),
+    ?assertEqual(2000, call(C, ?MODULE, round_trips, [NB, 2000])),
+    %% The default node has a poller, linked to its receiver, at low priority; once the
+    %% datagrams stop it waits in a receive instead of spinning.
+    {ok, Poller} = call(B, ?MODULE, socket_poller, []),
+    ?assertEqual({priority, low}, call(B, erlang, process_info, [Poller, priority])),
+    ?assertEqual(ok, call(B, ?MODULE, wait_poller_idle, [Poller, 10000])),
+    %% ... and it reads again when traffic comes back.
+    ?assertEqual(500, call(A, ?MODULE, round_trips, [NB, 500])),
+    ?assertEqual({ok, Poller}, call(B, ?MODULE, socket_poller, [])),
+    %% poll_us 0: no poller.
+    ?assertEqual(none, call(C, ?MODULE, socket_poller, [])),
+    %% The poller stops with the receiver (as when the endpoint closes; distribution started
+    %% at boot cannot be stopped with net_kernel:stop/0).
+    ?assertEqual(ok, call(B, quic_dist_receiver, stop, [])),
+    ?assertEqual(false, call(B, erlang, is_process_alive, [Poller])),
+    ?assertEqual(none, call(B, ?MODULE, socket_poller, [])).
+
 t_certificate_chain(Reg) ->
     Dir = filename:join(["/tmp", "qdt_chain_" ++ os:getpid() ++ "_" ++
                                  integer_to_list(erlang:unique_integer([positive]))]),
@@ -487,6 +514,49 @@ echo_term(Echo, Maker, Timeout) ->
         {Ref, RemoteDigest, Back} -> {RemoteDigest =:= digest(Term), Back =:= Term}
     after Timeout ->
             error(echo_timeout)
+    end.
+
+%% @doc N round trips of a small message to an echo process on Node, one at a time: how many
+%% came back.
+round_trips(Node, N) ->
+    Echo = spawn(Node, fun echo_loop/0),
+    Ref = make_ref(),
+    Back = length([I || I <- lists:seq(1, N),
+                        begin
+                            Echo ! {echo, self(), Ref, I},
+                            receive {Ref, _, I} -> true after 5000 -> false end
+                        end]),
+    exit(Echo, kill),
+    Back.
+
+%% @doc The node's socket poller (the process linked to its receiver), or none.
+socket_poller() ->
+    case whereis(quic_dist_receiver) of
+        undefined -> none;
+        Receiver ->
+            case process_info(Receiver, links) of
+                {links, [Poller]} when is_pid(Poller) -> {ok, Poller};
+                _ -> none
+            end
+    end.
+
+%% @doc Waits (bounded) until the poller is blocked in its idle receive: it stopped spinning.
+wait_poller_idle(Poller, Ms) ->
+    Deadline = erlang:monotonic_time(millisecond) + Ms,
+    wait_poller_idle_until(Poller, Deadline).
+
+wait_poller_idle_until(Poller, Deadline) ->
+    case process_info(Poller, [current_function, status]) of
+        [{current_function, {quic_dist_receiver, poller_idle, _}}, {status, waiting}] ->
+            ok;
+        Other ->
+            case erlang:monotonic_time(millisecond) > Deadline of
+                true -> {still_polling, Other};
+                false ->
+                    %% Nothing announces the poller's going idle: look again shortly.
+                    receive after 1 -> ok end,
+                    wait_poller_idle_until(Poller, Deadline)
+            end
     end.
 
 %% @doc Deeply nested and varied terms.

@@ -47,6 +47,14 @@ parse_pairs_booleans_and_lists_test() ->
                  quic_dist_opts:parse_pairs(["verify_node_name", "false", "insecure", "true",
                                              "allowed_subjects", "CN=a,O=x;b"])).
 
+poll_us_option_test() ->
+    ?assertEqual(#{poll_us => 0}, quic_dist_opts:parse_pairs(["poll_us", "0"])),
+    ?assertEqual(500, quic_dist_opts:poll_us(#{})),
+    ?assertEqual(0, quic_dist_opts:poll_us(#{poll_us => 0})),
+    ?assertEqual(2000, quic_dist_opts:poll_us(#{poll_us => 2000})),
+    ?assertError({bad_option, poll_us, -1, _}, quic_dist_opts:poll_us(#{poll_us => -1})),
+    ?assertError({bad_option, poll_us, fast, _}, quic_dist_opts:poll_us(#{poll_us => fast})).
+
 congestion_option_test() ->
     ?assertEqual(#{congestion => bbr}, quic_dist_opts:parse_pairs(["congestion", "bbr"])),
     ?assertMatch(#{congestion := cubic}, quic_dist_opts:transport(#{})),

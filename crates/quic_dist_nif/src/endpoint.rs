@@ -182,9 +182,21 @@ fn endpoint_receive<'a>(env: Env<'a>, ep: ResourceArc<EndpointRes>) -> Term<'a> 
     // Armed even after a failed read: the next datagram must still be read.
     let armed = ep.watch.arm(env);
     match (received, armed) {
-        (Ok(()), Ok(())) => atoms::ok().encode(env),
+        (Ok(_), Ok(())) => atoms::ok().encode(env),
         (Err(e), _) => error_tuple(env, e.to_string()),
         (_, Err(e)) => error_tuple(env, e.to_string()),
+    }
+}
+
+/// Reads what waits on the endpoint's socket as `endpoint_receive` does, but arms no select:
+/// for the node's poller, which calls it in a loop while datagrams are expected. `true` if it
+/// read any, `false` if none was waiting, or `{error, Reason}`.
+#[rustler::nif]
+fn endpoint_poll<'a>(env: Env<'a>, ep: ResourceArc<EndpointRes>) -> Term<'a> {
+    let _caller = caller::enter(env);
+    match ep.ep.receive_some(RECEIVE_BATCHES_PER_CALL) {
+        Ok(read) => (read > 0).encode(env),
+        Err(e) => error_tuple(env, e.to_string()),
     }
 }
 

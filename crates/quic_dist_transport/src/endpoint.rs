@@ -218,14 +218,14 @@ impl DistEndpoint {
 
     /// Reads what waits on the socket and does what follows from it on this thread: QUIC,
     /// deliveries, new connections. Call it whenever the socket is readable.
-    pub fn receive(&self) -> std::io::Result<()> {
+    pub fn receive(&self) -> std::io::Result<usize> {
         self.receive_some(usize::MAX)
     }
 
     /// [`receive`](Self::receive), reading at most `max_batches` batches of datagrams (a
-    /// socket with more waiting stays readable).
-    pub fn receive_some(&self, max_batches: usize) -> std::io::Result<()> {
-        self.endpoint.receive_batches(max_batches)?;
+    /// socket with more waiting stays readable). Returns the datagrams read.
+    pub fn receive_some(&self, max_batches: usize) -> std::io::Result<usize> {
+        let received = self.endpoint.receive_batches(max_batches)?;
         for (remote, error) in self.endpoint.take_refused() {
             if let Some(suppressed) = self.refusal_log.admit(remote) {
                 warn!(%remote, %error, suppressed, "refused incoming connection");
@@ -235,7 +235,7 @@ impl DistEndpoint {
             self.start_accepted(crate::direct::compat::Connection(conn));
         }
         self.endpoint.run_tasks();
-        Ok(())
+        Ok(received)
     }
 
     fn start_accepted(&self, conn: crate::direct::compat::Connection) {

@@ -299,18 +299,19 @@ impl Endpoint {
 
     /// Reads every datagram waiting on the socket and hands each to its connection, which is
     /// then driven. Call it when the socket is readable.
-    pub fn receive(&self) -> io::Result<()> {
+    pub fn receive(&self) -> io::Result<usize> {
         self.receive_batches(usize::MAX)
     }
 
     /// [`receive`](Self::receive), reading at most `max_batches` batches from the socket (up
-    /// to 8 datagrams each, see `udp.rs`).
-    pub fn receive_batches(&self, max_batches: usize) -> io::Result<()> {
+    /// to 8 datagrams each, see `udp.rs`). Returns the datagrams read.
+    pub fn receive_batches(&self, max_batches: usize) -> io::Result<usize> {
         self.receive_up_to(max_batches)
     }
 
-    fn receive_up_to(&self, max_batches: usize) -> io::Result<()> {
+    fn receive_up_to(&self, max_batches: usize) -> io::Result<usize> {
         let mut touched: Vec<Arc<Connection>> = Vec::new();
+        let mut received = 0;
         for batch in 0..max_batches {
             let datagrams = match self.inner.socket.recv(self.inner.max_datagram) {
                 Ok(d) => d,
@@ -332,6 +333,7 @@ impl Endpoint {
                 }
                 break;
             }
+            received += datagrams.len();
             let mut datagrams = datagrams.into_iter().peekable();
             loop {
                 self.handle_datagrams(datagrams.by_ref().take(DRIVE_EVERY), &mut touched);
@@ -349,7 +351,7 @@ impl Endpoint {
             conn.drive();
         }
         self.inner.executor.run();
-        Ok(())
+        Ok(received)
     }
 
     /// Hands `datagrams` to quinn-proto and their events to their connections, adding each
