@@ -195,7 +195,13 @@ fn endpoint_receive<'a>(env: Env<'a>, ep: ResourceArc<EndpointRes>) -> Term<'a> 
 fn endpoint_poll<'a>(env: Env<'a>, ep: ResourceArc<EndpointRes>) -> Term<'a> {
     let _caller = caller::enter(env);
     match ep.ep.receive_some(RECEIVE_BATCHES_PER_CALL) {
-        Ok(read) => (read > 0).encode(env),
+        Ok(0) => {
+            // Nothing waiting: the caller spins, so let any thread that wants this core
+            // (another node's, on a small machine) have it now, as the runtime's busy wait does.
+            std::thread::yield_now();
+            false.encode(env)
+        }
+        Ok(_) => true.encode(env),
         Err(e) => error_tuple(env, e.to_string()),
     }
 }
