@@ -104,7 +104,7 @@ mailbox_limit(Opts) ->
 %% @doc How long the node's poller reads the socket after a datagram, µs (0: never).
 -spec poll_us(opts()) -> non_neg_integer().
 poll_us(Opts) ->
-    case maps:get(poll_us, Opts, 500) of
+    case maps:get(poll_us, Opts, 100) of
         N when is_integer(N), N >= 0 -> N;
         Other -> error({bad_option, poll_us, Other, "a non-negative integer (microseconds)"})
     end.

@@ -49,7 +49,7 @@ parse_pairs_booleans_and_lists_test() ->
 
 poll_us_option_test() ->
     ?assertEqual(#{poll_us => 0}, quic_dist_opts:parse_pairs(["poll_us", "0"])),
-    ?assertEqual(500, quic_dist_opts:poll_us(#{})),
+    ?assertEqual(100, quic_dist_opts:poll_us(#{})),
     ?assertEqual(0, quic_dist_opts:poll_us(#{poll_us => 0})),
     ?assertEqual(2000, quic_dist_opts:poll_us(#{poll_us => 2000})),
     ?assertError({bad_option, poll_us, -1, _}, quic_dist_opts:poll_us(#{poll_us => -1})),
