@@ -208,15 +208,10 @@ scenario(small, Carrier, A, B, #{params := #{small := P}}) ->
     #{warm := Warm, total := Total, payload := Payload, reps := Reps, senders := SendersList} = P,
     maps:from_list(
       [begin
-           _ = call(A, bench_node, small, [node_of(B), S, Warm, Payload]),
-           Runs = [call(A, bench_node, small, [node_of(B), S, Total, Payload])
-                   || _ <- lists:seq(1, Reps)],
-           Rates = [Count / Secs || {Secs, Count} <- Runs],
-           [Count = (Total div S) * S || {_, Count} <- Runs],
+           R = small_runs(A, B, S, Warm, Total, Payload, Reps),
            log("[~s] small messages, ~p sender(s): ~s msg/s (reps ~s)",
-               [Carrier, S, fmt(median(Rates)), fmt_list(Rates)]),
-           {list_to_atom("senders_" ++ integer_to_list(S)),
-            #{msgs_per_s => median(Rates), reps => Rates, messages => Total}}
+               [Carrier, S, fmt(maps:get(msgs_per_s, R)), fmt_list(maps:get(reps, R))]),
+           {list_to_atom("senders_" ++ integer_to_list(S)), R}
        end || S <- SendersList]);
 scenario(bulk, Carrier, A, B, #{params := #{bulk := P}} = Cfg) ->
     #{sizes := Sizes, total := Total, warm := Warm, reps := Reps} = P,
@@ -245,14 +240,29 @@ scenario(bulk, Carrier, A, B, #{params := #{bulk := P}} = Cfg) ->
 scenario(hol, Carrier, A, B, #{params := #{hol := P}}) ->
     #{pings := Pings, stream := Stream, window := Window, max_stream := MaxStream,
       max_ms := MaxMs, reps := Reps} = P,
-    Runs = [call(A, bench_node, hol, [node_of(B), Pings, Stream, Window, MaxStream, MaxMs])
-            || _ <- lists:seq(1, Reps)],
-    R = latency([S || {S, _, _} <- Runs]),
-    Stream_MBs = [Bytes / Secs / 1.0e6 || {_, Bytes, Secs} <- Runs],
+    R = hol_runs(A, B, Pings, Stream, Window, MaxStream, MaxMs, Reps),
     log("[~s] head-of-line: p50 ~s us, p99 ~s us (~p pings), stream ~s MB/s",
         [Carrier, fmt(maps:get(p50_us, R)), fmt(maps:get(p99_us, R)),
-         maps:get(samples, R), fmt(median(Stream_MBs))]),
-    R#{stream_mb_per_s => median(Stream_MBs)}.
+         maps:get(samples, R), fmt(maps:get(stream_mb_per_s, R))]),
+    R.
+
+%% Small messages from Senders processes, after Warm of them: the median rate of Reps runs of
+%% Total, every message counted.
+small_runs(A, B, Senders, Warm, Total, Payload, Reps) ->
+    _ = call(A, bench_node, small, [node_of(B), Senders, Warm, Payload]),
+    Runs = [call(A, bench_node, small, [node_of(B), Senders, Total, Payload])
+            || _ <- lists:seq(1, Reps)],
+    [Count = (Total div Senders) * Senders || {_, Count} <- Runs],
+    Rates = [Count / Secs || {Secs, Count} <- Runs],
+    #{msgs_per_s => median(Rates), reps => Rates, messages => Total}.
+
+%% Round trips of one pair while another pair streams Stream-byte messages, Reps times: the
+%% latencies of all of them and the stream's median MB/s.
+hol_runs(A, B, Pings, Stream, Window, MaxStream, MaxMs, Reps) ->
+    Runs = [call(A, bench_node, hol, [node_of(B), Pings, Stream, Window, MaxStream, MaxMs])
+            || _ <- lists:seq(1, Reps)],
+    (latency([S || {S, _, _} <- Runs]))#{
+      stream_mb_per_s => median([Bytes / Secs / 1.0e6 || {_, Bytes, Secs} <- Runs])}.
 
 %%% ------------------------------------------------------------------
 %%% One carrier between two network namespaces
@@ -311,18 +321,12 @@ netns_scenarios(Carrier, A, B, #{params := #{netns := P}} = Cfg) ->
 
 %% 100-byte messages from 8 senders across the link, after a fifth as many to warm up.
 netns_small(A, B, #{small_total := Total, reps := Reps}) ->
-    _ = call(A, bench_node, small, [node_of(B), 8, max(8, Total div 5), 100]),
-    Runs = [call(A, bench_node, small, [node_of(B), 8, Total, 100]) || _ <- lists:seq(1, Reps)],
-    Rates = [Count / Secs || {Secs, Count} <- Runs],
-    #{msgs_per_s => median(Rates), reps => Rates, messages => Total}.
+    small_runs(A, B, 8, max(8, Total div 5), Total, 100, Reps).
 
 %% Round trips of one pair while another pair streams 8 MiB messages across the link.
-netns_hol(A, B, P) ->
-    Runs = [call(A, bench_node, hol, [node_of(B), maps:get(hol_pings, P), 8 * ?MiB,
-                                      maps:get(hol_window, P), 100, maps:get(hol_max_ms, P)])
-            || _ <- lists:seq(1, maps:get(hol_reps, P))],
-    (latency([S || {S, _, _} <- Runs]))#{
-      stream_mb_per_s => median([Bytes / Secs / 1.0e6 || {_, Bytes, Secs} <- Runs])}.
+netns_hol(A, B, #{hol_pings := Pings, hol_window := Window, hol_max_ms := MaxMs,
+                  hol_reps := Reps}) ->
+    hol_runs(A, B, Pings, 8 * ?MiB, Window, 100, MaxMs, Reps).
 
 bulk_runs(A, B, Size, Total, Reps) ->
     _ = call(A, bench_node, bulk, [node_of(B), Size, max(Size, Total div 4)]),
