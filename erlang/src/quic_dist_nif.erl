@@ -63,8 +63,8 @@ log_init(_LogPid, _LogFilter) -> ?NOT_LOADED.
 endpoint_receive(_Ep) -> ?NOT_LOADED.
 
 %% Reads what waits on the endpoint's socket as endpoint_receive/1 does, without arming a
-%% select: whether it read anything.
--spec endpoint_poll(reference()) -> boolean() | {error, binary()}.
+%% select: the number of datagrams it read.
+-spec endpoint_poll(reference()) -> non_neg_integer() | {error, binary()}.
 endpoint_poll(_Ep) -> ?NOT_LOADED.
 
 %% Stops the `select' messages of endpoint_receive/1.

@@ -47,6 +47,25 @@ parse_pairs_booleans_and_lists_test() ->
                  quic_dist_opts:parse_pairs(["verify_node_name", "false", "insecure", "true",
                                              "allowed_subjects", "CN=a,O=x;b"])).
 
+%% The poller's window doubles after a busy turn (4 datagrams or more) that the next turn
+%% followed within ten windows of poll_us, up to ten times poll_us; anything else starts over.
+poller_turn_window_test() ->
+    Now = 1000000,
+    %% The first turn, and a turn after a trickle (one or three datagrams), however soon.
+    ?assertEqual(100, quic_dist_receiver:turn_window(100, {100, 0, 0}, Now)),
+    ?assertEqual(100, quic_dist_receiver:turn_window(100, {100, 1, Now - 50}, Now)),
+    ?assertEqual(100, quic_dist_receiver:turn_window(100, {400, 3, Now - 50}, Now)),
+    %% Busy turns followed soon: 100, 200, 400, 800, 1000, 1000.
+    ?assertEqual(200, quic_dist_receiver:turn_window(100, {100, 4, Now - 999}, Now)),
+    ?assertEqual([200, 400, 800, 1000, 1000],
+                 lists:reverse(
+                   lists:foldl(fun(_, [W | _] = Acc) ->
+                                       [quic_dist_receiver:turn_window(100, {W, 50, Now - 10},
+                                                                       Now) | Acc]
+                               end, [100], lists:seq(1, 5)) -- [100])),
+    %% A busy turn followed late: back to poll_us.
+    ?assertEqual(100, quic_dist_receiver:turn_window(100, {800, 50, Now - 1000}, Now)).
+
 poll_us_option_test() ->
     ?assertEqual(#{poll_us => 0}, quic_dist_opts:parse_pairs(["poll_us", "0"])),
     ?assertEqual(100, quic_dist_opts:poll_us(#{})),

@@ -189,8 +189,8 @@ fn endpoint_receive<'a>(env: Env<'a>, ep: ResourceArc<EndpointRes>) -> Term<'a> 
 }
 
 /// Reads what waits on the endpoint's socket as `endpoint_receive` does, but arms no select:
-/// for the node's poller, which calls it in a loop while datagrams are expected. `true` if it
-/// read any, `false` if none was waiting, or `{error, Reason}`.
+/// for the node's poller, which calls it in a loop while datagrams are expected. The number of
+/// datagrams it read (0: none was waiting), or `{error, Reason}`.
 #[rustler::nif]
 fn endpoint_poll<'a>(env: Env<'a>, ep: ResourceArc<EndpointRes>) -> Term<'a> {
     let _caller = caller::enter(env);
@@ -199,9 +199,9 @@ fn endpoint_poll<'a>(env: Env<'a>, ep: ResourceArc<EndpointRes>) -> Term<'a> {
             // Nothing waiting: the caller spins, so let any thread that wants this core
             // (another node's, on a small machine) have it now, as the runtime's busy wait does.
             std::thread::yield_now();
-            false.encode(env)
+            0usize.encode(env)
         }
-        Ok(_) => true.encode(env),
+        Ok(n) => n.encode(env),
         Err(e) => error_tuple(env, e.to_string()),
     }
 }
