@@ -45,6 +45,9 @@
 %% User API.
 -export([info/1, info/0, connections/0, data_streams/0, mailbox_limit/0, nif_memory/0]).
 
+%% For the tests.
+-export([connection_modules/0]).
+
 -include_lib("kernel/include/net_address.hrl").
 -include_lib("kernel/include/dist_util.hrl").
 -include_lib("kernel/include/logger.hrl").
@@ -53,6 +56,12 @@
 -define(OPTS_KEY, {?MODULE, opts}).
 -define(PROTOCOL, quic).
 -define(FAMILY, inet).
+%% What a connection's set-up calls on either side, beyond what a node loads to start
+%% distribution. A node started with -noshell (by `peer', or a release in interactive mode) may
+%% not have `string' and `unicode_util' yet, which dist_util:split_node/1 needs: loading them
+%% made the first connection of such a node wait 5-16 ms for the code server.
+-define(CONNECTION_MODULES, [dist_util, string, unicode_util, quic_dist_conn,
+                             quic_dist_identity]).
 
 %%% ------------------------------------------------------------------
 %%% Callbacks
@@ -86,6 +95,7 @@ listen(Name, Host) ->
                 {ok, Creation} ->
                     persistent_term:put(?ENDPOINT_KEY, Ep),
                     persistent_term:put(?OPTS_KEY, Opts),
+                    preload_connection_modules(),
                     log_mode(io_lib:format("listening on udp ~s:~b", [inet:ntoa(Ip), Port]),
                              Opts),
                     {ok, {Ep, #net_address{address = {Ip, Port}, host = Host,
@@ -341,6 +351,7 @@ endpoint() ->
                 {ok, Ep} ->
                     persistent_term:put(?ENDPOINT_KEY, Ep),
                     persistent_term:put(?OPTS_KEY, Opts),
+                    preload_connection_modules(),
                     log_mode("client only (not listening)", Opts),
                     {ok, Ep};
                 Error ->
@@ -349,6 +360,17 @@ endpoint() ->
         Ep ->
             {ok, Ep}
     end.
+
+%% Loads ?CONNECTION_MODULES in the background, so that the node's first connection does not
+%% wait for the code server.
+preload_connection_modules() ->
+    _ = spawn(fun() -> code:ensure_modules_loaded(?CONNECTION_MODULES) end),
+    ok.
+
+%% @private The modules loaded when the node starts listening (see ?CONNECTION_MODULES).
+-spec connection_modules() -> [module()].
+connection_modules() ->
+    ?CONNECTION_MODULES.
 
 %%% ------------------------------------------------------------------
 %%% Handshake data shared by both sides
@@ -478,9 +500,15 @@ register_with_epmd(Name, Port) ->
 resolve(Name, Host) ->
     Mod = net_kernel:epmd_module(),
     _ = code:ensure_loaded(Mod),
-    Result = case erlang:function_exported(Mod, address_please, 3) of
-                 true -> Mod:address_please(Name, Host, ?FAMILY);
-                 false -> inet:getaddr(Host, ?FAMILY)
+    Result = case {Mod, inet:parse_ipv4strict_address(Host)} of
+                 %% An address needs no resolver (whose first use starts a port program: 2 ms
+                 %% and more of a node's first connection); erl_epmd would ask it anyway.
+                 {erl_epmd, {ok, Address}} -> {ok, Address};
+                 _ ->
+                     case erlang:function_exported(Mod, address_please, 3) of
+                         true -> Mod:address_please(Name, Host, ?FAMILY);
+                         false -> inet:getaddr(Host, ?FAMILY)
+                     end
              end,
     case Result of
         {ok, Ip} -> {ok, Ip};

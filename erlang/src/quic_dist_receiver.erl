@@ -12,8 +12,8 @@
 %%%                       a datagram came: poll ──────────────┤ (no select armed meanwhile)
 %%%                                                           ▼
 %%%  poller (low priority, bound to scheduler 1): endpoint_poll(Ep) in a loop, erlang:yield()
-%%%    between calls, until no datagram came for `poll_us'; then {Poller, idle} to the receiver,
-%%%    which arms the select again
+%%%    between calls, until no datagram came for `poll_us' (up to 10x that on a busy link);
+%%%    then {Poller, idle} to the receiver, which arms the select again
 %%%                                                           ▼
 %%%                               input handlers, acceptor, connecting processes (messages)
 %%% '''

@@ -66,6 +66,13 @@ poller_turn_window_test() ->
     %% A busy turn followed late: back to poll_us.
     ?assertEqual(100, quic_dist_receiver:turn_window(100, {800, 50, Now - 1000}, Now)).
 
+%% The modules loaded when the node listens all exist (a name that does not would be skipped
+%% silently, and the first connection would wait for it again).
+connection_modules_exist_test() ->
+    Modules = quic_dist:connection_modules(),
+    ?assert(lists:member(dist_util, Modules)),
+    ?assertEqual([], [M || M <- Modules, code:which(M) =:= non_existing]).
+
 poll_us_option_test() ->
     ?assertEqual(#{poll_us => 0}, quic_dist_opts:parse_pairs(["poll_us", "0"])),
     ?assertEqual(100, quic_dist_opts:poll_us(#{})),
