@@ -193,7 +193,7 @@ in_turns(Label, Pairs, Rounds, Cfg, Measure) ->
 %% time is near 0; other work running at the same time makes the figures unreliable.
 %% `connect' starts nodes of its own, not counted: no figure there.
 measure_load(connect, _Pids, _Cfg, Fun) ->
-    {Fun(), 0.0, 1.0};
+    {Fun(), 0.0, 0.0};
 measure_load(_Label, Pids, Cfg, Fun) ->
     {Tot0, Ours0, T0} = load_sample(Pids, Cfg),
     R = Fun(),
@@ -285,14 +285,12 @@ measure(hol, _Carrier, A, B, #{params := #{hol := P}}) ->
 %% A carrier's results of a scenario from its rounds' (Runs, in round order) and the load
 %% meanwhile.
 summarize(connect, Carrier, {Runs, _}, _Cfg) ->
-    Ok = lists:append([T || {T, _} <- Runs]),
-    Failed = lists:sum([F || {_, F} <- Runs]),
+    {Ok, Failed} = times_and_failures(Runs),
     log("[~s] connect: fresh node to pong median ~.2f ms (~p runs, ~p failed)",
         [Carrier, median(Ok), length(Ok), Failed]),
     #{setup_ms => summary(Ok), failures => Failed};
 summarize(reconnect, Carrier, {Runs, Other}, _Cfg) ->
-    Ms = lists:append([T || {T, _} <- Runs]),
-    Failed = lists:sum([F || {_, F} <- Runs]),
+    {Ms, Failed} = times_and_failures(Runs),
     log("[~s] reconnect: median ~.2f ms (~p runs, ~p failed)",
         [Carrier, median(Ms), length(Ms), Failed]),
     #{reconnect_ms => summary(Ms), failures => Failed, other_cpu_cores => Other};
@@ -340,6 +338,10 @@ summarize(hol, Carrier, {Runs, Other}, _Cfg) ->
         [Carrier, fmt(maps:get(p50_us, R)), fmt(maps:get(p99_us, R)),
          maps:get(samples, R), fmt(maps:get(stream_mb_per_s, R))]),
     R#{other_cpu_cores => Other}.
+
+%% The times of every round ({Times, Failures} each) and the failures in all.
+times_and_failures(Runs) ->
+    {lists:append([T || {T, _} <- Runs]), lists:sum([F || {_, F} <- Runs])}.
 
 %% 100-byte (Payload) messages from Senders processes, after Warm of them: messages/s of Total,
 %% every message counted.
@@ -390,25 +392,26 @@ netns_scenarios(Carriers, Pairs, #{params := #{netns := P}} = Cfg) ->
     #{small_total := SmallTotal, hol_pings := HolPings, hol_window := HolWindow,
       hol_max_ms := HolMaxMs, hol_reps := HolReps} = P,
     Turns = fun(Label, Rounds, Measure) -> in_turns(Label, Pairs, Rounds, Cfg, Measure) end,
-    Rtt = fun(Warm, N) -> fun(_, A, B) -> call(A, bench_node, rtt, [node_of(B), Warm, N, MaxMs])
-                          end end,
+    Rtt = fun(Warm, N) ->
+                  fun(_, A, B) -> call(A, bench_node, rtt, [node_of(B), Warm, N, MaxMs]) end
+          end,
     Bulk = fun(Total) -> fun(_, A, B) ->
                                  {Rate, _} = bulk_rate(A, B, ?MiB, max(?MiB, Total div 4), Total),
                                  Rate
                          end end,
     Small = fun(_, A, B) -> small_rate(A, B, 8, max(8, SmallTotal div 5), SmallTotal, 100) end,
     Hol = fun(_, A, B) -> hol_run(A, B, HolPings, 8 * ?MiB, HolWindow, 100, HolMaxMs) end,
-    Cond = fun(Name, RttArgs, BulkTotal, BulkReps) ->
+    Cond = fun(Name, RttMeasure, BulkTotal, BulkReps) ->
                    netns_cond(Name, Cfg),
-                   #{rtt => Turns("netns rtt", Reps, apply(Rtt, RttArgs)),
+                   #{rtt => Turns("netns rtt", Reps, RttMeasure),
                      bulk_1m => Turns("netns bulk", BulkReps, Bulk(BulkTotal)),
                      small_8 => Turns("netns small", Reps, Small),
                      hol => Turns("netns hol", HolReps, Hol),
                      bulk_bytes => BulkTotal, small_messages => SmallTotal}
            end,
     %% 1% loss each way, then the rate-limited link (tbf both ways).
-    Loss = Cond(loss, [RW, RN], maps:get(loss_bulk, P), maps:get(loss_bulk_reps, P)),
-    Rate = Cond(rate, [20, maps:get(rate_rtt_n, P)], maps:get(rate_bulk, P), Reps),
+    Loss = Cond(loss, Rtt(RW, RN), maps:get(loss_bulk, P), maps:get(loss_bulk_reps, P)),
+    Rate = Cond(rate, Rtt(20, maps:get(rate_rtt_n, P)), maps:get(rate_bulk, P), Reps),
     netns_cond(none, Cfg),
     maps:from_list(
       [{C, begin

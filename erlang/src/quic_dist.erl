@@ -95,7 +95,6 @@ listen(Name, Host) ->
                 {ok, Creation} ->
                     persistent_term:put(?ENDPOINT_KEY, Ep),
                     persistent_term:put(?OPTS_KEY, Opts),
-                    preload_connection_modules(),
                     log_mode(io_lib:format("listening on udp ~s:~b", [inet:ntoa(Ip), Port]),
                              Opts),
                     {ok, {Ep, #net_address{address = {Ip, Port}, host = Host,
@@ -351,7 +350,6 @@ endpoint() ->
                 {ok, Ep} ->
                     persistent_term:put(?ENDPOINT_KEY, Ep),
                     persistent_term:put(?OPTS_KEY, Opts),
-                    preload_connection_modules(),
                     log_mode("client only (not listening)", Opts),
                     {ok, Ep};
                 Error ->
@@ -361,13 +359,13 @@ endpoint() ->
             {ok, Ep}
     end.
 
-%% Loads ?CONNECTION_MODULES in the background, so that the node's first connection does not
-%% wait for the code server.
+%% Loads ?CONNECTION_MODULES in the background once the endpoint is open (listening or client
+%% only), so that the node's first connection does not wait for the code server.
 preload_connection_modules() ->
     _ = spawn(fun() -> code:ensure_modules_loaded(?CONNECTION_MODULES) end),
     ok.
 
-%% @private The modules loaded when the node starts listening (see ?CONNECTION_MODULES).
+%% @private The modules loaded when the node opens its endpoint (see ?CONNECTION_MODULES).
 -spec connection_modules() -> [module()].
 connection_modules() ->
     ?CONNECTION_MODULES.
@@ -448,6 +446,7 @@ open_endpoint(Ip, Port, Listen, Tls, Opts) ->
     case quic_dist_nif:endpoint_open(Ip, Port, Listen, Tls, quic_dist_opts:transport(Opts)) of
         {ok, Ep} ->
             {ok, _} = quic_dist_receiver:start(Ep, quic_dist_opts:poll_us(Opts)),
+            preload_connection_modules(),
             {ok, Ep};
         Error ->
             Error
