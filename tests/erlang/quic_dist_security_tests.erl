@@ -254,16 +254,19 @@ refused_both_ways(#{nodes := #{v := V} = Nodes}, Bad, Why) ->
     %% TLS 1.3: the client has usually finished its handshake when the server refuses its
     %% certificate, so B hears of it as the peer closing the connection; or, if the refusal
     %% arrives first, as a failed connect.
-    expect_log(B, MB, ["(peer closed the connection with an error remote|"
-                       "outgoing connection failed addr)=127\\.0\\.0\\.1:" ++ port(V)
-                       ++ " .*aborted by peer: .*" ++ Why]),
+    expect_log(B, MB, ["(peer closed the connection with an error remote=127\\.0\\.0\\.1:"
+                       ++ port(V) ++ "|" ++ cannot_connect(NV, V)
+                       ++ ") .*the peer does not trust this node's certificate .*" ++ Why]),
     %% V dials B.
     {MV2, MB2} = {mark(V), mark(B)},
     refused_connect(V, NB),
-    expect_log(V, MV2, ["outgoing connection failed addr=127\\.0\\.0\\.1:" ++ port(B)
-                        ++ " .*" ++ Why,
-                        "quic_dist cannot connect to '" ++ atom_to_list(NB) ++ "'"]),
-    expect_log(B, MB2, ["refused incoming connection remote=127\\.0\\.0\\.1:" ++ port(V)]),
+    expect_log(V, MV2, [cannot_connect(NB, B)
+                        ++ " connection: this node does not trust the peer's certificate .*"
+                        ++ Why]),
+    expect_log(B, MB2, ["incoming connection failed remote=127\\.0\\.0\\.1:" ++ port(V)
+                        ++ " error=the peer does not trust this node's certificate"]),
+    %% Each failed attempt is logged once, by quic_dist with the node's name.
+    ?assertEqual(0, count_lines(V, MV2, "outgoing connection failed")),
     ?assertNot(lists:member(NB, call(V, erlang, nodes, [connected]))).
 
 t_wrong_host(#{nodes := #{v := V, w := W}} = Ctx) ->
@@ -271,9 +274,8 @@ t_wrong_host(#{nodes := #{v := V, w := W}} = Ctx) ->
     %% V dials W: TLS checks that W's certificate names 127.0.0.1, the host part of NW.
     {MV, MW} = {mark(V), mark(W)},
     refused_connect(V, NW),
-    expect_log(V, MV, ["outgoing connection failed addr=127\\.0\\.0\\.1:" ++ port(W)
-                       ++ " server_name=127\\.0\\.0\\.1 .*(NotValidForName|not valid for name)"]),
-    expect_log(W, MW, ["refused incoming connection remote=127\\.0\\.0\\.1:" ++ port(V)]),
+    expect_log(V, MV, [cannot_connect(NW, W) ++ " .*(NotValidForName|not valid for name)"]),
+    expect_log(W, MW, ["incoming connection failed remote=127\\.0\\.0\\.1:" ++ port(V)]),
     %% W dials V: TLS succeeds (same CA), V checks the node name W claims in its first
     %% handshake message against W's certificate.
     {MV2, MW2} = {mark(V), mark(W)},
@@ -414,16 +416,18 @@ t_cookie_mode_other_cookie(#{nodes := #{v := V, x := X}} = Ctx) ->
     %% name: rustls reports BadSignature) and aborts the handshake.
     {MV, MX} = {mark(V), mark(X)},
     refused_connect(X, NV),
-    expect_log(X, MX, ["outgoing connection failed addr=127\\.0\\.0\\.1:" ++ port(V)
-                       ++ " .*(UnknownIssuer|BadSignature)"]),
-    expect_log(V, MV, ["refused incoming connection remote=127\\.0\\.0\\.1:" ++ port(X)
-                       ++ " .*aborted by peer: .*(UnknownIssuer|BadSignature)"]),
+    %% Both sides name the likely cause.
+    expect_log(X, MX, [cannot_connect(NV, V) ++ " connection: this node does not trust the "
+                       "peer's certificate .*(UnknownIssuer|BadSignature).*"
+                       "cookie mode: the two nodes' cookies differ"]),
+    expect_log(V, MV, ["incoming connection failed remote=127\\.0\\.0\\.1:" ++ port(X)
+                       ++ " error=the peer does not trust this node's certificate "
+                       ".*(UnknownIssuer|BadSignature).*the two nodes' cookies differ"]),
     %% V dials X: the same, the other way round.
     {MV2, MX2} = {mark(V), mark(X)},
     refused_connect(V, NX),
-    expect_log(V, MV2, ["outgoing connection failed addr=127\\.0\\.0\\.1:" ++ port(X)
-                        ++ " .*(UnknownIssuer|BadSignature)"]),
-    expect_log(X, MX2, ["refused incoming connection remote=127\\.0\\.0\\.1:" ++ port(V)]),
+    expect_log(V, MV2, [cannot_connect(NX, X) ++ " .*(UnknownIssuer|BadSignature)"]),
+    expect_log(X, MX2, ["incoming connection failed remote=127\\.0\\.0\\.1:" ++ port(V)]),
     %% No distribution handshake ever started: dist_util never saw the other node.
     ?assertEqual(nomatch, re:run(log_since(V, MV), "Connection attempt")),
     healthy(Ctx).
@@ -596,6 +600,11 @@ first_line(Text, Pattern) ->
         {match, [Line]} -> Line;
         nomatch -> nomatch
     end.
+
+%% The start of quic_dist's warning that this node could not connect to Node (running as Peer).
+cannot_connect(Node, Peer) ->
+    "quic_dist cannot connect to '" ++ atom_to_list(Node) ++ "' at 127\\.0\\.0\\.1:"
+        ++ port(Peer) ++ ":".
 
 count_lines(Peer, Mark, Pattern) ->
     length([L || L <- binary:split(log_since(Peer, Mark), <<"\n">>, [global]),

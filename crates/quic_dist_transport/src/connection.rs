@@ -25,6 +25,7 @@ use rustls_pki_types::CertificateDer;
 use tokio::sync::{mpsc, Notify};
 use tracing::warn;
 
+use crate::certificate_refusal::CertificateRefusal;
 use crate::config::TransportOptions;
 use crate::direct::compat;
 use crate::error::TransportError;
@@ -576,6 +577,9 @@ pub(crate) fn closed_reason(
 
 /// A readable account of why a connection closed.
 pub fn describe_close(e: &compat::ConnectionError) -> String {
+    if let Some(refusal) = CertificateRefusal::of(e) {
+        return refusal.to_string();
+    }
     match e {
         compat::ConnectionError::ApplicationClosed(c) => {
             format!("closed by peer: {}", String::from_utf8_lossy(&c.reason))

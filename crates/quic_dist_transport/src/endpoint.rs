@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use tracing::{debug, info, warn};
 
+use crate::certificate_refusal::{CertificateRefusal, Refused};
 use crate::config::TransportOptions;
-use crate::connection::DistConnection;
+use crate::connection::{describe_close, DistConnection};
 use crate::error::TransportError;
 use crate::tls::TlsMaterial;
 
@@ -228,6 +229,7 @@ impl DistEndpoint {
         let received = self.endpoint.receive_batches(max_batches)?;
         for (remote, error) in self.endpoint.take_refused() {
             if let Some(suppressed) = self.refusal_log.admit(remote) {
+                let error = describe_close(&error);
                 warn!(%remote, %error, suppressed, "refused incoming connection");
             }
         }
@@ -263,6 +265,22 @@ impl DistEndpoint {
                     if let Some(suppressed) = refusal_log.admit(remote) {
                         info!(%remote, reason = %e, suppressed,
                               "incoming connection closed by the peer during its set-up")
+                    }
+                }
+                // The peer refused this node's certificate: nothing was refused here.
+                Ok(Err(crate::direct::StreamError::ConnectionLost(e)))
+                    if CertificateRefusal::of(&e)
+                        .is_some_and(|r| r.refused == Refused::OwnCertificate) =>
+                {
+                    if let Some(suppressed) = refusal_log.admit(remote) {
+                        warn!(%remote, error = %describe_close(&e), suppressed,
+                              "incoming connection failed")
+                    }
+                }
+                Ok(Err(crate::direct::StreamError::ConnectionLost(e))) => {
+                    if let Some(suppressed) = refusal_log.admit(remote) {
+                        warn!(%remote, error = %describe_close(&e), suppressed,
+                              "refused incoming connection")
                     }
                 }
                 Ok(Err(e)) => {
@@ -307,7 +325,7 @@ impl DistEndpoint {
         let conn = match self.endpoint.connect(config, addr, &server_name) {
             Ok(c) => crate::direct::compat::Connection(c),
             Err(e) => {
-                warn!(%addr, %server_name, error = %e, "outgoing connection failed");
+                debug!(%addr, %server_name, error = %e, "outgoing connection failed");
                 done(Err(TransportError::Connect(e)));
                 return;
             }
@@ -330,8 +348,10 @@ impl DistEndpoint {
                     Err(TransportError::Timeout("quic handshake"))
                 }
             };
+            // At debug only: the caller has the error, and quic_dist logs it with the node's
+            // name (a warning from here too doubled every failed attempt in the log).
             if let Err(e) = &result {
-                warn!(%addr, %server_name, error = %e, "outgoing connection failed");
+                debug!(%addr, %server_name, error = %e, "outgoing connection failed");
             }
             done(result)
         });

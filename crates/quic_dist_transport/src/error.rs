@@ -23,7 +23,7 @@ pub enum TransportError {
     #[error("connect: {0}")]
     Connect(#[from] quinn::ConnectError),
     /// The QUIC connection failed or was closed.
-    #[error("connection: {0}")]
+    #[error("connection: {}", crate::connection::describe_close(.0))]
     Connection(#[from] quinn::ConnectionError),
     /// A stream or the connection failed during set-up.
     #[error("{0}")]

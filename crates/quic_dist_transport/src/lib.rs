@@ -14,6 +14,7 @@
 //! The crate knows nothing about Erlang: the NIF implements [`ConnectionEvents`].
 #![warn(missing_docs)]
 
+pub mod certificate_refusal;
 pub mod certs;
 pub mod config;
 pub mod connection;
