@@ -226,6 +226,11 @@ poller_spin(Ep, Receiver, Beat, {PollUs, Window} = W, Deadline, Last, Read) ->
             erlang:yield(),
             poller_spin(Ep, Receiver, Beat, W, Deadline, Now, Read);
         N when is_integer(N), N > 0 ->
+            %% After a read too: the processes its datagrams woke (input handlers, the
+            %% receiver of a reply) go first. An endpoint_poll call costs the poller a
+            %% reduction or so whatever it read, so on a busy link it used to keep its
+            %% scheduler for a whole time slice (1-6 ms) while they waited.
+            erlang:yield(),
             poller_spin(Ep, Receiver, Beat, W, Now + Window, Now, Read + N);
         _ ->
             Receiver ! {self(), idle},
