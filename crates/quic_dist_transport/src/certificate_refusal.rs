@@ -149,7 +149,7 @@ mod tests {
         // A client without a certificate: a TLS alert, but no certificate to distrust.
         let none = local(TransportErrorCode::crypto(116), "peer sent no certificates");
         assert_eq!(CertificateRefusal::of(&none), None);
-        // The same words outside a TLS alert (an application's close reason, say).
+        // The same words in a close for another error than a TLS alert.
         let app = remote(TransportErrorCode::PROTOCOL_VIOLATION, BAD_SIGNATURE);
         assert_eq!(CertificateRefusal::of(&app), None);
         assert_eq!(CertificateRefusal::of(&ConnectionError::TimedOut), None);
