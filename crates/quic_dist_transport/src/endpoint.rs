@@ -267,20 +267,16 @@ impl DistEndpoint {
                               "incoming connection closed by the peer during its set-up")
                     }
                 }
-                // The peer refused this node's certificate: nothing was refused here.
-                Ok(Err(crate::direct::StreamError::ConnectionLost(e)))
-                    if CertificateRefusal::of(&e)
-                        .is_some_and(|r| r.refused == Refused::OwnCertificate) =>
-                {
-                    if let Some(suppressed) = refusal_log.admit(remote) {
-                        warn!(%remote, error = %describe_close(&e), suppressed,
-                              "incoming connection failed")
-                    }
-                }
                 Ok(Err(crate::direct::StreamError::ConnectionLost(e))) => {
                     if let Some(suppressed) = refusal_log.admit(remote) {
-                        warn!(%remote, error = %describe_close(&e), suppressed,
-                              "refused incoming connection")
+                        // The peer refused this node's certificate: nothing was refused here.
+                        let what = match CertificateRefusal::of(&e) {
+                            Some(r) if r.refused == Refused::OwnCertificate => {
+                                "incoming connection failed"
+                            }
+                            _ => "refused incoming connection",
+                        };
+                        warn!(%remote, error = %describe_close(&e), suppressed, "{what}")
                     }
                 }
                 Ok(Err(e)) => {
