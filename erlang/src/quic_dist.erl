@@ -36,11 +36,18 @@
 %%%
 %%% The "socket" that dist_util passes to our funs is the tuple
 %%% `{quic_dist, Controller, InputHandler, Conn}' built by quic_dist_conn.
+%%%
+%%% IPv4 (`-proto_dist quic'); `quic6_dist' (`-proto_dist quic6') runs the same callbacks over
+%%% IPv6, as inet6_tcp_dist does for TCP. The family is an argument until the endpoint is
+%%% open, then the endpoint's (`family/0').
 -module(quic_dist).
 
 %% Carrier callbacks called by net_kernel.
 -export([listen/1, listen/2, accept/1, accept_connection/5, setup/5, close/1,
          select/1, address/0, is_node_name/1, setopts/2, getopts/2, childspecs/0]).
+
+%% The same callbacks for another address family (quic6_dist).
+-export([listen/3, setup/6, select/2, address/1]).
 
 %% User API.
 -export([info/1, info/0, connections/0, data_streams/0, mailbox_limit/0, nif_memory/0]).
@@ -55,7 +62,8 @@
 -define(ENDPOINT_KEY, {?MODULE, endpoint}).
 -define(OPTS_KEY, {?MODULE, opts}).
 -define(PROTOCOL, quic).
--define(FAMILY, inet).
+%% The address family of the node's endpoint, once open.
+-define(FAMILY_KEY, {?MODULE, family}).
 %% What a connection's set-up calls on either side, beyond what a node loads to start
 %% distribution. A node started with -noshell (by `peer', or a release in interactive mode) may
 %% not have `string' and `unicode_util' yet, which dist_util:split_node/1 needs: loading them
@@ -86,19 +94,26 @@ listen(Name) ->
 %% @doc Opens the node's UDP endpoint and registers its port with epmd.
 -spec listen(atom(), string()) -> {ok, {term(), #net_address{}, integer()}} | {error, term()}.
 listen(Name, Host) ->
+    listen(Name, Host, inet).
+
+%% @doc listen/2 over the address family Family (inet or inet6).
+-spec listen(atom(), string(), inet | inet6) ->
+          {ok, {term(), #net_address{}, integer()}} | {error, term()}.
+listen(Name, Host, Family) ->
     Opts = quic_dist_opts:get(),
     quic_dist_log:ensure_started(Opts),
-    case open_listen_endpoint(Opts, Host, port_candidates(Opts)) of
+    case open_listen_endpoint(Opts, Host, Family, port_candidates(Opts)) of
         {ok, Ep, Ip} ->
             Port = quic_dist_nif:endpoint_port(Ep),
-            case register_with_epmd(Name, Port) of
+            case register_with_epmd(Name, Port, Family) of
                 {ok, Creation} ->
                     persistent_term:put(?ENDPOINT_KEY, Ep),
                     persistent_term:put(?OPTS_KEY, Opts),
-                    log_mode(io_lib:format("listening on udp ~s:~b", [inet:ntoa(Ip), Port]),
+                    persistent_term:put(?FAMILY_KEY, Family),
+                    log_mode(io_lib:format("listening on udp ~s", [address_text(Ip, Port)]),
                              Opts),
                     {ok, {Ep, #net_address{address = {Ip, Port}, host = Host,
-                                           protocol = ?PROTOCOL, family = ?FAMILY},
+                                           protocol = ?PROTOCOL, family = Family},
                           Creation}};
                 Error ->
                     quic_dist_nif:endpoint_close(Ep, <<"epmd registration failed">>),
@@ -128,9 +143,15 @@ accept_connection(AcceptorPid, Ctrl, MyNode, Allowed, SetupTime) ->
 %% @doc Connects to Node and runs the initiating side of the handshake.
 -spec setup(node(), hidden | normal, node(), longnames | shortnames, non_neg_integer()) -> pid().
 setup(Node, Type, MyNode, LongOrShortNames, SetupTime) ->
+    setup(Node, Type, MyNode, LongOrShortNames, SetupTime, inet).
+
+%% @doc setup/5 over the address family Family.
+-spec setup(node(), hidden | normal, node(), longnames | shortnames, non_neg_integer(),
+            inet | inet6) -> pid().
+setup(Node, Type, MyNode, LongOrShortNames, SetupTime, Family) ->
     Kernel = self(),
     spawn_opt(fun() ->
-                      do_setup(Kernel, Node, Type, MyNode, LongOrShortNames, SetupTime)
+                      do_setup(Kernel, Node, Type, MyNode, LongOrShortNames, SetupTime, Family)
               end, dist_util:net_ticker_spawn_options()).
 
 %% @doc Closes the endpoint: every connection is closed and peers are told at once.
@@ -143,9 +164,14 @@ close(Ep) ->
 %% @doc True if Node's host resolves to an address this carrier can reach.
 -spec select(node()) -> boolean().
 select(Node) ->
+    select(Node, inet).
+
+%% @doc select/1 over the address family Family.
+-spec select(node(), inet | inet6) -> boolean().
+select(Node, Family) ->
     case dist_util:split_node(Node) of
         {node, Name, Host} ->
-            case resolve(Name, Host) of
+            case resolve(Name, Host, Family) of
                 {ok, _} -> true;
                 _ -> false
             end;
@@ -156,8 +182,13 @@ select(Node) ->
 %% @doc The address record of a node that does not listen (`-dist_listen false').
 -spec address() -> #net_address{}.
 address() ->
+    address(inet).
+
+%% @doc address/0 over the address family Family.
+-spec address(inet | inet6) -> #net_address{}.
+address(Family) ->
     {ok, Host} = inet:gethostname(),
-    #net_address{host = Host, protocol = ?PROTOCOL, family = ?FAMILY}.
+    #net_address{host = Host, protocol = ?PROTOCOL, family = Family}.
 
 %% @doc True if Node has the form Name@Host.
 -spec is_node_name(node()) -> boolean().
@@ -229,7 +260,7 @@ acceptor_loop(Kernel) ->
         {quic_dist_incoming, Conn} ->
             case quic_dist_conn:start(Conn) of
                 {ok, Ctrl} ->
-                    Kernel ! {accept, self(), Ctrl, ?FAMILY, ?PROTOCOL},
+                    Kernel ! {accept, self(), Ctrl, family(), ?PROTOCOL},
                     receive
                         {Kernel, controller, SupPid} ->
                             %% The connection may be gone already (the peer closed it or broke
@@ -292,10 +323,10 @@ checked_first_recv({quic_dist, _, _, Conn} = Socket, Length, Timeout) ->
 %%% ------------------------------------------------------------------
 
 %% The dist_util supervisor of an outgoing connection.
-do_setup(Kernel, Node, Type, MyNode, LongOrShortNames, SetupTime) ->
+do_setup(Kernel, Node, Type, MyNode, LongOrShortNames, SetupTime, Family) ->
     Timer = dist_util:start_timer(SetupTime),
     [Name, Host] = split_node_checked(Node, LongOrShortNames),
-    Ip = case resolve(Name, Host) of
+    Ip = case resolve(Name, Host, Family) of
              {ok, Addr} -> Addr;
              {error, R1} ->
                  ?LOG_INFO("quic_dist cannot resolve ~ts: ~p", [Host, R1],
@@ -309,7 +340,7 @@ do_setup(Kernel, Node, Type, MyNode, LongOrShortNames, SetupTime) ->
                    ?shutdown2(Node, {epmd_no_port, Name, Other})
            end,
     dist_util:reset_timer(Timer),
-    Ep = case endpoint() of
+    Ep = case endpoint(Family) of
              {ok, E} -> E;
              {error, R2} -> ?shutdown2(Node, {no_endpoint, R2})
          end,
@@ -318,8 +349,8 @@ do_setup(Kernel, Node, Type, MyNode, LongOrShortNames, SetupTime) ->
     Conn = receive
                {quic_dist_connected, Ref, {ok, C}} -> C;
                {quic_dist_connected, Ref, {error, R3}} ->
-                   ?LOG_WARNING("quic_dist cannot connect to ~p at ~s:~b: ~ts",
-                                [Node, inet:ntoa(Ip), Port, R3]),
+                   ?LOG_WARNING("quic_dist cannot connect to ~p at ~s: ~ts",
+                                [Node, address_text(Ip, Port), R3]),
                    ?shutdown2(Node, {connect_failed, R3})
            end,
     dist_util:reset_timer(Timer),
@@ -334,9 +365,9 @@ do_setup(Kernel, Node, Type, MyNode, LongOrShortNames, SetupTime) ->
                                                               request_type = Type},
     dist_util:handshake_we_started(HSData).
 
-%% The node's endpoint: the listening one, or a client-only one created on first use
-%% (`-dist_listen false').
-endpoint() ->
+%% The node's endpoint: the listening one, or a client-only one of address family Family
+%% created on first use (`-dist_listen false').
+endpoint(Family) ->
     case persistent_term:get(?ENDPOINT_KEY, undefined) of
         undefined ->
             Opts = quic_dist_opts:get(),
@@ -345,11 +376,12 @@ endpoint() ->
                        {node, _, H} -> H;
                        _ -> element(2, inet:gethostname())
                    end,
-            case open_endpoint(maps:get(ip, Opts, {0, 0, 0, 0}), 0, false,
+            case open_endpoint(maps:get(ip, Opts, any_address(Family)), 0, false,
                                quic_dist_opts:tls(Opts, Host), Opts) of
                 {ok, Ep} ->
                     persistent_term:put(?ENDPOINT_KEY, Ep),
                     persistent_term:put(?OPTS_KEY, Opts),
+                    persistent_term:put(?FAMILY_KEY, Family),
                     log_mode("client only (not listening)", Opts),
                     {ok, Ep};
                 Error ->
@@ -406,7 +438,7 @@ net_address(Socket, Node) ->
                {node, _, H} -> H;
                _ -> inet:ntoa(Ip)
            end,
-    #net_address{address = {Ip, Port}, host = Host, protocol = ?PROTOCOL, family = ?FAMILY}.
+    #net_address{address = {Ip, Port}, host = Host, protocol = ?PROTOCOL, family = family()}.
 
 %%% ------------------------------------------------------------------
 %%% Helpers
@@ -425,12 +457,20 @@ port_candidates(Opts) ->
             end
     end.
 
-open_listen_endpoint(Opts, Host, Ports) ->
-    Ip = maps:get(ip, Opts, listen_ip()),
-    try quic_dist_opts:tls(Opts, Host) of
-        Tls -> open_listen_endpoint(Opts, Tls, Ip, Ports, {error, no_port})
-    catch
-        error:Reason -> {error, Reason}
+open_listen_endpoint(Opts, Host, Family, Ports) ->
+    Ip = maps:get(ip, Opts, listen_ip(Family)),
+    case family_of(Ip) of
+        Family ->
+            try quic_dist_opts:tls(Opts, Host) of
+                Tls -> open_listen_endpoint(Opts, Tls, Ip, Ports, {error, no_port})
+            catch
+                error:Reason -> {error, Reason}
+            end;
+        _ ->
+            {error, iolist_to_binary(
+                      io_lib:format("option ip ~s is not an ~s address (~s)",
+                                    [inet:ntoa(Ip), family_name(Family),
+                                     proto_dist(Family)]))}
     end.
 
 open_listen_endpoint(_Opts, _Tls, _Ip, [], LastError) ->
@@ -482,31 +522,66 @@ data_streams() ->
 opts() ->
     persistent_term:get(?OPTS_KEY, #{}).
 
-listen_ip() ->
+%% The address family of the node's endpoint (inet until one is open).
+family() ->
+    persistent_term:get(?FAMILY_KEY, inet).
+
+listen_ip(Family) ->
     case application:get_env(kernel, inet_dist_use_interface) of
-        {ok, Ip} when tuple_size(Ip) =:= 4 -> Ip;
-        _ -> {0, 0, 0, 0}
+        {ok, Ip} when is_tuple(Ip) ->
+            case family_of(Ip) of
+                Family -> Ip;
+                _ -> any_address(Family)
+            end;
+        _ -> any_address(Family)
     end.
 
-register_with_epmd(Name, Port) ->
+any_address(inet) -> {0, 0, 0, 0};
+any_address(inet6) -> {0, 0, 0, 0, 0, 0, 0, 0}.
+
+family_of(Ip) when tuple_size(Ip) =:= 4 -> inet;
+family_of(Ip) when tuple_size(Ip) =:= 8 -> inet6.
+
+family_name(inet) -> "IPv4";
+family_name(inet6) -> "IPv6".
+
+proto_dist(inet) -> "-proto_dist quic";
+proto_dist(inet6) -> "-proto_dist quic6".
+
+%% "Ip:Port", with the IPv6 address in brackets.
+address_text(Ip, Port) when tuple_size(Ip) =:= 8 ->
+    io_lib:format("[~s]:~b", [inet:ntoa(Ip), Port]);
+address_text(Ip, Port) ->
+    io_lib:format("~s:~b", [inet:ntoa(Ip), Port]).
+
+%% epmd is told the family through the TCP carrier's module name, as inet6_tcp_dist does.
+register_with_epmd(Name, Port, Family) ->
     Mod = net_kernel:epmd_module(),
     _ = code:ensure_loaded(Mod),
+    Driver = case Family of
+                 inet -> inet_tcp;
+                 inet6 -> inet6_tcp
+             end,
     case erlang:function_exported(Mod, register_node, 3) of
-        true -> Mod:register_node(Name, Port, inet_tcp);
+        true -> Mod:register_node(Name, Port, Driver);
         false -> Mod:register_node(Name, Port)
     end.
 
-resolve(Name, Host) ->
+resolve(Name, Host, Family) ->
     Mod = net_kernel:epmd_module(),
     _ = code:ensure_loaded(Mod),
-    Result = case {Mod, inet:parse_ipv4strict_address(Host)} of
+    Literal = case Family of
+                  inet -> inet:parse_ipv4strict_address(Host);
+                  inet6 -> inet:parse_ipv6strict_address(Host)
+              end,
+    Result = case {Mod, Literal} of
                  %% An address needs no resolver (whose first use starts a port program: 2 ms
                  %% and more of a node's first connection); erl_epmd would ask it anyway.
                  {erl_epmd, {ok, Address}} -> {ok, Address};
                  _ ->
                      case erlang:function_exported(Mod, address_please, 3) of
-                         true -> Mod:address_please(Name, Host, ?FAMILY);
-                         false -> inet:getaddr(Host, ?FAMILY)
+                         true -> Mod:address_please(Name, Host, Family);
+                         false -> inet:getaddr(Host, Family)
                      end
              end,
     case Result of

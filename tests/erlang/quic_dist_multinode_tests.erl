@@ -60,7 +60,13 @@ lifecycle_test_() ->
               fun t_certificate_chain/1),
      isolated("the socket poller: round trips with and without it (poll_us 0); it runs at "
               "low priority, goes back to waiting when datagrams stop, and stops with the "
-              "receiver", 60, fun t_socket_poller/1)].
+              "receiver", 60, fun t_socket_poller/1),
+     isolated("IPv6 (-proto_dist quic6, nodes named on ::1): connect, rpc, 1 MiB there and "
+              "back, addresses and certificate; a hidden node with -dist_listen false", 60,
+              fun t_ipv6/1),
+     isolated("IPv6 with certificates that name ::1", 60, fun t_ipv6_certificates/1),
+     isolated("quic6 with an IPv4 address in option ip says why it cannot listen", 60,
+              fun t_ipv6_wrong_family/1)].
 
 pair(Title, Secs, Fun) ->
     fun(Ctx) -> {Title, {timeout, Secs, fun() -> Fun(Ctx) end}} end.
@@ -429,6 +435,70 @@ t_certificate_chain(Reg) ->
     after
         _ = file:del_dir_r(Dir)
     end.
+
+t_ipv6(Reg) ->
+    V6 = #{carrier => quic6, host => "::1"},
+    [A, B, H] = ?P:start_many(Reg, [V6#{prefix => "a"}, V6#{prefix => "b"},
+                                    V6#{prefix => "h",
+                                        args => ["-dist_listen", "false", "-hidden"]}]),
+    NA = ?P:nodename(A),
+    NB = ?P:nodename(B),
+    ?assertMatch({match, _}, re:run(atom_to_list(NB), "@::1$")),
+    ?P:connect(A, B),
+    ?assertEqual([NB], call(A, quic_dist, connections, [])),
+    ?assertEqual(NB, call(A, rpc, call, [NB, erlang, node, []])),
+    ?assertEqual(NA, call(B, erpc, call, [NA, erlang, node, []])),
+    Echo = call(B, ?MODULE, start_echo, []),
+    ?assertMatch({1048576, true, true, _},
+                 call(A, ?MODULE, echo_binary, [Echo, 1048576, 30000], 40000)),
+    %% The link runs over IPv6 loopback, and net_kernel knows it as quic over inet6.
+    Loopback6 = {0, 0, 0, 0, 0, 0, 0, 1},
+    {ok, Info} = call(A, quic_dist, info, [NB]),
+    ?assertMatch(#{remote := {Loopback6, _}, tls_version := <<"TLSv1.3">>}, Info),
+    #{subject_alt_names := Sans} = maps:get(peer_certificate, Info),
+    ?assert(lists:member({ip, Loopback6}, Sans)),
+    {ok, NodeInfo} = call(A, net_kernel, node_info, [NB]),
+    ?assertMatch({net_address, {Loopback6, _}, "::1", quic, inet6},
+                 proplists:get_value(address, NodeInfo)),
+    %% A node that does not listen opens its endpoint in the same family when it connects.
+    NH = ?P:nodename(H),
+    ?assertEqual(true, call(H, net_kernel, connect_node, [NA])),
+    ?assertEqual(NH, call(A, rpc, call, [NH, erlang, node, []])),
+    ?assertMatch({ok, #{remote := {Loopback6, _}}}, call(H, quic_dist, info, [NA])).
+
+t_ipv6_certificates(Reg) ->
+    Dir = filename:join(["/tmp", "qdt_v6_" ++ os:getpid() ++ "_" ++
+                                 integer_to_list(erlang:unique_integer([positive]))]),
+    try
+        ok = quic_dist_certs:generate(Dir, [{"a", ["::1"]}, {"b", ["::1"]}]),
+        Opts = fun(N) -> ["-quic_dist_opt",
+                          "certfile", filename:join(Dir, N ++ ".pem"),
+                          "keyfile", filename:join(Dir, N ++ "_key.pem"),
+                          "cacertfile", filename:join(Dir, "ca.pem")]
+               end,
+        V6 = #{carrier => quic6, host => "::1"},
+        [A, B] = ?P:start_many(Reg, [V6#{prefix => "a", args => Opts("a")},
+                                     V6#{prefix => "b", args => Opts("b")}]),
+        ?P:connect(A, B),
+        %% Each side checked the other's node name (host ::1) against its certificate.
+        ?assertMatch({ok, #{mode := certificates,
+                            remote := {{0, 0, 0, 0, 0, 0, 0, 1}, _}}},
+                     call(A, quic_dist, info, [?P:nodename(B)])),
+        ?assertMatch({ok, #{mode := certificates}}, call(B, quic_dist, info, [?P:nodename(A)]))
+    after
+        _ = file:del_dir_r(Dir)
+    end.
+
+t_ipv6_wrong_family(_Reg) ->
+    Name = ?P:unique_name("w"),
+    Flags = string:replace(lists:join(" ", ?P:erl_flags()), "-proto_dist quic",
+                           "-proto_dist quic6"),
+    Cmd = io_lib:format("timeout 30 erl ~ts -name ~s@::1 -setcookie ~s "
+                        "-noshell -quic_dist_opt ip 127.0.0.1 -eval 'halt().' 2>&1",
+                        [Flags, Name, ?P:default_cookie()]),
+    Output = os:cmd(lists:flatten(Cmd)),
+    ?assertMatch({match, _}, re:run(Output, "option ip 127.0.0.1 is not an IPv6 address "
+                                    "\\(-proto_dist quic6\\)")).
 
 %% A UDP port nobody uses now (the kernel picks it; it is free again once closed).
 free_udp_port() ->

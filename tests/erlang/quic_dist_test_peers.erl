@@ -90,8 +90,8 @@ unique_name(Prefix) ->
 %% `cookie' (atom or string; default one per test run, see default_cookie/0), `ticktime'
 %% (net_ticktime, default 60), `args' (extra erl arguments), `host' (the host part of the
 %% node name, default "127.0.0.1"), `netns' (a network namespace: the node runs under
-%% `ip netns exec NETNS'), `carrier' (`quic', the default, or `tcp' for OTP's own
-%% inet_tcp_dist, to compare with).
+%% `ip netns exec NETNS'), `carrier' (`quic', the default, `quic6' for the carrier over
+%% IPv6, or `tcp' for OTP's own inet_tcp_dist, to compare with).
 -spec start(ets:tid(), map()) -> peer().
 start(Reg, Opts) ->
     Name = case maps:find(name, Opts) of
@@ -107,6 +107,7 @@ start(Reg, Opts) ->
     Carrier = maps:get(carrier, Opts, quic),
     CarrierFlags = case Carrier of
                        quic -> erl_flags();
+                       quic6 -> proto_dist(erl_flags(), "quic6");
                        tcp -> []
                    end,
     Args = CarrierFlags ++
@@ -134,8 +135,8 @@ start(Reg, Opts) ->
     true = ets:insert(Reg, {Pid, Peer}),
     %% The carrier really is the one asked for: nothing else would do on this node.
     ProtoDist = case Carrier of
-                    quic -> {ok, [["quic"]]};
-                    tcp -> error
+                    tcp -> error;
+                    _ -> {ok, [[atom_to_list(Carrier)]]}
                 end,
     ProtoDist = peer:call(Pid, init, get_argument, [proto_dist], ?CALL_TIMEOUT),
     Peer.
@@ -210,6 +211,11 @@ erl_flags() ->
 default_cookie() ->
     lists:flatten(io_lib:format("qdt_~s_~b", [os:getpid(),
                                              erlang:phash2(erlang:system_info(start_time))])).
+
+%% Flags with the value of -proto_dist replaced by Proto.
+proto_dist(["-proto_dist", _ | Rest], Proto) -> ["-proto_dist", Proto | Rest];
+proto_dist([Flag | Rest], Proto) -> [Flag | proto_dist(Rest, Proto)];
+proto_dist([], _Proto) -> [].
 
 to_list(A) when is_atom(A) -> atom_to_list(A);
 to_list(L) when is_list(L) -> L.
