@@ -3,8 +3,8 @@ defmodule QuicDist do
   Erlang/Elixir distribution over QUIC: an alternative carrier for `Node.connect/1`, `:rpc`,
   `GenServer.call({name, node}, ...)`, `:global` and everything else that uses distribution.
 
-  The carrier is selected when the VM boots, with the `-proto_dist quic` flag, and its code must
-  be on the code path at that moment:
+  The carrier is selected when the VM boots, with the `-proto_dist quic` flag (`-proto_dist
+  quic6` over IPv6), and its code must be on the code path at that moment:
 
     * in a release, put `-proto_dist quic` in `rel/vm.args.eex` and `rel/remote.vm.args.eex`
       (see the README of `mix_project/`);
@@ -80,15 +80,19 @@ defmodule QuicDist do
   end
 
   @doc """
-  True when this VM was started with `-proto_dist quic` and distribution is running.
+  True when this VM was started with `-proto_dist quic` (or `quic6`) and distribution is
+  running.
   """
   @spec distributed_over_quic?() :: boolean()
   def distributed_over_quic? do
     case :init.get_argument(:proto_dist) do
-      {:ok, values} -> Node.alive?() and Enum.any?(values, &(~c"quic" in &1))
+      {:ok, values} -> Node.alive?() and Enum.any?(values, &quic_carrier?/1)
       :error -> false
     end
   end
+
+  defp quic_carrier?(proto_dist_args),
+    do: Enum.any?(proto_dist_args, &(&1 in [~c"quic", ~c"quic6"]))
 
   @doc """
   Creates a cluster CA and node certificates in `dir`.

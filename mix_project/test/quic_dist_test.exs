@@ -66,6 +66,26 @@ defmodule QuicDistTest do
       assert Peers.call(a, QuicDist, :info, [b.node]) == {:error, :not_connected}
     end
 
+    test "IPv6: -proto_dist quic6 nodes named on ::1 connect, call and report the link" do
+      v6 = [proto_dist: "quic6", host: "::1"]
+      [a, b] = Peers.start_many([[prefix: "a"] ++ v6, [prefix: "b"] ++ v6])
+      {:ok, _} = Peers.call(b, QuicDistTest.Echo, :start, [])
+
+      assert Peers.call(a, Node, :connect, [b.node]) == true
+      assert Atom.to_string(b.node) =~ ~r/@::1$/
+      assert Peers.call(a, :rpc, :call, [b.node, :erlang, :node, []]) == b.node
+      reply = Peers.call(a, GenServer, :call, [{QuicDistTest.Echo, b.node}, {:echo, "over v6"}])
+      assert %{echo: "over v6", from_node: from} = reply
+      assert from == a.node
+
+      assert Peers.call(a, QuicDist, :distributed_over_quic?, [])
+      assert Peers.call(a, QuicDist, :connections, []) == [b.node]
+      assert {:ok, info} = Peers.call(a, QuicDist, :info, [b.node])
+      assert {{0, 0, 0, 0, 0, 0, 0, 1}, port} = info.remote
+      assert is_integer(port)
+      assert info.mode == :cookie
+    end
+
     test "after Node.disconnect/1 both sides stay disconnected (global running)" do
       [a, b] = Peers.start_many([[prefix: "a"], [prefix: "b"]])
       assert Peers.call(a, Node, :connect, [b.node])

@@ -44,7 +44,9 @@ defmodule QuicDistTest.Peers do
 
   @doc """
   Starts a node. Options: `:prefix` (of the unique name), `:cookie` (default `cookie/0`),
-  `:args` (extra erl arguments, strings), `:log_dir` (default a temporary directory).
+  `:args` (extra erl arguments, strings), `:log_dir` (default a temporary directory),
+  `:proto_dist` (`"quic"`, the default, or `"quic6"`), `:host` (of the node name, default
+  `"127.0.0.1"`).
   """
   def start(opts \\ []) do
     peer = launch(Keyword.put_new_lazy(opts, :log_dir, &tmp_dir/0))
@@ -76,10 +78,11 @@ defmodule QuicDistTest.Peers do
     File.mkdir_p!(log_dir)
     log = Path.join(log_dir, "#{name}.log")
     elixir_ebin = Path.join(to_string(:code.lib_dir(:elixir)), "ebin")
+    proto_dist = Keyword.get(opts, :proto_dist, "quic")
     logger = ~s([{handler, default, logger_std_h, \#{config => \#{file => "#{log}"}}}])
 
     args =
-      ["-pa", ebin(), "-pa", elixir_ebin, "-proto_dist", "quic"] ++
+      ["-pa", ebin(), "-pa", elixir_ebin, "-proto_dist", proto_dist] ++
         ["-setcookie", Keyword.get(opts, :cookie, cookie())] ++
         ["-kernel", "logger", logger, "-kernel", "logger_level", "info"] ++
         Keyword.get(opts, :args, [])
@@ -87,7 +90,7 @@ defmodule QuicDistTest.Peers do
     {:ok, pid, node} =
       :peer.start(%{
         name: String.to_charlist(name),
-        host: ~c"127.0.0.1",
+        host: String.to_charlist(Keyword.get(opts, :host, "127.0.0.1")),
         longnames: true,
         connection: :standard_io,
         wait_boot: @boot_timeout,
@@ -96,8 +99,9 @@ defmodule QuicDistTest.Peers do
 
     os_pid = :peer.call(pid, :os, :getpid, [], @call_timeout)
     peer = %__MODULE__{pid: pid, node: node, os_pid: to_string(os_pid), name: name, log: log}
-    # The carrier really is QUIC: nothing else would work with these flags anyway.
-    {:ok, [[~c"quic"]]} = call(peer, :init, :get_argument, [:proto_dist])
+    # The carrier really is the one asked for: nothing else would work with these flags anyway.
+    expected = String.to_charlist(proto_dist)
+    {:ok, [[^expected]]} = call(peer, :init, :get_argument, [:proto_dist])
     peer
   end
 
