@@ -458,7 +458,7 @@ port_candidates(Opts) ->
     end.
 
 open_listen_endpoint(Opts, Host, Family, Ports) ->
-    Ip = maps:get(ip, Opts, listen_ip(Family)),
+    {Source, Ip} = listen_ip(Opts, Family),
     case family_of(Ip) of
         Family ->
             try quic_dist_opts:tls(Opts, Host) of
@@ -468,8 +468,8 @@ open_listen_endpoint(Opts, Host, Family, Ports) ->
             end;
         _ ->
             {error, iolist_to_binary(
-                      io_lib:format("option ip ~s is not an ~s address (~s)",
-                                    [inet:ntoa(Ip), family_name(Family),
+                      io_lib:format("~s ~s is not an ~s address (~s)",
+                                    [Source, inet:ntoa(Ip), family_name(Family),
                                      proto_dist(Family)]))}
     end.
 
@@ -526,14 +526,16 @@ opts() ->
 family() ->
     persistent_term:get(?FAMILY_KEY, inet).
 
-listen_ip(Family) ->
+%% The address to listen on and where it came from: option ip, else the kernel's
+%% inet_dist_use_interface, else every interface of the family.
+listen_ip(#{ip := Ip}, _Family) ->
+    {"option ip", Ip};
+listen_ip(_Opts, Family) ->
     case application:get_env(kernel, inet_dist_use_interface) of
-        {ok, Ip} when is_tuple(Ip) ->
-            case family_of(Ip) of
-                Family -> Ip;
-                _ -> any_address(Family)
-            end;
-        _ -> any_address(Family)
+        {ok, Ip} when tuple_size(Ip) =:= 4; tuple_size(Ip) =:= 8 ->
+            {"kernel inet_dist_use_interface", Ip};
+        _ ->
+            {"", any_address(Family)}
     end.
 
 any_address(inet) -> {0, 0, 0, 0};

@@ -65,7 +65,8 @@ lifecycle_test_() ->
               "back, addresses and certificate; a hidden node with -dist_listen false", 60,
               fun t_ipv6/1),
      isolated("IPv6 with certificates that name ::1", 60, fun t_ipv6_certificates/1),
-     isolated("quic6 with an IPv4 address in option ip says why it cannot listen", 60,
+     isolated("quic6 with an IPv4 address to listen on (option ip, inet_dist_use_interface) "
+              "says why it cannot listen", 60,
               fun t_ipv6_wrong_family/1)].
 
 pair(Title, Secs, Fun) ->
@@ -490,15 +491,20 @@ t_ipv6_certificates(Reg) ->
     end.
 
 t_ipv6_wrong_family(_Reg) ->
-    Name = ?P:unique_name("w"),
     Flags = string:replace(lists:join(" ", ?P:erl_flags()), "-proto_dist quic",
                            "-proto_dist quic6"),
-    Cmd = io_lib:format("timeout 30 erl ~ts -name ~s@::1 -setcookie ~s "
-                        "-noshell -quic_dist_opt ip 127.0.0.1 -eval 'halt().' 2>&1",
-                        [Flags, Name, ?P:default_cookie()]),
-    Output = os:cmd(lists:flatten(Cmd)),
-    ?assertMatch({match, _}, re:run(Output, "option ip 127.0.0.1 is not an IPv6 address "
-                                    "\\(-proto_dist quic6\\)")).
+    Start = fun(Args) ->
+                    Cmd = io_lib:format("timeout 30 erl ~ts -name ~s@::1 -setcookie ~s -noshell "
+                                        "~s -eval 'halt().' 2>&1",
+                                        [Flags, ?P:unique_name("w"), ?P:default_cookie(), Args]),
+                    os:cmd(lists:flatten(Cmd))
+            end,
+    ?assertMatch({match, _},
+                 re:run(Start("-quic_dist_opt ip 127.0.0.1"),
+                        "option ip 127.0.0.1 is not an IPv6 address \\(-proto_dist quic6\\)")),
+    ?assertMatch({match, _},
+                 re:run(Start("-kernel inet_dist_use_interface '{127,0,0,1}'"),
+                        "kernel inet_dist_use_interface 127.0.0.1 is not an IPv6 address")).
 
 %% A UDP port nobody uses now (the kernel picks it; it is free again once closed).
 free_udp_port() ->
