@@ -65,6 +65,7 @@ lifecycle_test_() ->
               "back, addresses and certificate; a hidden node with -dist_listen false", 60,
               fun t_ipv6/1),
      isolated("IPv6 with certificates that name ::1", 60, fun t_ipv6_certificates/1),
+     short_names(),
      isolated("quic6 with an IPv4 address to listen on (option ip, inet_dist_use_interface) "
               "says why it cannot listen", 60,
               fun t_ipv6_wrong_family/1)].
@@ -466,6 +467,28 @@ t_ipv6(Reg) ->
     ?assertEqual(true, call(H, net_kernel, connect_node, [NA])),
     ?assertEqual(NH, call(A, rpc, call, [NH, erlang, node, []])),
     ?assertMatch({ok, #{remote := {Loopback6, _}}}, call(H, quic_dist, info, [NA])).
+
+%% -sname nodes need this machine's short host name to resolve (it does where /etc/hosts names
+%% it, as on Debian).
+short_names() ->
+    Title = "short node names (-sname): connect, rpc, and the certificate names the host",
+    {ok, Short} = inet:gethostname(),
+    case inet:getaddr(Short, inet) of
+        {ok, _} -> isolated(Title, 60, fun(Reg) -> t_short_names(Reg, Short) end);
+        {error, _} -> ?P:skipped_test(Title, "the host name " ++ Short ++ " does not resolve")
+    end.
+
+t_short_names(Reg, Short) ->
+    Opts = #{shortnames => true, host => Short},
+    [A, B] = ?P:start_many(Reg, [Opts#{prefix => "a"}, Opts#{prefix => "b"}]),
+    NB = ?P:nodename(B),
+    ?assertEqual(Short, lists:last(string:split(atom_to_list(NB), "@"))),
+    ?P:connect(A, B),
+    ?assertEqual(NB, call(A, rpc, call, [NB, erlang, node, []])),
+    ?assertEqual(?P:nodename(A), call(B, erpc, call, [?P:nodename(A), erlang, node, []])),
+    {ok, Info} = call(A, quic_dist, info, [NB]),
+    #{subject_alt_names := Sans} = maps:get(peer_certificate, Info),
+    ?assert(lists:member({dns, list_to_binary(Short)}, Sans)).
 
 t_ipv6_certificates(Reg) ->
     Dir = filename:join(["/tmp", "qdt_v6_" ++ os:getpid() ++ "_" ++

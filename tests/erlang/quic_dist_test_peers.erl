@@ -91,7 +91,8 @@ unique_name(Prefix) ->
 %% (net_ticktime, default 60), `args' (extra erl arguments), `host' (the host part of the
 %% node name, default "127.0.0.1"), `netns' (a network namespace: the node runs under
 %% `ip netns exec NETNS'), `carrier' (`quic', the default, `quic6' for the carrier over
-%% IPv6, or `tcp' for OTP's own inet_tcp_dist, to compare with).
+%% IPv6, or `tcp' for OTP's own inet_tcp_dist, to compare with), `shortnames' (true: -sname,
+%% with `host' a short host name).
 -spec start(ets:tid(), map()) -> peer().
 start(Reg, Opts) ->
     Name = case maps:find(name, Opts) of
@@ -126,7 +127,7 @@ start(Reg, Opts) ->
            end,
     {ok, Pid, Node} = peer:start(Exec#{name => Name,
                                        host => maps:get(host, Opts, "127.0.0.1"),
-                                       longnames => true,
+                                       longnames => not maps:get(shortnames, Opts, false),
                                        connection => standard_io,
                                        wait_boot => ?BOOT_TIMEOUT,
                                        args => Args}),
