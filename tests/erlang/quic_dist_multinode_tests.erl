@@ -66,6 +66,9 @@ lifecycle_test_() ->
               fun t_ipv6/1),
      isolated("IPv6 with certificates that name ::1", 60, fun t_ipv6_certificates/1),
      short_names(),
+     isolated("distribution started, stopped and started again at run time "
+              "(net_kernel:start/2 and stop/0, as Node.start/2 in Elixir)", 60,
+              fun t_runtime_start/1),
      isolated("quic6 with an IPv4 address to listen on (option ip, inet_dist_use_interface) "
               "says why it cannot listen", 60,
               fun t_ipv6_wrong_family/1)].
@@ -467,6 +470,25 @@ t_ipv6(Reg) ->
     ?assertEqual(true, call(H, net_kernel, connect_node, [NA])),
     ?assertEqual(NH, call(A, rpc, call, [NH, erlang, node, []])),
     ?assertMatch({ok, #{remote := {Loopback6, _}}}, call(H, quic_dist, info, [NA])).
+
+t_runtime_start(Reg) ->
+    [A, B] = ?P:start_many(Reg, [#{prefix => "a", distributed => false}, #{prefix => "b"}]),
+    NB = ?P:nodename(B),
+    ?assertEqual(false, call(A, erlang, is_alive, [])),
+    Name1 = list_to_atom(?P:unique_name("dyn") ++ "@127.0.0.1"),
+    ?assertMatch({ok, _}, call(A, net_kernel, start, [[Name1, longnames]])),
+    ?assertEqual(pong, call(A, net_adm, ping, [NB])),
+    ?assertEqual([NB], call(A, quic_dist, connections, [])),
+    ?assertEqual(Name1, call(B, rpc, call, [Name1, erlang, node, []])),
+    %% Stopping distribution closes the endpoint: the peer hears of it at once.
+    ?assertEqual(ok, call(A, net_kernel, stop, [])),
+    ?assertEqual(ok, call(B, ?P, wait_disconnected, [Name1, 10000])),
+    ?assertEqual([], call(A, quic_dist, connections, [])),
+    %% Started again under another name: a new endpoint, and the same peer reachable.
+    Name2 = list_to_atom(?P:unique_name("dyn") ++ "@127.0.0.1"),
+    ?assertMatch({ok, _}, call(A, net_kernel, start, [[Name2, longnames]])),
+    ?assertEqual(pong, call(A, net_adm, ping, [NB])),
+    ?assertEqual(Name2, call(B, rpc, call, [Name2, erlang, node, []])).
 
 %% -sname nodes need this machine's short host name to resolve (it does where /etc/hosts names
 %% it, as on Debian).

@@ -92,7 +92,8 @@ unique_name(Prefix) ->
 %% node name, default "127.0.0.1"), `netns' (a network namespace: the node runs under
 %% `ip netns exec NETNS'), `carrier' (`quic', the default, `quic6' for the carrier over
 %% IPv6, or `tcp' for OTP's own inet_tcp_dist, to compare with), `shortnames' (true: -sname,
-%% with `host' a short host name).
+%% with `host' a short host name), `distributed' (false: the node starts without a name, and
+%% distribution when the test starts it; the name is then only a marker for cleanup).
 -spec start(ets:tid(), map()) -> peer().
 start(Reg, Opts) ->
     Name = case maps:find(name, Opts) of
@@ -125,12 +126,16 @@ start(Reg, Opts) ->
                error ->
                    #{}
            end,
-    {ok, Pid, Node} = peer:start(Exec#{name => Name,
-                                       host => maps:get(host, Opts, "127.0.0.1"),
-                                       longnames => not maps:get(shortnames, Opts, false),
-                                       connection => standard_io,
-                                       wait_boot => ?BOOT_TIMEOUT,
-                                       args => Args}),
+    Naming = case maps:get(distributed, Opts, true) of
+                 true ->
+                     #{name => Name, host => maps:get(host, Opts, "127.0.0.1"),
+                       longnames => not maps:get(shortnames, Opts, false), args => Args};
+                 false ->
+                     %% The marker lets cleanup find the OS process by its command line.
+                     #{args => Args ++ ["-qdt_marker", Name ++ "@"]}
+             end,
+    {ok, Pid, Node} = peer:start(maps:merge(Exec#{connection => standard_io,
+                                                  wait_boot => ?BOOT_TIMEOUT}, Naming)),
     OsPid = peer:call(Pid, os, getpid, [], ?CALL_TIMEOUT),
     Peer = #{peer => Pid, node => Node, os_pid => OsPid, name => Name},
     true = ets:insert(Reg, {Pid, Peer}),
