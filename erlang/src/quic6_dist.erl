@@ -13,10 +13,20 @@
 
 -define(FAMILY, inet6).
 
-%% @doc Children started under net_sup before epmd and net_kernel: the NIF runtime and logging.
+%% @doc Children started under net_sup before epmd and net_kernel: the NIF runtime and logging
+%% (none when `-proto_dist' names quic too, whose childspecs start the same process; the node
+%% then refuses to listen with both, see quic_dist:listen/3).
 -spec childspecs() -> {ok, [supervisor:child_spec()]}.
 childspecs() ->
-    quic_dist:childspecs().
+    case init:get_argument(proto_dist) of
+        {ok, Lists} ->
+            case lists:member("quic", lists:append(Lists)) of
+                true -> {ok, []};
+                false -> quic_dist:childspecs()
+            end;
+        error ->
+            quic_dist:childspecs()
+    end.
 
 %% @doc Opens the node's UDP endpoint on IPv6 and registers its port with epmd (OTP < 23).
 -spec listen(atom()) -> {ok, {term(), #net_address{}, integer()}} | {error, term()}.

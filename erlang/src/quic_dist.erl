@@ -103,6 +103,12 @@ listen(Name, Host, Family) ->
     Opts = quic_dist_opts:get(),
     quic_dist_log:ensure_started(Opts),
     case open_listen_endpoint(Opts, Host, Family, port_candidates(Opts)) of
+        {error, already_open} ->
+            %% `-proto_dist quic quic6': the node has one endpoint, one receiver, one family.
+            Reason = <<"quic and quic6 cannot run side by side in one node (one UDP endpoint "
+                       "per node): give -proto_dist one of them">>,
+            ?LOG_ERROR("quic_dist cannot listen: ~ts", [Reason], #{}),
+            {error, Reason};
         {ok, Ep, Ip} ->
             Port = quic_dist_nif:endpoint_port(Ep),
             case register_with_epmd(Name, Port, Family) of
@@ -342,7 +348,10 @@ do_setup(Kernel, Node, Type, MyNode, LongOrShortNames, SetupTime, Family) ->
     dist_util:reset_timer(Timer),
     Ep = case endpoint(Family) of
              {ok, E} -> E;
-             {error, R2} -> ?shutdown2(Node, {no_endpoint, R2})
+             {error, R2} ->
+                 ?LOG_ERROR("quic_dist cannot open its UDP endpoint to connect to ~p: ~ts",
+                            [Node, format_reason(R2)], #{}),
+                 ?shutdown2(Node, {no_endpoint, R2})
          end,
     Ref = make_ref(),
     ok = quic_dist_nif:connect(Ep, Ip, Port, list_to_binary(Host), self(), Ref),
@@ -376,8 +385,12 @@ endpoint(Family) ->
                        {node, _, H} -> H;
                        _ -> element(2, inet:gethostname())
                    end,
-            case open_endpoint(maps:get(ip, Opts, any_address(Family)), 0, false,
-                               quic_dist_opts:tls(Opts, Host), Opts) of
+            Ip = maps:get(ip, Opts, any_address(Family)),
+            Opened = case check_family("option ip", Ip, Family) of
+                         ok -> open_endpoint(Ip, 0, false, quic_dist_opts:tls(Opts, Host), Opts);
+                         Refused -> Refused
+                     end,
+            case Opened of
                 {ok, Ep} ->
                     persistent_term:put(?ENDPOINT_KEY, Ep),
                     persistent_term:put(?OPTS_KEY, Opts),
@@ -459,18 +472,27 @@ port_candidates(Opts) ->
 
 open_listen_endpoint(Opts, Host, Family, Ports) ->
     {Source, Ip} = listen_ip(Opts, Family),
-    case family_of(Ip) of
-        Family ->
+    case {persistent_term:get(?ENDPOINT_KEY, undefined), check_family(Source, Ip, Family)} of
+        {undefined, ok} ->
             try quic_dist_opts:tls(Opts, Host) of
                 Tls -> open_listen_endpoint(Opts, Tls, Ip, Ports, {error, no_port})
             catch
                 error:Reason -> {error, Reason}
             end;
-        _ ->
-            {error, iolist_to_binary(
-                      io_lib:format("~s ~s is not an ~s address (~s)",
-                                    [Source, inet:ntoa(Ip), family_name(Family),
-                                     proto_dist(Family)]))}
+        {undefined, Refused} ->
+            Refused;
+        {_Open, _} ->
+            {error, already_open}
+    end.
+
+%% ok if Ip (from Source: an option's name) is an address of Family, else why not.
+check_family(Source, Ip, Family) ->
+    case family_of(Ip) of
+        Family -> ok;
+        _ -> {error, iolist_to_binary(
+                       io_lib:format("~s ~s is not an ~s address (~s)",
+                                     [Source, inet:ntoa(Ip), family_name(Family),
+                                      proto_dist(Family)]))}
     end.
 
 open_listen_endpoint(_Opts, _Tls, _Ip, [], LastError) ->

@@ -69,8 +69,8 @@ lifecycle_test_() ->
      isolated("distribution started, stopped and started again at run time "
               "(net_kernel:start/2 and stop/0, as Node.start/2 in Elixir)", 60,
               fun t_runtime_start/1),
-     isolated("quic6 with an IPv4 address to listen on (option ip, inet_dist_use_interface) "
-              "says why it cannot listen", 60,
+     isolated("quic6 with an IPv4 address to bind (option ip, inet_dist_use_interface, a "
+              "client-only node), and quic with quic6 in one node, say why", 60,
               fun t_ipv6_wrong_family/1)].
 
 pair(Title, Secs, Fun) ->
@@ -535,21 +535,33 @@ t_ipv6_certificates(Reg) ->
         _ = file:del_dir_r(Dir)
     end.
 
-t_ipv6_wrong_family(_Reg) ->
-    Flags = string:replace(lists:join(" ", ?P:erl_flags()), "-proto_dist quic",
-                           "-proto_dist quic6"),
-    Start = fun(Args) ->
-                    Cmd = io_lib:format("timeout 30 erl ~ts -name ~s@::1 -setcookie ~s -noshell "
-                                        "~s -eval 'halt().' 2>&1",
-                                        [Flags, ?P:unique_name("w"), ?P:default_cookie(), Args]),
-                    os:cmd(lists:flatten(Cmd))
-            end,
-    ?assertMatch({match, _},
-                 re:run(Start("-quic_dist_opt ip 127.0.0.1"),
-                        "option ip 127.0.0.1 is not an IPv6 address \\(-proto_dist quic6\\)")),
-    ?assertMatch({match, _},
-                 re:run(Start("-kernel inet_dist_use_interface '{127,0,0,1}'"),
-                        "kernel inet_dist_use_interface 127.0.0.1 is not an IPv6 address")).
+t_ipv6_wrong_family(Reg) ->
+    B = ?P:start(Reg, #{prefix => "b", carrier => quic6, host => "::1"}),
+    Run = fun(ProtoDist, Args, Eval) ->
+                  Flags = string:replace(lists:join(" ", ?P:erl_flags()), "-proto_dist quic",
+                                         "-proto_dist " ++ ProtoDist),
+                  Cmd = io_lib:format("timeout 30 erl ~ts -name ~s@::1 -setcookie ~s -noshell "
+                                      "~s -eval '~s, init:stop().' 2>&1",
+                                      [Flags, ?P:unique_name("w"), ?P:default_cookie(), Args,
+                                       Eval]),
+                  os:cmd(lists:flatten(Cmd))
+          end,
+    Says = fun(Output, Pattern) -> ?assertMatch({match, _}, re:run(Output, Pattern), Output) end,
+    Says(Run("quic6", "-quic_dist_opt ip 127.0.0.1", "ok"),
+         "option ip 127.0.0.1 is not an IPv6 address \\(-proto_dist quic6\\)"),
+    Says(Run("quic6", "-kernel inet_dist_use_interface \"{127,0,0,1}\"", "ok"),
+         "kernel inet_dist_use_interface 127.0.0.1 is not an IPv6 address"),
+    %% Not listening: the endpoint opens at the first connection, which then says why not.
+    Ping = io_lib:format("io:format(\"~~p\", [net_adm:ping(list_to_atom(\"~s\"))])",
+                         [?P:nodename(B)]),
+    ClientOnly = Run("quic6", "-dist_listen false -quic_dist_opt ip 127.0.0.1", Ping),
+    Says(ClientOnly, "cannot open its UDP endpoint to connect to .*option ip 127.0.0.1 is not "
+         "an IPv6 address"),
+    Says(ClientOnly, "pang"),
+    %% Both families in one node: the second is refused, the node runs on the first.
+    Both = Run("quic quic6", "", "io:format(\"alive ~p\", [is_alive()])"),
+    Says(Both, "quic and quic6 cannot run side by side in one node"),
+    Says(Both, "alive true").
 
 %% A UDP port nobody uses now (the kernel picks it; it is free again once closed).
 free_udp_port() ->
