@@ -121,7 +121,8 @@ params(false) ->
     %% Loopback: each scenario in `rounds' rounds, one repetition per carrier in each.
     #{connect => #{warm => 1, n => 2, rounds => 3},
       reconnect => #{warm => 1, n => 4, rounds => 3},
-      rtt => #{warm => 1000, n => 10000, rounds => 3, max_ms => 15000},
+      rtt => #{warm => 1000, n => 10000, rounds => 3, max_ms => 15000,
+               bursts => 10, burst_len => 20, idle_ms => 100},
       small => #{warm => 50000, total => 400000, payload => 100, rounds => 3,
                  senders => [1, 8]},
       bulk => #{sizes => [64 * 1024, ?MiB, 16 * ?MiB], total => 256 * ?MiB,
@@ -138,7 +139,8 @@ params(false) ->
 params(true) ->
     #{connect => #{warm => 1, n => 1, rounds => 2},
       reconnect => #{warm => 1, n => 2, rounds => 2},
-      rtt => #{warm => 500, n => 5000, rounds => 2, max_ms => 10000},
+      rtt => #{warm => 500, n => 5000, rounds => 2, max_ms => 10000,
+               bursts => 5, burst_len => 20, idle_ms => 100},
       small => #{warm => 20000, total => 100000, payload => 100, rounds => 2,
                  senders => [1, 8]},
       bulk => #{sizes => [64 * 1024, ?MiB, 16 * ?MiB], total => 64 * ?MiB,
@@ -262,8 +264,11 @@ measure(reconnect, _Carrier, A, B, #{params := #{reconnect := #{warm := Warm, n 
     {Us, Failed} = call(A, bench_node, reconnect, [node_of(B), Warm, N]),
     {[U / 1000 || U <- Us], Failed};
 measure(rtt, _Carrier, A, B, #{params := #{rtt := P}}) ->
-    #{warm := Warm, n := N, max_ms := MaxMs} = P,
-    call(A, bench_node, rtt, [node_of(B), Warm, N, MaxMs]);
+    #{warm := Warm, n := N, max_ms := MaxMs, bursts := Bursts, burst_len := Len,
+      idle_ms := IdleMs} = P,
+    Loop = call(A, bench_node, rtt, [node_of(B), Warm, N, MaxMs]),
+    {First, Rest} = call(A, bench_node, rtt_bursts, [node_of(B), Bursts, Len, IdleMs]),
+    #{loop => Loop, burst_first => First, burst_rest => Rest};
 measure(small, _Carrier, A, B, #{params := #{small := P}}) ->
     #{warm := Warm, total := Total, payload := Payload, senders := SendersList} = P,
     [{S, small_rate(A, B, S, Warm, Total, Payload)} || S <- SendersList];
@@ -295,10 +300,15 @@ summarize(reconnect, Carrier, {Runs, Other}, _Cfg) ->
         [Carrier, median(Ms), length(Ms), Failed]),
     #{reconnect_ms => summary(Ms), failures => Failed, other_cpu_cores => Other};
 summarize(rtt, Carrier, {Runs, Other}, _Cfg) ->
-    R = latency(Runs),
-    log("[~s] rtt: p50 ~.1f us, p99 ~.1f us, p99.9 ~.1f us",
-        [Carrier, maps:get(p50_us, R), maps:get(p99_us, R), maps:get(p999_us, R)]),
-    R#{other_cpu_cores => Other};
+    R = latency([maps:get(loop, Run) || Run <- Runs]),
+    First = latency([maps:get(burst_first, Run) || Run <- Runs]),
+    Rest = latency([maps:get(burst_rest, Run) || Run <- Runs]),
+    log("[~s] rtt: p50 ~.1f us, p99 ~.1f us, p99.9 ~.1f us; after idle: first ~.1f us, "
+        "the rest of a burst p50 ~.1f us",
+        [Carrier, maps:get(p50_us, R), maps:get(p99_us, R), maps:get(p999_us, R),
+         maps:get(p50_us, First), maps:get(p50_us, Rest)]),
+    R#{other_cpu_cores => Other,
+       bursts => #{first => maps:remove(cdf_us, First), rest => maps:remove(cdf_us, Rest)}};
 summarize(small, Carrier, {Runs, Other}, #{params := #{small := P}}) ->
     #{total := Total, senders := SendersList} = P,
     (maps:from_list(
@@ -647,6 +657,9 @@ row_specs() ->
      {rtt_p50_us, "ping-pong RTT p50", "us", lower, [rtt, p50_us]},
      {rtt_p99_us, "ping-pong RTT p99", "us", lower, [rtt, p99_us]},
      {rtt_p999_us, "ping-pong RTT p99.9", "us", lower, [rtt, p999_us]},
+     {rtt_idle_first_us, "RTT after 100 ms idle", "us", lower, [rtt, bursts, first, p50_us]},
+     {rtt_burst_p50_us, "RTT p50, rest of 20 after idle", "us", lower,
+      [rtt, bursts, rest, p50_us]},
      {small_1_msgs, "100 B msgs, 1 sender", "msg/s", higher,
       [small, senders_1, msgs_per_s]},
      {small_8_msgs, "100 B msgs, 8 senders", "msg/s", higher,

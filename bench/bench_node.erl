@@ -6,7 +6,7 @@
 %%% (erlang:monotonic_time/1). Every loop is bounded in count, and the open-ended ones in time too.
 -module(bench_node).
 
--export([os_pid/0, connect/1, reconnect/3, rtt/4, small/4, bulk/3, hol/6,
+-export([os_pid/0, connect/1, reconnect/3, rtt/4, rtt_bursts/4, small/4, bulk/3, hol/6,
          quic_info/1]).
 %% Remote halves, spawned on node B.
 -export([echo/0, counter/1, sink/1]).
@@ -101,6 +101,23 @@ ping_loop(Echo, N, Deadline, Acc) ->
         true -> lists:reverse([T1 - T0 | Acc]);
         false -> ping_loop(Echo, N - 1, Deadline, [T1 - T0 | Acc])
     end.
+
+%% @doc Bursts of Len round trips, each burst after IdleMs of silence on the connection, to
+%% an echo process on Node: {FirstOfEachBurst, TheOthers}, in nanoseconds. Distribution
+%% traffic is often like this (a request now and then, a short exchange), and a carrier can
+%% be slower for it than in a sustained ping-pong: what wakes the receiver after a silence,
+%% what keeps it polling during one.
+-spec rtt_bursts(node(), pos_integer(), pos_integer(), non_neg_integer()) ->
+          {[integer()], [integer()]}.
+rtt_bursts(Node, Bursts, Len, IdleMs) ->
+    Echo = spawn(Node, ?MODULE, echo, []),
+    _ = ping_loop(Echo, 10, now_ns() + 5000000000, []),
+    Runs = [begin
+                timer:sleep(IdleMs),
+                ping_loop(Echo, Len, now_ns() + 5000000000, [])
+            end || _ <- lists:seq(1, Bursts)],
+    Echo ! stop,
+    {[hd(R) || R <- Runs, R =/= []], lists:append([tl(R) || R <- Runs, R =/= []])}.
 
 echo() ->
     receive
