@@ -542,6 +542,17 @@ fn connected_through_relay(opts: &TransportOptions) -> (Side, Arc<Connection>, S
     (client, c, server, relay)
 }
 
+/// [`connected_through_relay`], with the server's side of the connection accepted.
+fn accepted_through_relay(
+    opts: &TransportOptions,
+) -> (Side, Arc<Connection>, Side, Arc<Connection>, Relay) {
+    let (client, c, server, relay) = connected_through_relay(opts);
+    let s = wait_for(&server.activity, "the accepted connection", || {
+        server.ep.accept()
+    });
+    (client, c, server, s, relay)
+}
+
 #[test]
 fn a_peer_whose_port_closed_is_given_up_after_a_probe() {
     // A QUIC peer that dies says nothing; the kernel answers the next datagram sent to its
@@ -575,15 +586,19 @@ fn a_loopback_connection_taken_for_a_black_hole_searches_back_up() {
     // with discovery off the connection stayed there for good, its bulk data 15 times slower.
     // With discovery on it searches back up after the cooldown.
     let opts = TransportOptions::default().for_loopback();
-    let (client, c, server, relay) = connected_through_relay(&opts);
-    let s = wait_for(&server.activity, "the accepted connection", || {
-        server.ep.accept()
-    });
+    let (client, c, _server, s, relay) = accepted_through_relay(&opts);
     let mtu = || c.with(|c| c.stats().path.current_mtu);
     assert_eq!(mtu(), LOOPBACK_UDP_PAYLOAD);
     let id = c.with(|c| c.streams().open(Dir::Uni)).expect("stream");
     let mut sid = None;
     let mut got = Vec::new();
+    // The server reads what arrives, so that flow control never holds the writes back.
+    let mut drain = |sid: Option<StreamId>| {
+        if let Some(sid) = sid {
+            got.clear();
+            read_available(&s, sid, &mut got);
+        }
+    };
     let bulk = vec![1u8; 128 * 1024];
     let deadline = Instant::now() + Duration::from_secs(40);
     // Large datagrams vanish while small ones pass: bulk data is lost, a small write after it
@@ -596,10 +611,7 @@ fn a_loopback_connection_taken_for_a_black_hole_searches_back_up() {
         let _ = c.with(|c| c.send_stream(id).write(b"small"));
         client.activity.wait_after(seen);
         sid = sid.or_else(|| s.with(|c| c.streams().accept(Dir::Uni)));
-        if let Some(sid) = sid {
-            got.clear();
-            read_available(&s, sid, &mut got);
-        }
+        drain(sid);
     }
     let fell_back = Instant::now();
     relay.drop_above.store(0, SeqCst);
@@ -614,10 +626,7 @@ fn a_loopback_connection_taken_for_a_black_hole_searches_back_up() {
         );
         let _ = c.with(|c| c.send_stream(id).write(b"tick"));
         std::thread::sleep(Duration::from_millis(20));
-        if let Some(sid) = sid {
-            got.clear();
-            read_available(&s, sid, &mut got);
-        }
+        drain(sid);
     }
     eprintln!(
         "back to {} bytes {:?} after the fallback",
@@ -633,10 +642,7 @@ fn a_peer_that_answers_the_probe_keeps_its_connection() {
     // A report is not authenticated (and a port may be reopened): a peer that answers the
     // probe is alive, and nothing is lost.
     let opts = TransportOptions::default().for_loopback();
-    let (client, c, server, relay) = connected_through_relay(&opts);
-    let s = wait_for(&server.activity, "the accepted connection", || {
-        server.ep.accept()
-    });
+    let (client, c, server, s, relay) = accepted_through_relay(&opts);
     let server_addr = server.ep.local_addr().unwrap();
     let addr = relay.stop();
     c.with(|c| c.ping());
