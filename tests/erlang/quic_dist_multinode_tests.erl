@@ -537,9 +537,8 @@ t_ipv6_certificates(Reg) ->
 
 t_ipv6_wrong_family(Reg) ->
     B = ?P:start(Reg, #{prefix => "b", carrier => quic6, host => "::1"}),
-    Run = fun(ProtoDist, Args, Eval) ->
-                  Flags = string:replace(lists:join(" ", ?P:erl_flags()), "-proto_dist quic",
-                                         "-proto_dist " ++ ProtoDist),
+    Run = fun(Protos, Args, Eval) ->
+                  Flags = lists:join(" ", ?P:erl_flags(Protos)),
                   Cmd = io_lib:format("timeout 30 erl ~ts -name ~s@::1 -setcookie ~s -noshell "
                                       "~s -eval '~s, init:stop().' 2>&1",
                                       [Flags, ?P:unique_name("w"), ?P:default_cookie(), Args,
@@ -547,19 +546,19 @@ t_ipv6_wrong_family(Reg) ->
                   os:cmd(lists:flatten(Cmd))
           end,
     Says = fun(Output, Pattern) -> ?assertMatch({match, _}, re:run(Output, Pattern), Output) end,
-    Says(Run("quic6", "-quic_dist_opt ip 127.0.0.1", "ok"),
+    Says(Run(["quic6"], "-quic_dist_opt ip 127.0.0.1", "ok"),
          "option ip 127.0.0.1 is not an IPv6 address \\(-proto_dist quic6\\)"),
-    Says(Run("quic6", "-kernel inet_dist_use_interface \"{127,0,0,1}\"", "ok"),
+    Says(Run(["quic6"], "-kernel inet_dist_use_interface \"{127,0,0,1}\"", "ok"),
          "kernel inet_dist_use_interface 127.0.0.1 is not an IPv6 address"),
     %% Not listening: the endpoint opens at the first connection, which then says why not.
     Ping = io_lib:format("io:format(\"~~p\", [net_adm:ping(list_to_atom(\"~s\"))])",
                          [?P:nodename(B)]),
-    ClientOnly = Run("quic6", "-dist_listen false -quic_dist_opt ip 127.0.0.1", Ping),
+    ClientOnly = Run(["quic6"], "-dist_listen false -quic_dist_opt ip 127.0.0.1", Ping),
     Says(ClientOnly, "cannot open its UDP endpoint to connect to .*option ip 127.0.0.1 is not "
          "an IPv6 address"),
     Says(ClientOnly, "pang"),
     %% Both families in one node: the second is refused, the node runs on the first.
-    Both = Run("quic quic6", "", "io:format(\"alive ~p\", [is_alive()])"),
+    Both = Run(["quic", "quic6"], "", "io:format(\"alive ~p\", [is_alive()])"),
     Says(Both, "quic and quic6 cannot run side by side in one node"),
     Says(Both, "alive true").
 

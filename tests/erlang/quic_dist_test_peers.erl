@@ -19,7 +19,7 @@
 -export([new_registry/0, cleanup/1,
          start/2, start_many/2, unique_name/1,
          call/4, call/5, connect/2, cast/4, nodename/1, os_pid/1, kill/1, stop/1,
-         erl_flags/0, default_cookie/0, skip/1, skipped_test/2]).
+         erl_flags/0, erl_flags/1, default_cookie/0, skip/1, skipped_test/2]).
 %% Run on a node.
 -export([watch/2, wait_event/3, events/1, wait_connected/2, wait_disconnected/2]).
 %% EUnit listener.
@@ -109,7 +109,7 @@ start(Reg, Opts) ->
     Carrier = maps:get(carrier, Opts, quic),
     CarrierFlags = case Carrier of
                        quic -> erl_flags();
-                       quic6 -> proto_dist(erl_flags(), "quic6");
+                       quic6 -> erl_flags(["quic6"]);
                        tcp -> []
                    end,
     Args = CarrierFlags ++
@@ -218,10 +218,14 @@ default_cookie() ->
     lists:flatten(io_lib:format("qdt_~s_~b", [os:getpid(),
                                              erlang:phash2(erlang:system_info(start_time))])).
 
-%% Flags with the value of -proto_dist replaced by Proto.
-proto_dist(["-proto_dist", _ | Rest], Proto) -> ["-proto_dist", Proto | Rest];
-proto_dist([Flag | Rest], Proto) -> [Flag | proto_dist(Rest, Proto)];
-proto_dist([], _Proto) -> [].
+%% @doc erl_flags/0 with the carriers Protos (e.g. ["quic6"]) after -proto_dist.
+-spec erl_flags([string()]) -> [string()].
+erl_flags(Protos) ->
+    proto_dist(erl_flags(), Protos).
+
+proto_dist(["-proto_dist", _ | Rest], Protos) -> ["-proto_dist" | Protos] ++ Rest;
+proto_dist([Flag | Rest], Protos) -> [Flag | proto_dist(Rest, Protos)];
+proto_dist([], _Protos) -> [].
 
 to_list(A) when is_atom(A) -> atom_to_list(A);
 to_list(L) when is_list(L) -> L.
