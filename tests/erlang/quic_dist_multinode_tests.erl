@@ -418,21 +418,15 @@ t_socket_poller(Reg) ->
     ?assertEqual(none, call(B, ?MODULE, socket_poller, [])).
 
 t_certificate_chain(Reg) ->
-    Dir = filename:join(["/tmp", "qdt_chain_" ++ os:getpid() ++ "_" ++
-                                 integer_to_list(erlang:unique_integer([positive]))]),
+    Dir = cert_dir("chain"),
     try
         ok = quic_dist_certs:generate(Dir, [{"a", ["127.0.0.1"]}, {"b", ["127.0.0.1"]}],
                                       #{intermediate => "issuing"}),
         %% Each node file holds the chain (node, intermediate); peers trust the root only.
         {ok, APem} = file:read_file(filename:join(Dir, "a.pem")),
         ?assertEqual(2, length(public_key:pem_decode(APem))),
-        Opts = fun(N) -> ["-quic_dist_opt",
-                          "certfile", filename:join(Dir, N ++ ".pem"),
-                          "keyfile", filename:join(Dir, N ++ "_key.pem"),
-                          "cacertfile", filename:join(Dir, "ca.pem")]
-               end,
-        [A, B] = ?P:start_many(Reg, [#{prefix => "a", args => Opts("a")},
-                                     #{prefix => "b", args => Opts("b")}]),
+        [A, B] = ?P:start_many(Reg, [#{prefix => "a", args => cert_args(Dir, "a")},
+                                     #{prefix => "b", args => cert_args(Dir, "b")}]),
         ?P:connect(A, B),
         {ok, #{mode := certificates, peer_certificate := #{issuer := Issuer}}} =
             call(A, quic_dist, info, [?P:nodename(B)]),
@@ -440,6 +434,18 @@ t_certificate_chain(Reg) ->
     after
         _ = file:del_dir_r(Dir)
     end.
+
+%% A fresh directory path for a test's certificates (quic_dist_certs:generate/2,3 creates it).
+cert_dir(Tag) ->
+    filename:join(["/tmp", "qdt_" ++ Tag ++ "_" ++ os:getpid() ++ "_" ++
+                               integer_to_list(erlang:unique_integer([positive]))]).
+
+%% The erl arguments that give node Name its certificate and key from Dir, trusting Dir's CA.
+cert_args(Dir, Name) ->
+    ["-quic_dist_opt",
+     "certfile", filename:join(Dir, Name ++ ".pem"),
+     "keyfile", filename:join(Dir, Name ++ "_key.pem"),
+     "cacertfile", filename:join(Dir, "ca.pem")].
 
 t_ipv6(Reg) ->
     V6 = #{carrier => quic6, host => "::1"},
@@ -513,18 +519,12 @@ t_short_names(Reg, Short) ->
     ?assert(lists:member({dns, list_to_binary(Short)}, Sans)).
 
 t_ipv6_certificates(Reg) ->
-    Dir = filename:join(["/tmp", "qdt_v6_" ++ os:getpid() ++ "_" ++
-                                 integer_to_list(erlang:unique_integer([positive]))]),
+    Dir = cert_dir("v6"),
     try
         ok = quic_dist_certs:generate(Dir, [{"a", ["::1"]}, {"b", ["::1"]}]),
-        Opts = fun(N) -> ["-quic_dist_opt",
-                          "certfile", filename:join(Dir, N ++ ".pem"),
-                          "keyfile", filename:join(Dir, N ++ "_key.pem"),
-                          "cacertfile", filename:join(Dir, "ca.pem")]
-               end,
         V6 = #{carrier => quic6, host => "::1"},
-        [A, B] = ?P:start_many(Reg, [V6#{prefix => "a", args => Opts("a")},
-                                     V6#{prefix => "b", args => Opts("b")}]),
+        [A, B] = ?P:start_many(Reg, [V6#{prefix => "a", args => cert_args(Dir, "a")},
+                                     V6#{prefix => "b", args => cert_args(Dir, "b")}]),
         ?P:connect(A, B),
         %% Each side checked the other's node name (host ::1) against its certificate.
         ?assertMatch({ok, #{mode := certificates,
