@@ -130,6 +130,12 @@ t_connect(#{a := A, b := B}) ->
     ?assertEqual(true, call(A, erlang, disconnect_node, [NB])),
     ?assertEqual(ok, call(B, ?P, wait_disconnected, [NA, 10000])),
     ?assertEqual(true, call(A, net_kernel, connect_node, [NB])),
+    %% A reconnect resumes A's TLS session with B (rustls' tickets, kept in memory), which skips
+    %% the certificates on the wire: both sides must still know whom they talk to.
+    {ok, Resumed} = call(A, quic_dist, info, [NB]),
+    ?assertEqual(maps:get(peer_certificate, Info), maps:get(peer_certificate, Resumed)),
+    {ok, #{peer_certificate := #{subject_alt_names := SansA}}} = call(B, quic_dist, info, [NA]),
+    ?assert(lists:member({ip, {127, 0, 0, 1}}, SansA)),
     %% A node that does not exist: pang, and the existing link is untouched.
     ?assertEqual(pang, call(A, net_adm, ping, ['qdt_no_such_node@127.0.0.1'])),
     ?assertEqual([NB], call(A, erlang, nodes, [])).
