@@ -71,7 +71,9 @@ lifecycle_test_() ->
               fun t_runtime_start/1),
      isolated("quic6 with an IPv4 address to bind (option ip, inet_dist_use_interface, a "
               "client-only node), and quic with quic6 in one node, say why", 60,
-              fun t_ipv6_wrong_family/1)].
+              fun t_ipv6_wrong_family/1),
+     isolated("make demo's program (scripts/demo.sh): two nodes, messages, an rpc, the "
+              "link described, b stopped, status 0", 90, fun t_demo/1)].
 
 pair(Title, Secs, Fun) ->
     fun(Ctx) -> {Title, {timeout, Secs, fun() -> Fun(Ctx) end}} end.
@@ -567,6 +569,40 @@ t_ipv6_wrong_family(Reg) ->
     Both = Run(["quic", "quic6"], "", "io:format(\"alive ~p\", [is_alive()])"),
     Says(Both, "quic and quic6 cannot run side by side in one node"),
     Says(Both, "alive true").
+
+%% What `make demo' runs, as a user sees it: its output says what it promises, and it exits 0.
+t_demo(_Reg) ->
+    Script = filename:absname("scripts/demo.sh"),
+    ?assert(filelib:is_regular(Script), {no_demo_script, Script}),
+    %% timeout(1) bounds the demo's nodes too: b is a peer of a, over a's standard I/O.
+    Port = open_port({spawn_executable, os:find_executable("timeout")},
+                     [{args, ["--kill-after=5", "60", "bash", Script]}, exit_status,
+                      stderr_to_stdout, binary]),
+    {Status, Output} = collect_port(Port, [], 70000),
+    ?assertEqual(0, Status, Output),
+    Release = erlang:system_info(otp_release),
+    [?assertMatch({match, _}, re:run(Output, Pattern), {Pattern, Output})
+     || Pattern <- ["connect_node\\('demo_b@127.0.0.1'\\) -> true in [0-9.]+ ms",
+                    "echoed back in [0-9]+ us",
+                    "1 MiB binary echoed back intact",
+                    "rpc: erlang:system_info\\(otp_release\\) on b -> \"" ++ Release ++ "\"",
+                    "encryption: +TLSv1.3, TLS13_AES_128_GCM_SHA256, both sides verified "
+                    "\\(mode cookie\\)",
+                    "peer cert: +CN=127.0.0.1, issued by CN=quic_dist cookie-derived cluster CA",
+                    "rtt: +[0-9]+ us",
+                    "streams: +[0-9]+",
+                    "stopped b with init:stop: nodedown after",
+                    "demo done"]].
+
+%% A port's output until it exits: {ExitStatus, Output}; fails after TimeoutMs.
+collect_port(Port, Acc, TimeoutMs) ->
+    receive
+        {Port, {data, Data}} -> collect_port(Port, [Acc, Data], TimeoutMs);
+        {Port, {exit_status, Status}} -> {Status, unicode:characters_to_list(Acc)}
+    after TimeoutMs ->
+            catch port_close(Port),
+            error({no_exit, unicode:characters_to_list(Acc)})
+    end.
 
 %% A UDP port nobody uses now (the kernel picks it; it is free again once closed).
 free_udp_port() ->
