@@ -373,9 +373,25 @@ input_handshake(Ctrl, Conn, Queue, Waiting) ->
         {quic_dist_closed, Reason} ->
             %% Log before answering: the answer makes the handshake fail, and its process
             %% takes this one down through the links, possibly before a later log call.
-            ?LOG_INFO("quic_dist connection closed during handshake: ~ts", [Reason],
-                      #{}),
+            log_handshake_close(Conn, Reason),
             input_handshake_closed(Queue, Waiting, Reason)
+    end.
+
+%% A peer's refusal of this node's identity is a warning, with the peer's reason; other closes
+%% during the handshake (a simultaneous connect settled, a peer going away) are routine.
+log_handshake_close(Conn, Reason) ->
+    case quic_dist_identity:peer_refusal(Reason) of
+        {refused, Text} ->
+            ?LOG_WARNING("quic_dist handshake with ~s failed: ~ts",
+                         [peer_text(Conn), Text], #{});
+        other ->
+            ?LOG_INFO("quic_dist connection closed during handshake: ~ts", [Reason], #{})
+    end.
+
+peer_text(Conn) ->
+    case catch quic_dist_nif:conn_info(Conn) of
+        #{remote := {Ip, Port}} -> io_lib:format("~s:~b", [inet:ntoa(Ip), Port]);
+        _ -> "the peer"
     end.
 
 %% The peer closed during the handshake. What it sent before (such as the `nok' status that

@@ -5,9 +5,15 @@
 %%% first distribution handshake message, so it checks it here, before the cookie challenge:
 %%% the certificate must name the host part of the claimed node name (DNS or IP SAN).
 %%% An optional allow-list of certificate subjects applies on both sides.
+%%%
+%%% A refusal is logged here and also told to the peer, as the reason of the QUIC connection's
+%%% close ("refused by NODE: ...", the transport's REFUSAL_PREFIX), so that the refused node can
+%%% say why in its own log (a warning) instead of only failing to connect.
 -module(quic_dist_identity).
 
--export([check_claimed_name/3, check_subject/2, handshake_node_name/1]).
+-export([check_claimed_name/3, check_subject/2, handshake_node_name/1, peer_refusal/1]).
+
+-define(REFUSED_BY, "refused by ").
 
 -include_lib("kernel/include/logger.hrl").
 
@@ -26,6 +32,7 @@ check_claimed_name(Conn, NameMessage, Opts) ->
                          "node name message (~b bytes, first byte ~p)",
                          [peer(quic_dist_nif:conn_info(Conn)), length(NameMessage),
                           hd(NameMessage ++ [none])]),
+            tell_peer(Conn, "the first handshake message is not a valid node name message"),
             {error, bad_name_message};
         {false, _} -> ok;
         {true, {ok, Node}} -> check_node(Conn, Node)
@@ -44,6 +51,8 @@ check_subject(Conn, #{allowed_subjects := Allowed}) when is_list(Allowed), Allow
             ?LOG_WARNING("quic_dist refused ~s: certificate subject ~ts is not in "
                          "allowed_subjects", [peer(ConnInfo), maps:get(subject, Summary)],
                          #{}),
+            tell_peer(Conn, io_lib:format("certificate subject ~ts is not in allowed_subjects",
+                                          [Subject])),
             {error, {subject_not_allowed, Subject}}
     end;
 check_subject(_Conn, _Opts) ->
@@ -64,6 +73,19 @@ handshake_node_name([$n | Rest]) ->
 handshake_node_name(_) ->
     error.
 
+%% @doc The refusal a peer sent as its close reason (`quic_dist_closed' during the handshake):
+%% `{refused, Text}', Text naming the refusing node and why, or `other'.
+-spec peer_refusal(binary() | string()) -> {refused, binary()} | other.
+peer_refusal(Reason) ->
+    case unicode:characters_to_binary(Reason) of
+        <<"closed by peer: ", ?REFUSED_BY, _/binary>> = Closed ->
+            <<"closed by peer: ", Text/binary>> = Closed,
+            %% The peer's words go into this node's log: one line, no control characters.
+            {refused, << <<(printable(C))/utf8>> || <<C/utf8>> <= Text >>};
+        _ ->
+            other
+    end.
+
 %%% Internal
 
 check_node(Conn, Node) ->
@@ -78,11 +100,26 @@ check_node(Conn, Node) ->
                                  "names ~p, not ~ts (option verify_node_name)",
                                  [peer(ConnInfo), Node, maps:get(subject, Summary),
                                   Sans, Host]),
+                    tell_peer(Conn, io_lib:format("the certificate of ~ts (~ts) names ~p, not ~ts "
+                                                  "(option verify_node_name)",
+                                                  [Node, maps:get(subject, Summary), Sans,
+                                                   Host])),
                     {error, {node_name_not_in_certificate, Node}}
             end;
         _ ->
+            ?LOG_WARNING("quic_dist refused ~s: the node name it claims, ~ts, has no host part",
+                         [peer(quic_dist_nif:conn_info(Conn)), Node]),
+            tell_peer(Conn, io_lib:format("the node name ~ts has no host part", [Node])),
             {error, {bad_node_name, Node}}
     end.
+
+%% Closes the connection with the refusal as its reason: what the peer's log will show.
+tell_peer(Conn, Text) ->
+    Reason = unicode:characters_to_binary([?REFUSED_BY, atom_to_list(node()), ": ", Text]),
+    quic_dist_nif:conn_shutdown(Conn, Reason).
+
+printable(C) when C < 32; C =:= 127 -> $\s;
+printable(C) -> C.
 
 leaf_summary(#{peer_certificates := [Leaf | _]}) ->
     quic_dist_cert_info:summary(Leaf);

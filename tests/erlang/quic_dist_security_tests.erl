@@ -283,7 +283,11 @@ t_wrong_host(#{nodes := #{v := V, w := W}} = Ctx) ->
     expect_log(V, MV2, ["quic_dist refused 127\\.0\\.0\\.1:" ++ port(W) ++ " claiming to be "
                         ++ quote(NW) ++ ": its certificate \\(CN=wronghost[^)]*\\) names .*"
                         "other\\.example"]),
-    expect_log(W, MW2, ["quic_dist connection closed during handshake: closed by peer"]),
+    %% W is told why, as the reason of the connection's close.
+    expect_log(W, MW2, ["quic_dist handshake with 127\\.0\\.0\\.1:" ++ port(V)
+                        ++ " failed: refused by " ++ quote(NV) ++ ": the certificate of "
+                        ++ quote(NW) ++ " \\(CN=wronghost[^)]*\\) names .*other\\.example.*, "
+                        "not 127\\.0\\.0\\.1 \\(option verify_node_name\\)"]),
     healthy(Ctx).
 
 t_no_client_cert(#{nodes := #{v := V}} = Ctx) ->
@@ -299,11 +303,18 @@ t_allowed_subjects(#{nodes := #{v := V, o := O}} = Ctx) ->
     refused_connect(O, NV),
     expect_log(V, MV, ["quic_dist refused 127\\.0\\.0\\.1:" ++ port(O) ++ ": certificate subject "
                        "CN=outsider,O=quic_dist is not in allowed_subjects"]),
-    expect_log(O, MO, ["quic_dist connection closed during handshake: closed by peer"]),
-    MV2 = mark(V),
+    Told = ": certificate subject CN=outsider,O=quic_dist is not in allowed_subjects",
+    expect_log(O, MO, ["quic_dist handshake with 127\\.0\\.0\\.1:" ++ port(V)
+                       ++ " failed: refused by " ++ quote(NV) ++ Told]),
+    %% The other way round V refuses O's certificate as the connecting side, and tells O too.
+    {MV2, MO2} = {mark(V), mark(O)},
     refused_connect(V, NO),
     expect_log(V, MV2, ["quic_dist refused 127\\.0\\.0\\.1:" ++ port(O) ++ ": certificate subject "
                         "CN=outsider,O=quic_dist is not in allowed_subjects"]),
+    %% (O learns of it before the connection reaches its Erlang side: the transport logs it.)
+    expect_log(O, MO2, ["quic_dist handshake failed: the peer refused this node "
+                        "remote=127\\.0\\.0\\.1:" ++ port(V) ++ " reason=refused by "
+                        ++ quote(NV) ++ Told]),
     healthy(Ctx).
 
 t_wrong_cookie_cert_mode(#{nodes := #{v := V, k := K}} = Ctx) ->

@@ -88,6 +88,20 @@ congestion_option_test() ->
     ?assertError({bad_option, congestion, vegas, _},
                  quic_dist_opts:transport(#{congestion => vegas})).
 
+%% A peer's identity refusal is recognised in the close reason the transport reports, and its
+%% words come out as one printable line; any other close is not a refusal.
+peer_refusal_test() ->
+    ?assertEqual({refused, <<"refused by v@h: subject CN=x   is not allowed">>},
+                 quic_dist_identity:peer_refusal(
+                   <<"closed by peer: refused by v@h: subject CN=x\n\t is not allowed">>)),
+    ?assertEqual({refused, <<"refused by v@h: CN=\x{e9}"/utf8>>},
+                 quic_dist_identity:peer_refusal("closed by peer: refused by v@h: CN=\x{e9}")),
+    ?assertEqual(other, quic_dist_identity:peer_refusal(
+                          <<"closed by peer: distribution connection down: normal">>)),
+    ?assertEqual(other, quic_dist_identity:peer_refusal(<<"refused by v@h: not from a close">>)),
+    ?assertEqual(other,
+                 quic_dist_identity:peer_refusal(<<"idle timeout: no packet from the peer">>)).
+
 %%% ------------------------------------------------------------------
 %%% quic_dist_certs:generate/3 and quic_dist_cert_info:summary/1
 %%% ------------------------------------------------------------------

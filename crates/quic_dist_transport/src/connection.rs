@@ -575,6 +575,23 @@ pub(crate) fn closed_reason(
     reason
 }
 
+/// How a node's close reason starts when it refuses the peer's identity after the TLS handshake
+/// (`quic_dist_identity.erl`: a certificate that does not name the claimed host, a subject not
+/// in `allowed_subjects`), followed by the refusing node's name and why.
+pub const REFUSAL_PREFIX: &str = "refused by ";
+
+/// The peer's refusal of this node's identity, if that is why the connection closed.
+pub fn peer_refusal(e: &compat::ConnectionError) -> Option<String> {
+    match e {
+        compat::ConnectionError::ApplicationClosed(c)
+            if c.reason.starts_with(REFUSAL_PREFIX.as_bytes()) =>
+        {
+            Some(String::from_utf8_lossy(&c.reason).into_owned())
+        }
+        _ => None,
+    }
+}
+
 /// A readable account of why a connection closed.
 pub fn describe_close(e: &compat::ConnectionError) -> String {
     if let Some(refusal) = CertificateRefusal::of(e) {
@@ -594,5 +611,32 @@ pub fn describe_close(e: &compat::ConnectionError) -> String {
             t.reason.clone()
         }
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app_close(reason: &str) -> compat::ConnectionError {
+        compat::ConnectionError::ApplicationClosed(quinn_proto::ApplicationClose {
+            error_code: compat::VarInt::from_u32(CLOSE_NORMAL),
+            reason: reason.as_bytes().to_vec().into(),
+        })
+    }
+
+    #[test]
+    fn only_a_close_that_starts_with_the_refusal_prefix_is_a_refusal() {
+        let text = "refused by v@127.0.0.1: certificate subject CN=x is not in allowed_subjects";
+        assert_eq!(peer_refusal(&app_close(text)).as_deref(), Some(text));
+        assert_eq!(
+            describe_close(&app_close(text)),
+            format!("closed by peer: {text}")
+        );
+        assert_eq!(
+            peer_refusal(&app_close("distribution connection down: normal")),
+            None
+        );
+        assert_eq!(peer_refusal(&compat::ConnectionError::TimedOut), None);
     }
 }

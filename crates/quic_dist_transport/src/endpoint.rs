@@ -7,7 +7,7 @@ use tracing::{debug, info, warn};
 
 use crate::certificate_refusal::{CertificateRefusal, Refused};
 use crate::config::TransportOptions;
-use crate::connection::{describe_close, DistConnection};
+use crate::connection::{describe_close, peer_refusal, DistConnection};
 use crate::error::TransportError;
 use crate::tls::TlsMaterial;
 
@@ -260,11 +260,17 @@ impl DistEndpoint {
                     }
                 }
                 // The peer's application gave up on the connection (a node that lost a
-                // simultaneous connect, or stopped): nothing was refused.
+                // simultaneous connect, or stopped): nothing was refused here. Or, as the
+                // connecting side, it refused this node's identity, and its reason says why.
                 Ok(Err(crate::direct::StreamError::ConnectionLost(e))) if peer_gave_up(&e) => {
                     if let Some(suppressed) = refusal_log.admit(remote) {
-                        info!(%remote, reason = %e, suppressed,
-                              "incoming connection closed by the peer during its set-up")
+                        if let Some(refusal) = peer_refusal(&e) {
+                            warn!(%remote, reason = %refusal, suppressed,
+                                  "quic_dist handshake failed: the peer refused this node")
+                        } else {
+                            info!(%remote, reason = %e, suppressed,
+                                  "incoming connection closed by the peer during its set-up")
+                        }
                     }
                 }
                 Ok(Err(crate::direct::StreamError::ConnectionLost(e))) => {
