@@ -197,13 +197,21 @@ close_when_down(Ctrl, Conn) ->
     Mon = monitor(process, Ctrl),
     receive
         {'DOWN', Mon, process, Ctrl, Reason} ->
-            Why = case Reason of
-                      A when is_atom(A) -> atom_to_binary(A);
-                      T when is_tuple(T), is_atom(element(1, T)) -> atom_to_binary(element(1, T));
-                      _ -> <<"error">>
-                  end,
-            quic_dist_nif:conn_shutdown(Conn, <<"distribution connection down: ", Why/binary>>)
+            quic_dist_nif:conn_shutdown(Conn, close_reason(Reason))
     end.
+
+%% What the peer is told. A wrong cookie (dist_util, accepting side, which logs it here) is a
+%% refusal the peer logs as a warning: over TCP the refused node learns nothing.
+close_reason({recv_challenge_reply_failed, bad_cookie}) ->
+    quic_dist_identity:refusal("the challenge reply was made with another cookie (the two "
+                               "nodes' cookies differ)");
+close_reason(Reason) ->
+    Why = case Reason of
+              A when is_atom(A) -> atom_to_binary(A);
+              T when is_tuple(T), is_atom(element(1, T)) -> atom_to_binary(element(1, T));
+              _ -> <<"error">>
+          end,
+    <<"distribution connection down: ", Why/binary>>.
 
 %% Handshake phase: until the supervisor is known, the starter's death ends us.
 handshake_loop(S, StarterMon) ->

@@ -11,7 +11,8 @@
 %%% say why in its own log (a warning) instead of only failing to connect.
 -module(quic_dist_identity).
 
--export([check_claimed_name/3, check_subject/2, handshake_node_name/1, peer_refusal/1]).
+-export([check_claimed_name/3, check_subject/2, handshake_node_name/1, peer_refusal/1,
+         refusal/1]).
 
 -define(REFUSED_BY, "refused by ").
 
@@ -86,6 +87,11 @@ peer_refusal(Reason) ->
             other
     end.
 
+%% @doc The close reason that tells a peer this node refused it, and why (Text).
+-spec refusal(unicode:chardata()) -> binary().
+refusal(Text) ->
+    unicode:characters_to_binary([?REFUSED_BY, atom_to_list(node()), ": ", Text]).
+
 %%% Internal
 
 check_node(Conn, Node) ->
@@ -115,8 +121,7 @@ check_node(Conn, Node) ->
 
 %% Closes the connection with the refusal as its reason: what the peer's log will show.
 tell_peer(Conn, Text) ->
-    Reason = unicode:characters_to_binary([?REFUSED_BY, atom_to_list(node()), ": ", Text]),
-    quic_dist_nif:conn_shutdown(Conn, Reason).
+    quic_dist_nif:conn_shutdown(Conn, refusal(Text)).
 
 printable(C) when C < 32; C =:= 127 -> $\s;
 printable(C) -> C.

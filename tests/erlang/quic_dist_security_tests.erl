@@ -319,14 +319,21 @@ t_allowed_subjects(#{nodes := #{v := V, o := O}} = Ctx) ->
 
 t_wrong_cookie_cert_mode(#{nodes := #{v := V, k := K}} = Ctx) ->
     {NV, NK} = {?P:nodename(V), ?P:nodename(K)},
-    MV = mark(V),
+    Told = " failed: refused by ~ts: the challenge reply was made with another cookie "
+           "\\(the two nodes' cookies differ\\)",
+    {MV, MK} = {mark(V), mark(K)},
     refused_connect(K, NV),
     expect_log(V, MV, ["Connection attempt from node " ++ quote(NK)
                        ++ " rejected\\. Invalid challenge reply"]),
-    MK = mark(K),
+    %% The refused node is told why (over TCP it learns nothing).
+    expect_log(K, MK, ["quic_dist handshake with 127\\.0\\.0\\.1:" ++ port(V)
+                       ++ lists:flatten(io_lib:format(Told, [quote(NV)]))]),
+    {MV2, MK2} = {mark(V), mark(K)},
     refused_connect(V, NK),
-    expect_log(K, MK, ["Connection attempt from node " ++ quote(NV)
-                       ++ " rejected\\. Invalid challenge reply"]),
+    expect_log(K, MK2, ["Connection attempt from node " ++ quote(NV)
+                        ++ " rejected\\. Invalid challenge reply"]),
+    expect_log(V, MV2, ["quic_dist handshake with 127\\.0\\.0\\.1:" ++ port(K)
+                        ++ lists:flatten(io_lib:format(Told, [quote(NK)]))]),
     healthy(Ctx).
 
 t_garbage(#{nodes := #{v := V}} = Ctx) ->
