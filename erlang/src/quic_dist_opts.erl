@@ -19,10 +19,15 @@
 -type opts() :: #{atom() => term()}.
 -export_type([opts/0]).
 
-%% @doc All options, merged.
+%% @doc All options, merged. An option this carrier does not know is an error: a misspelt
+%% `certfile' must not leave the node running in cookie mode without a word.
 -spec get() -> opts().
 get() ->
-    lists:foldl(fun maps:merge/2, #{}, [app_env(), optfile(), command_line()]).
+    Opts = lists:foldl(fun maps:merge/2, #{}, [app_env(), optfile(), command_line()]),
+    case [K || K <- maps:keys(Opts), not lists:member(K, ?KEYS)] of
+        [] -> Opts;
+        Unknown -> error({unknown_quic_dist_options, Unknown, {known, ?KEYS}})
+    end.
 
 %% @doc The TLS part, as the NIF takes it, for a node whose host name is Host.
 %%
@@ -147,7 +152,7 @@ app_env() ->
     %% Outside a release nothing loads the application, and `erl -config F' keeps the
     %% environment of unloaded applications out of reach: load it (the .app is on the path).
     _ = application:load(quic_dist),
-    maps:from_list([{K, V} || K <- ?KEYS, {ok, V} <- [application:get_env(quic_dist, K)]]).
+    maps:from_list(application:get_all_env(quic_dist)).
 
 command_line() ->
     case init:get_argument(quic_dist_opt) of

@@ -73,7 +73,10 @@ lifecycle_test_() ->
               "client-only node), and quic with quic6 in one node, say why", 60,
               fun t_ipv6_wrong_family/1),
      isolated("make demo's program (scripts/demo.sh): two nodes, messages, an rpc, the "
-              "link described, b stopped, status 0", 90, fun t_demo/1)].
+              "link described, b stopped, status 0", 90, fun t_demo/1),
+     isolated("a misspelt option (-quic_dist_opt, application environment) stops the node "
+              "and names the option, rather than running in cookie mode", 60,
+              fun t_unknown_option/1)].
 
 pair(Title, Secs, Fun) ->
     fun(Ctx) -> {Title, {timeout, Secs, fun() -> Fun(Ctx) end}} end.
@@ -569,6 +572,27 @@ t_ipv6_wrong_family(Reg) ->
     Both = Run(["quic", "quic6"], "", "io:format(\"alive ~p\", [is_alive()])"),
     Says(Both, "quic and quic6 cannot run side by side in one node"),
     Says(Both, "alive true").
+
+t_unknown_option(_Reg) ->
+    Run = fun(Args) ->
+                  %% The node stops at start: no crash dump in the working directory.
+                  Cmd = io_lib:format("ERL_CRASH_DUMP_SECONDS=0 timeout 30 erl ~ts "
+                                      "-name ~s@127.0.0.1 -setcookie ~s -noshell ~s "
+                                      "-eval 'io:format(\"alive ~~p\", [is_alive()]), "
+                                      "init:stop().' 2>&1",
+                                      [lists:join(" ", ?P:erl_flags(["quic"])),
+                                       ?P:unique_name("u"), ?P:default_cookie(), Args]),
+                  os:cmd(lists:flatten(Cmd))
+          end,
+    Refused = fun(Output, Key) ->
+                      ?assertMatch({match, _}, re:run(Output, "unknown_quic_dist_options,\\["
+                                                      ++ Key ++ "\\]"), Output),
+                      ?assertEqual(nomatch, re:run(Output, "alive true"), Output)
+              end,
+    Refused(Run("-quic_dist_opt certfle /tmp/none.pem"), "certfle"),
+    Refused(Run("-quic_dist cacert '\"/tmp/none.pem\"'"), "cacert"),
+    %% The same node with the options spelt right starts.
+    ?assertMatch({match, _}, re:run(Run("-quic_dist_opt poll_us 50"), "alive true")).
 
 %% What `make demo' runs, as a user sees it: its output says what it promises, and it exits 0.
 t_demo(_Reg) ->
