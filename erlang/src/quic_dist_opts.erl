@@ -51,10 +51,14 @@ certificate_files(#{certfile := Cert, password := Password} = Opts) ->
     #{cert_pem => read(Cert),
       key_pem => decrypt_key(read(maps:get(keyfile, Opts, Cert)), Password),
       ca_pem => read(maps:get(cacertfile, Opts, missing_cacertfile))};
-certificate_files(Opts) ->
-    maps:from_list([{K, unicode:characters_to_binary(V)}
-                    || K <- [certfile, keyfile, cacertfile],
-                       V <- [maps:get(K, Opts, undefined)], V =/= undefined]).
+certificate_files(#{certfile := Cert} = Opts) ->
+    Ca = case Opts of
+             #{cacertfile := C} -> C;
+             _ -> error({quic_dist_option_missing, cacertfile})
+         end,
+    %% keyfile defaults to certfile: one PEM file with the certificate and its key.
+    maps:map(fun(_, File) -> unicode:characters_to_binary(File) end,
+             #{certfile => Cert, keyfile => maps:get(keyfile, Opts, Cert), cacertfile => Ca}).
 
 cookie_identity(Host) ->
     Names = lists:usort([Host, "localhost", "127.0.0.1", "::1"]),

@@ -60,6 +60,8 @@ keys_and_insecure_test_() ->
               {inorder,
                [tcase("encrypted private keys (legacy PEM and PKCS#8) with the password option",
                       fun t_encrypted_keys/1, Ctx),
+                tcase("the key in the certificate's file (no keyfile option): connects both ways",
+                      fun t_key_in_certfile/1, Ctx),
                 tcase("insecure true: connects with untrusted certificates, warns loudly at "
                       "start, and a verifying node still refuses it", fun t_insecure/1, Ctx)]}
       end}}.
@@ -139,6 +141,7 @@ keys_setup() ->
                    "password", maps:get(password, C)], qdt_sec},
              {p2, ["certfile", Good, "keyfile", maps:get(pkcs8_key, C), "cacertfile", Ca1,
                    "password", maps:get(password, C)], qdt_sec},
+             {c1, ["certfile", maps:get(good_with_key, C), "cacertfile", Ca1], qdt_sec},
              {i1, cert_opts(C, rogue, ca1) ++ ["insecure", "true"], qdt_sec},
              {i2, cert_opts(C, rogue2, ca1) ++ ["insecure", "true"], qdt_sec}],
     Ctx = start_nodes(Env, Specs),
@@ -404,6 +407,16 @@ t_encrypted_keys(#{nodes := #{v := V, p1 := P1, p2 := P2}, certs := C} = Ctx) ->
     NP1 = ?P:nodename(P1),
     ?assertEqual(true, call(P2, net_kernel, connect_node, [NP1])),
     ?assertEqual(NP1, call(P2, rpc, call, [NP1, erlang, node, []])),
+    healthy(Ctx).
+
+t_key_in_certfile(#{nodes := #{v := V, c1 := C1}} = Ctx) ->
+    {NV, NC1} = {?P:nodename(V), ?P:nodename(C1)},
+    ?assertEqual(true, call(C1, net_kernel, connect_node, [NV])),
+    ?assertEqual(NC1, call(V, rpc, call, [NC1, erlang, node, []])),
+    ?assertMatch({ok, #{mode := certificates}}, call(C1, quic_dist, info, [NV])),
+    true = call(C1, erlang, disconnect_node, [NV]),
+    ok = call(V, ?P, wait_disconnected, [NC1, 10000]),
+    ?assertEqual(true, call(V, net_kernel, connect_node, [NC1])),
     healthy(Ctx).
 
 t_insecure(#{nodes := #{v := V, i1 := I1, i2 := I2}} = Ctx) ->
@@ -735,10 +748,15 @@ make_certs(Dir) ->
     Password = "qdt pass " ++ integer_to_list(erlang:unique_integer([positive])),
     GoodKey = filename:join(D1, "good_key.pem"),
     {Legacy, Pkcs8} = encrypt_key(GoodKey, Password, Dir),
+    %% One file with the certificate and its key, as some tools write them.
+    WithKey = filename:join(Dir, "good_with_key.pem"),
+    {ok, GoodCert} = file:read_file(filename:join(D1, "good.pem")),
+    {ok, GoodKeyPem} = file:read_file(GoodKey),
+    ok = file:write_file(WithKey, [GoodCert, GoodKeyPem]),
     F = fun(D, B) -> filename:join(D, B ++ ".pem") end,
     K = fun(D, B) -> filename:join(D, B ++ "_key.pem") end,
     maps:from_list(
-      [{ca1, F(D1, "ca")}, {ca2, F(D2, "ca")}, {password, Password},
+      [{ca1, F(D1, "ca")}, {ca2, F(D2, "ca")}, {password, Password}, {good_with_key, WithKey},
        {legacy_key, Legacy}, {pkcs8_key, Pkcs8}]
       ++ lists:append([[{list_to_atom(B), F(D1, B)}, {list_to_atom(B ++ "_key"), K(D1, B)}]
                        || B <- ["good", "wronghost", "outsider", "expired"]])
