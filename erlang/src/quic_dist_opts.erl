@@ -25,9 +25,14 @@
 get() ->
     Opts = lists:foldl(fun maps:merge/2, #{}, [app_env(), optfile(), command_line()]),
     case [K || K <- maps:keys(Opts), not lists:member(K, ?KEYS)] of
-        [] -> Opts;
+        [] -> ok;
         Unknown -> error({unknown_quic_dist_options, Unknown, {known, ?KEYS}})
-    end.
+    end,
+    %% The same for the switches from sys.config or an optfile as from the command line.
+    _ = [bad_option(K, V, "true or false")
+         || K <- [verify_node_name, insecure], V <- [maps:get(K, Opts, false)],
+            not is_boolean(V)],
+    Opts.
 
 %% @doc The TLS part, as the NIF takes it, for a node whose host name is Host.
 %%
@@ -209,15 +214,27 @@ convert(Key, V) when Key =:= port; Key =:= idle_timeout_ms;
                      Key =:= stream_window; Key =:= connection_window; Key =:= streams;
                      Key =:= mixed_window; Key =:= poll_us;
                      Key =:= mailbox_limit ->
-    list_to_integer(V);
+    try list_to_integer(V)
+    catch error:badarg -> bad_option(Key, V, "an integer")
+    end;
 convert(ip, V) ->
-    {ok, Ip} = inet:parse_address(V),
-    Ip;
+    case inet:parse_address(V) of
+        {ok, Ip} -> Ip;
+        {error, _} -> bad_option(ip, V, "an IPv4 or IPv6 address")
+    end;
 convert(congestion, V) ->
     list_to_atom(V);
 convert(Key, V) when Key =:= verify_node_name; Key =:= insecure ->
-    list_to_existing_atom(V) =:= true;
+    %% Only the two words: "yes" must not quietly mean false (verification off).
+    case V of
+        "true" -> true;
+        "false" -> false;
+        _ -> bad_option(Key, V, "true or false")
+    end;
 convert(allowed_subjects, V) ->
     string:lexemes(V, ";");
 convert(_Key, V) ->
     V.
+
+bad_option(Key, Value, Expected) ->
+    error({bad_option, Key, Value, Expected}).

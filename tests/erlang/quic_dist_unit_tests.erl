@@ -38,8 +38,15 @@ parse_pairs_errors_test() ->
     ?assertError({missing_value, "certfile"}, quic_dist_opts:parse_pairs(["certfile"])),
     ?assertError({missing_value, "port"},
                  quic_dist_opts:parse_pairs(["certfile", "f", "port"])),
-    ?assertError(badarg, quic_dist_opts:parse_pairs(["port", "not_a_number"])),
-    ?assertError({badmatch, _}, quic_dist_opts:parse_pairs(["ip", "999.1.1.1"])).
+    ?assertError({bad_option, port, "not_a_number", "an integer"},
+                 quic_dist_opts:parse_pairs(["port", "not_a_number"])),
+    ?assertError({bad_option, ip, "999.1.1.1", _},
+                 quic_dist_opts:parse_pairs(["ip", "999.1.1.1"])),
+    %% A switch is true or false: "yes" must not quietly turn node-name checks off.
+    ?assertError({bad_option, verify_node_name, "yes", "true or false"},
+                 quic_dist_opts:parse_pairs(["verify_node_name", "yes"])),
+    ?assertError({bad_option, insecure, "on", "true or false"},
+                 quic_dist_opts:parse_pairs(["insecure", "on"])).
 
 parse_pairs_booleans_and_lists_test() ->
     ?assertEqual(#{verify_node_name => false, insecure => true,
