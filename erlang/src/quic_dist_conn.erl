@@ -200,8 +200,8 @@ close_when_down(Ctrl, Conn) ->
             quic_dist_nif:conn_shutdown(Conn, close_reason(Reason))
     end.
 
-%% What the peer is told. A wrong cookie (dist_util, accepting side, which logs it here) is a
-%% refusal the peer logs as a warning: over TCP the refused node learns nothing.
+%% What the peer is told. A wrong cookie, found by dist_util on the accepting side (which logs
+%% it), is a refusal that the peer logs as a warning: over TCP the refused node learns nothing.
 close_reason({recv_challenge_reply_failed, bad_cookie}) ->
     quic_dist_identity:refusal("the challenge reply was made with another cookie (the two "
                                "nodes' cookies differ)");

@@ -575,12 +575,13 @@ pub(crate) fn closed_reason(
     reason
 }
 
-/// How a node's close reason starts when it refuses the peer's identity after the TLS handshake
+/// How a node's close reason starts when it refuses the peer after the TLS handshake
 /// (`quic_dist_identity.erl`: a certificate that does not name the claimed host, a subject not
-/// in `allowed_subjects`), followed by the refusing node's name and why.
+/// in `allowed_subjects`; `quic_dist_conn.erl`: a wrong cookie), followed by the refusing
+/// node's name and why.
 pub const REFUSAL_PREFIX: &str = "refused by ";
 
-/// The peer's refusal of this node's identity, if that is why the connection closed.
+/// The peer's refusal of this node, if that is why the connection closed.
 pub fn peer_refusal(e: &compat::ConnectionError) -> Option<String> {
     match e {
         compat::ConnectionError::ApplicationClosed(c)
