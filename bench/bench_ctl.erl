@@ -82,9 +82,17 @@ run(Opts) ->
     Seconds = (erlang:monotonic_time(millisecond) - Started) / 1000,
     Rows = rows(Carriers, Results),
     Other = other_load(Results),
-    Table = table(Carriers, Rows, NetnsStatus, Other),
+    Targets = bench_targets:check(Rows),
+    %% The targets are quic_dist's: only a run with it says anything about them.
+    {TargetsText, TargetsMd} = case lists:member(quic, Carriers) of
+                                   true -> {bench_targets:text(Targets),
+                                            bench_targets:markdown(Targets)};
+                                   false -> {[], []}
+                               end,
+    Table = [table(Carriers, Rows, NetnsStatus, Other), TargetsText],
     ok = file:write_file(maps:get(table, Opts), Table),
-    ok = file:write_file(maps:get(md, Opts), table_md(Carriers, Rows, NetnsStatus, Other)),
+    ok = file:write_file(maps:get(md, Opts),
+                         [table_md(Carriers, Rows, NetnsStatus, Other), TargetsMd]),
     Json = #{machine => machine(),
              run => #{quick => Quick, carriers => Carriers, scenarios => Scenarios,
                       controller_seconds => Seconds,
@@ -92,6 +100,7 @@ run(Opts) ->
                       params => maps:get(params, Cfg1),
                       date => list_to_binary(string:trim(os:cmd("date -u +%Y-%m-%dT%H:%M:%SZ")))},
              table => [row_json(R) || R <- Rows],
+             targets => bench_targets:json(Targets),
              details => Results},
     ok = file:write_file(maps:get(json, Opts), json(Json)),
     write_plot_data(Tmp, Carriers, Results),

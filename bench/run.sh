@@ -112,7 +112,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 mkdir -p "$TMP/ebin"
-erlc -Werror -o "$TMP/ebin" "$HERE"/bench_node.erl "$HERE"/bench_ctl.erl
+erlc -Werror -o "$TMP/ebin" "$HERE"/bench_node.erl "$HERE"/bench_ctl.erl "$HERE"/bench_targets.erl
 
 if [ "$netns_arg" = ok ]; then
   if "$HERE/netns.sh" create "$NS_A" "$NS_B" "$IP_A" "$IP_B" 2>"$TMP/netns.err"; then
