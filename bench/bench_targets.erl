@@ -49,16 +49,18 @@ holds({_, _, above, Bound, R}) -> R > Bound.
 %% @doc Lines for the printed table.
 -spec text([map()]) -> iolist().
 text(Checked) ->
-    ["speed targets (issue 5), this run's ratios:\n",
-     [io_lib:format("  ~-55s ~-24s ~s~n", [Name, ratios_text(Ratios), Verdict])
-      || #{target := Name, verdict := Verdict, ratios := Ratios} <- Checked]].
+    ["speed targets (issue 5), this run's ratios:\n", lines("  ~-55s ~-24s ~s~n", Checked)].
 
 %% @doc The same as Markdown rows.
 -spec markdown([map()]) -> iolist().
 markdown(Checked) ->
     ["\n| speed target (issue 5) | this run | verdict |\n|---|---|---|\n",
-     [io_lib:format("| ~s | ~s | ~s |~n", [Name, ratios_text(Ratios), Verdict])
-      || #{target := Name, verdict := Verdict, ratios := Ratios} <- Checked]].
+     lines("| ~s | ~s | ~s |~n", Checked)].
+
+%% One line per target: name, ratios, verdict.
+lines(Format, Checked) ->
+    [io_lib:format(Format, [Name, ratios_text(Ratios), Verdict])
+     || #{target := Name, verdict := Verdict, ratios := Ratios} <- Checked].
 
 %% @doc For the JSON file: names as binaries.
 -spec json([map()]) -> [map()].

@@ -109,6 +109,27 @@ peer_refusal_test() ->
     ?assertEqual(other,
                  quic_dist_identity:peer_refusal(<<"idle timeout: no packet from the peer">>)).
 
+%% bench/bench_targets.erl (not part of the carrier, compiled here): a target is met only if
+%% every ratio it names is on the right side of its bound, and not measured without a figure.
+bench_targets_test() ->
+    {ok, Mod, Beam} = compile:file("bench/bench_targets.erl", [binary, return_errors]),
+    {module, Mod} = code:load_binary(Mod, "bench_targets.erl", Beam),
+    Row = fun(Id, Tcp, Tls, Quic) -> #{id => Id, values => #{tcp => Tcp, tls => Tls,
+                                                               quic => Quic}} end,
+    Rows = [Row(bulk_1m, 4000, 100, 2000),          % 20x TLS, 0.5x TCP: met (bounds included)
+            Row(small_8_msgs, 300, 200, 590),       % 2.95x TLS: missed
+            Row(rtt_p50_us, 70, 140, 30),
+            Row(connect_ms, 16, 110, 16),           % equal to TCP: met
+            Row(hol_p99_us, 20000, 3.0e6, 4001),    % 0.20005x: missed
+            Row(loss_bulk, 500, 60, 500)],          % level, not above: missed
+    Verdicts = [V || #{verdict := V} <- bench_targets:check(Rows)],
+    ?assertEqual([met, missed, met, met, missed, missed], Verdicts),
+    ?assertEqual([not_measured, missed, met, met, missed, not_measured],
+                 [V || #{verdict := V} <- bench_targets:check(tl(Rows) -- [lists:last(Rows)])]),
+    ?assertMatch({match, _}, re:run(bench_targets:text(bench_targets:check(Rows)),
+                                   "bulk 1 MiB: >= 10x TLS and >= 0.5x TCP +20.00x TLS, "
+                                   "0.50x TCP +met")).
+
 %%% ------------------------------------------------------------------
 %%% quic_dist_certs:generate/3 and quic_dist_cert_info:summary/1
 %%% ------------------------------------------------------------------
