@@ -53,8 +53,9 @@ mode(#{certfile := _}) -> certificates;
 mode(_) -> cookie.
 
 certificate_files(#{certfile := Cert, password := Password} = Opts) ->
+    KeyFile = maps:get(keyfile, Opts, Cert),
     #{cert_pem => read(Cert),
-      key_pem => decrypt_key(read(maps:get(keyfile, Opts, Cert)), Password),
+      key_pem => decrypt_key(read(KeyFile), Password, KeyFile),
       ca_pem => read(maps:get(cacertfile, Opts, missing_cacertfile))};
 certificate_files(#{certfile := Cert} = Opts) ->
     Ca = case Opts of
@@ -62,8 +63,14 @@ certificate_files(#{certfile := Cert} = Opts) ->
              _ -> error({quic_dist_option_missing, cacertfile})
          end,
     %% keyfile defaults to certfile: one PEM file with the certificate and its key.
+    KeyFile = maps:get(keyfile, Opts, Cert),
+    %% An encrypted key would only get a PEM parse error from the NIF: say what is missing.
+    case binary:match(read(KeyFile), <<"ENCRYPTED">>) of
+        nomatch -> ok;
+        _ -> error({quic_dist_option_missing, password, {encrypted_keyfile, KeyFile}})
+    end,
     maps:map(fun(_, File) -> unicode:characters_to_binary(File) end,
-             #{certfile => Cert, keyfile => maps:get(keyfile, Opts, Cert), cacertfile => Ca}).
+             #{certfile => Cert, keyfile => KeyFile, cacertfile => Ca}).
 
 cookie_identity(Host) ->
     Names = lists:usort([Host, "localhost", "127.0.0.1", "::1"]),
@@ -81,15 +88,18 @@ read(File) ->
 
 %% An encrypted PEM private key, decrypted with Password and re-encoded unencrypted,
 %% to be handed to the NIF in memory only.
-decrypt_key(Pem, Password) ->
+decrypt_key(Pem, Password, File) ->
     Pass = unicode:characters_to_list(Password),
     case [E || {T, _, _} = E <- public_key:pem_decode(Pem),
                lists:member(T, ['PrivateKeyInfo', 'RSAPrivateKey', 'ECPrivateKey'])] of
         [Entry | _] ->
-            Key = public_key:pem_entry_decode(Entry, Pass),
+            %% A wrong password shows up as an ASN.1 decoding error deep in public_key.
+            Key = try public_key:pem_entry_decode(Entry, Pass)
+                  catch _:_ -> error({cannot_decrypt_keyfile, File, "wrong password?"})
+                  end,
             public_key:pem_encode([public_key:pem_entry_encode(element(1, Entry), Key)]);
         [] ->
-            error({no_private_key_in_keyfile})
+            error({no_private_key_in_keyfile, File})
     end.
 
 %% @doc The transport part, as the NIF takes it.
@@ -203,7 +213,12 @@ parse_terms(String, Acc) ->
                 Error -> Error
             end;
         {done, {eof, _}, _} -> {ok, lists:reverse(Acc)};
-        {more, _} -> {ok, lists:reverse(Acc)};
+        {more, Cont} ->
+            %% Only blanks or comments may follow the last full stop.
+            case erl_scan:tokens(Cont, eof, 1) of
+                {done, {eof, _}, _} -> {ok, lists:reverse(Acc)};
+                _ -> {error, "the last term does not end with a full stop"}
+            end;
         {done, {error, Info, _}, _} -> {error, Info}
     end.
 

@@ -74,9 +74,9 @@ lifecycle_test_() ->
               fun t_ipv6_wrong_family/1),
      isolated("make demo's program (scripts/demo.sh): two nodes, messages, an rpc, the "
               "link described, b stopped, status 0", 90, fun t_demo/1),
-     isolated("a misspelt option (-quic_dist_opt, application environment) stops the node "
-              "and names the option, rather than running in cookie mode", 60,
-              fun t_unknown_option/1)].
+     isolated("option mistakes stop the node and say what: a misspelt key (command line, "
+              "application environment), an optfile cut short, an encrypted key without its "
+              "password or with a wrong one", 60, fun t_option_mistakes/1)].
 
 pair(Title, Secs, Fun) ->
     fun(Ctx) -> {Title, {timeout, Secs, fun() -> Fun(Ctx) end}} end.
@@ -573,7 +573,7 @@ t_ipv6_wrong_family(Reg) ->
     Says(Both, "quic and quic6 cannot run side by side in one node"),
     Says(Both, "alive true").
 
-t_unknown_option(_Reg) ->
+t_option_mistakes(_Reg) ->
     Run = fun(Args) ->
                   %% The node stops at start: no crash dump in the working directory.
                   Cmd = io_lib:format("ERL_CRASH_DUMP_SECONDS=0 timeout 30 erl ~ts "
@@ -584,15 +584,40 @@ t_unknown_option(_Reg) ->
                                        ?P:unique_name("u"), ?P:default_cookie(), Args]),
                   os:cmd(lists:flatten(Cmd))
           end,
-    Refused = fun(Output, Key) ->
-                      ?assertMatch({match, _}, re:run(Output, "unknown_quic_dist_options,\\["
-                                                      ++ Key ++ "\\]"), Output),
-                      ?assertEqual(nomatch, re:run(Output, "alive true"), Output)
-              end,
-    Refused(Run("-quic_dist_opt certfle /tmp/none.pem"), "certfle"),
-    Refused(Run("-quic_dist cacert '\"/tmp/none.pem\"'"), "cacert"),
-    %% The same node with the options spelt right starts.
-    ?assertMatch({match, _}, re:run(Run("-quic_dist_opt poll_us 50"), "alive true")).
+    Stops = fun(Output, Pattern) ->
+                    ?assertMatch({match, _}, re:run(Output, Pattern), Output),
+                    ?assertEqual(nomatch, re:run(Output, "alive true"), Output)
+            end,
+    Stops(Run("-quic_dist_opt certfle /tmp/none.pem"), "unknown_quic_dist_options,\\[certfle\\]"),
+    Stops(Run("-quic_dist cacert '\"/tmp/none.pem\"'"), "unknown_quic_dist_options,\\[cacert\\]"),
+    Dir = cert_dir("opts"),
+    try
+        ok = quic_dist_certs:generate(Dir, [{"n", ["127.0.0.1"]}]),
+        Optfile = filename:join(Dir, "cut.config"),
+        ok = file:write_file(Optfile, "[{poll_us, 50}"),
+        Stops(Run("-quic_dist_optfile " ++ Optfile),
+              "bad_quic_dist_optfile,.*the last term does not end with a full stop"),
+        %% The node's key, encrypted (legacy PEM form) with a password.
+        {ok, KeyPem} = file:read_file(filename:join(Dir, "n_key.pem")),
+        [Entry] = public_key:pem_decode(KeyPem),
+        Encrypted = filename:join(Dir, "n_enc_key.pem"),
+        ok = file:write_file(Encrypted, public_key:pem_encode(
+                                          [public_key:pem_entry_encode(
+                                             'ECPrivateKey', public_key:pem_entry_decode(Entry),
+                                             {{"AES-128-CBC", crypto:strong_rand_bytes(16)},
+                                              "right"})])),
+        Files = io_lib:format("-quic_dist_opt certfile ~s keyfile ~s cacertfile ~s",
+                              [filename:join(Dir, "n.pem"), Encrypted,
+                               filename:join(Dir, "ca.pem")]),
+        Stops(Run(Files), "quic_dist_option_missing,password,\\{encrypted_keyfile"),
+        Stops(Run(Files ++ " password wrong"), "cannot_decrypt_keyfile,.*wrong password"),
+        %% The same nodes with everything right start.
+        ?assertMatch({match, _}, re:run(Run(Files ++ " password right"), "alive true")),
+        ok = file:write_file(Optfile, "[{poll_us, 50}].\n% a comment after the last term\n"),
+        ?assertMatch({match, _}, re:run(Run("-quic_dist_optfile " ++ Optfile), "alive true"))
+    after
+        _ = file:del_dir_r(Dir)
+    end.
 
 %% What `make demo' runs, as a user sees it: its output says what it promises, and it exits 0.
 t_demo(_Reg) ->
