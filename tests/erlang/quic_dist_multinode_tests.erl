@@ -15,7 +15,11 @@
          count_existing_atoms/1, send_atoms/2, send_sequence/2, send_sequences/3,
          seq_receiver/3, multi_seq_receiver/4, exit_on_request/0, trap_link_report/3,
          monitor_report/3, link_checks/1, monitor_checks/1, start_global_service/1,
-         global_hello/1, double/1, round_trips/2, socket_poller/0, wait_poller_idle/2]).
+         global_hello/1, double/1, round_trips/2, socket_poller/0, wait_poller_idle/2,
+         ping_with_log/1]).
+
+%% A logger handler (see ping_with_log/1).
+-export([log/2]).
 
 -define(P, quic_dist_test_peers).
 -define(WATCHER, qdt_watcher).
@@ -74,6 +78,8 @@ lifecycle_test_() ->
               fun t_ipv6_wrong_family/1),
      isolated("make demo's program (scripts/demo.sh): two nodes, messages, an rpc, the "
               "link described, b stopped, status 0", 90, fun t_demo/1),
+     isolated("a quic_dist node pinging a TCP-distributed one: pang within seconds, and the "
+              "log says that nothing answers QUIC there", 60, fun t_ping_a_tcp_node/1),
      isolated("option mistakes stop the node and say what: a misspelt key (command line, "
               "application environment), an optfile cut short, an encrypted key without its "
               "password or with a wrong one", 60, fun t_option_mistakes/1)].
@@ -573,6 +579,17 @@ t_ipv6_wrong_family(Reg) ->
     Says(Both, "quic and quic6 cannot run side by side in one node"),
     Says(Both, "alive true").
 
+t_ping_a_tcp_node(Reg) ->
+    [Q, T] = ?P:start_many(Reg, [#{prefix => "q"}, #{prefix => "t", carrier => tcp}]),
+    NT = ?P:nodename(T),
+    %% epmd gives T's TCP port; over UDP nothing listens there.
+    {Result, Logged} = call(Q, ?MODULE, ping_with_log, [NT], 20000),
+    ?assertEqual(pang, Result),
+    ?assertMatch([_ | _], [L || L <- Logged,
+                                re:run(L, "cannot connect to '?" ++ atom_to_list(NT) ++ "'?.*"
+                                       "nothing answers QUIC there.*-proto_dist quic") =/= nomatch],
+                 Logged).
+
 t_option_mistakes(_Reg) ->
     Run = fun(Args) ->
                   %% The node stops at start: no crash dump in the working directory.
@@ -682,6 +699,28 @@ call(Peer, M, F, A, Timeout) -> ?P:call(Peer, M, F, A, Timeout).
 %%% ------------------------------------------------------------------
 %%% Run on the nodes
 %%% ------------------------------------------------------------------
+
+%% @doc net_adm:ping(Node), and the warnings logged on this node meanwhile (one line each).
+ping_with_log(Node) ->
+    Id = qdt_capture,
+    ok = logger:add_handler(Id, ?MODULE, #{level => warning, config => #{pid => self()}}),
+    try net_adm:ping(Node) of
+        Result ->
+            %% The failed set-up logs before net_kernel answers the ping; wait for that line
+            %% (bounded) rather than take what came so far.
+            First = receive {qdt_log, L} -> [L] after 5000 -> [] end,
+            {Result, First ++ logged_lines()}
+    after
+        logger:remove_handler(Id)
+    end.
+
+logged_lines() ->
+    receive {qdt_log, L} -> [L | logged_lines()] after 0 -> [] end.
+
+%% @doc Logger handler callback: each event, formatted on one line, to the test process.
+log(Event, #{config := #{pid := Pid}}) ->
+    Line = logger_formatter:format(Event, #{single_line => true, template => [msg]}),
+    Pid ! {qdt_log, unicode:characters_to_list(Line)}.
 
 %% @doc A process that sends back what it gets, with a digest computed on its side.
 start_echo() ->

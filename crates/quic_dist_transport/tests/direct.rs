@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use quic_dist_transport::certs::{generate_ca, generate_node, Validity};
 use quic_dist_transport::config::LOOPBACK_UDP_PAYLOAD;
-use quic_dist_transport::direct::{compat, Connection, Endpoint, PEER_GONE, SMALL_WRITE_RESERVE};
+use quic_dist_transport::direct::{
+    compat, Connection, Endpoint, NO_QUIC_AT_PEER, PEER_GONE, SMALL_WRITE_RESERVE,
+};
 use quic_dist_transport::{TlsMaterial, TransportOptions};
 use quinn_proto::{Dir, StreamId};
 
@@ -575,6 +577,27 @@ fn a_peer_whose_port_closed_is_given_up_after_a_probe() {
     eprintln!(
         "given up {:?} after the first datagram to the closed port",
         sent.elapsed()
+    );
+}
+
+#[test]
+fn a_connection_to_a_port_where_nothing_answers_quic_says_so() {
+    // A node that does not run quic_dist registers a TCP port in epmd; the same port number
+    // over UDP is closed. The handshake gives up after a probe, saying what is likely wrong.
+    let opts = TransportOptions::default().for_loopback();
+    let client = side(None, &opts);
+    let closed = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let c = client
+        .ep
+        .connect(tls().client_config(&opts).unwrap(), closed, "localhost")
+        .unwrap();
+    let lost = wait_for(&client.activity, "the connection given up", || c.lost());
+    assert!(
+        matches!(&lost, quinn_proto::ConnectionError::TransportError(t) if t.reason == NO_QUIC_AT_PEER),
+        "{lost:?}"
     );
 }
 

@@ -454,7 +454,17 @@ fn take_waiters(st: &mut ConnState, wanted: impl Fn(Interest) -> bool) -> Vec<st
 /// is gone. Its tasks see the connection lost with why.
 fn give_up_unreachable(st: &mut ConnState, now: Instant) {
     let remote = st.conn.remote_address();
-    warn!(remote = %remote, window = ?PROBE_WINDOW, "{PEER_GONE}; closing the connection");
+    // Before the handshake completed nothing ever answered there: most likely a node that
+    // does not run quic_dist, whose port in epmd is a TCP one.
+    let why = if st.conn.is_handshaking() {
+        // Whoever waits for the handshake reports it (quic_dist with the node's name): once
+        // in the log is enough.
+        debug!(remote = %remote, window = ?PROBE_WINDOW, "{NO_QUIC_AT_PEER}; closing the connection");
+        NO_QUIC_AT_PEER
+    } else {
+        warn!(remote = %remote, window = ?PROBE_WINDOW, "{PEER_GONE}; closing the connection");
+        PEER_GONE
+    };
     st.conn.close(
         now,
         quinn_proto::VarInt::from_u32(0),
@@ -465,7 +475,7 @@ fn give_up_unreachable(st: &mut ConnState, now: Instant) {
             quinn_proto::TransportError {
                 code: quinn_proto::TransportErrorCode::NO_VIABLE_PATH,
                 frame: None,
-                reason: PEER_GONE.to_string(),
+                reason: why.to_string(),
             },
         ));
     }
@@ -474,6 +484,10 @@ fn give_up_unreachable(st: &mut ConnState, now: Instant) {
 /// Why a connection was given up after a probe (see [`give_up_unreachable`]).
 pub const PEER_GONE: &str =
     "peer gone: its udp port is closed (icmp port unreachable) and it did not answer a probe";
+
+/// Why a connection was given up after a probe during its handshake.
+pub const NO_QUIC_AT_PEER: &str = "nothing answers QUIC there: the udp port is closed (icmp port \
+     unreachable) and did not answer a probe (does the node run quic_dist, -proto_dist quic?)";
 
 impl Connection {
     /// Runs `f` on quinn-proto's connection (to write or read streams), then drives it.

@@ -16,5 +16,5 @@ mod timers;
 mod udp;
 mod unreachable;
 
-pub use endpoint::{Connection, Endpoint, PEER_GONE};
+pub use endpoint::{Connection, Endpoint, NO_QUIC_AT_PEER, PEER_GONE};
 pub use streams::{StreamError, SMALL_WRITE_RESERVE};
