@@ -52,25 +52,28 @@ tls(Opts, Host) ->
 mode(#{certfile := _}) -> certificates;
 mode(_) -> cookie.
 
-certificate_files(#{certfile := Cert, password := Password} = Opts) ->
-    KeyFile = maps:get(keyfile, Opts, Cert),
-    #{cert_pem => read(Cert),
-      key_pem => decrypt_key(read(KeyFile), Password, KeyFile),
-      ca_pem => read(maps:get(cacertfile, Opts, missing_cacertfile))};
 certificate_files(#{certfile := Cert} = Opts) ->
+    %% keyfile defaults to certfile: one PEM file with the certificate and its key.
+    KeyFile = maps:get(keyfile, Opts, Cert),
     Ca = case Opts of
              #{cacertfile := C} -> C;
              _ -> error({quic_dist_option_missing, cacertfile})
          end,
-    %% keyfile defaults to certfile: one PEM file with the certificate and its key.
-    KeyFile = maps:get(keyfile, Opts, Cert),
-    %% An encrypted key would only get a PEM parse error from the NIF: say what is missing.
-    case binary:match(read(KeyFile), <<"ENCRYPTED">>) of
-        nomatch -> ok;
-        _ -> error({quic_dist_option_missing, password, {encrypted_keyfile, KeyFile}})
-    end,
-    maps:map(fun(_, File) -> unicode:characters_to_binary(File) end,
-             #{certfile => Cert, keyfile => KeyFile, cacertfile => Ca}).
+    case Opts of
+        #{password := Password} ->
+            #{cert_pem => read(Cert),
+              key_pem => decrypt_key(read(KeyFile), Password, KeyFile),
+              ca_pem => read(Ca)};
+        _ ->
+            %% An encrypted key would only get a PEM parse error from the NIF: say what is
+            %% missing.
+            case binary:match(read(KeyFile), <<"ENCRYPTED">>) of
+                nomatch -> ok;
+                _ -> error({quic_dist_option_missing, password, {encrypted_keyfile, KeyFile}})
+            end,
+            maps:map(fun(_, File) -> unicode:characters_to_binary(File) end,
+                     #{certfile => Cert, keyfile => KeyFile, cacertfile => Ca})
+    end.
 
 cookie_identity(Host) ->
     Names = lists:usort([Host, "localhost", "127.0.0.1", "::1"]),
@@ -78,8 +81,6 @@ cookie_identity(Host) ->
       names => [unicode:characters_to_binary(N) || N <- Names],
       common_name => unicode:characters_to_binary(Host)}.
 
-read(missing_cacertfile) ->
-    error({quic_dist_option_missing, cacertfile});
 read(File) ->
     case prim_file:read_file(File) of
         {ok, Bin} -> Bin;
@@ -114,7 +115,7 @@ transport(Opts) ->
 congestion(Opts) ->
     case maps:get(congestion, Opts, cubic) of
         C when C =:= bbr; C =:= cubic; C =:= new_reno -> C;
-        Other -> error({bad_option, congestion, Other, "cubic, bbr or new_reno"})
+        Other -> bad_option(congestion, Other, "cubic, bbr or new_reno")
     end.
 
 %% @doc Bytes a local process may have waiting from one peer before its stream pauses.
@@ -122,7 +123,7 @@ congestion(Opts) ->
 mailbox_limit(Opts) ->
     case maps:get(mailbox_limit, Opts, 64 * 1024 * 1024) of
         N when is_integer(N), N >= 0 -> N;
-        Other -> error({bad_option, mailbox_limit, Other, "a non-negative integer (bytes)"})
+        Other -> bad_option(mailbox_limit, Other, "a non-negative integer (bytes)")
     end.
 
 %% @doc How long the node's poller reads the socket after a datagram, µs (0: never).
@@ -130,7 +131,7 @@ mailbox_limit(Opts) ->
 poll_us(Opts) ->
     case maps:get(poll_us, Opts, 100) of
         N when is_integer(N), N >= 0 -> N;
-        Other -> error({bad_option, poll_us, Other, "a non-negative integer (microseconds)"})
+        Other -> bad_option(poll_us, Other, "a non-negative integer (microseconds)")
     end.
 
 %% @doc Data streams to send on: 1 keeps one ordered stream and the atom cache; more spread
@@ -139,7 +140,7 @@ poll_us(Opts) ->
 streams(Opts) ->
     case maps:get(streams, Opts, ?DEFAULT_STREAMS) of
         N when is_integer(N), N >= 1, N =< 64 -> N;
-        Other -> error({bad_option, streams, Other, "an integer from 1 to 64"})
+        Other -> bad_option(streams, Other, "an integer from 1 to 64")
     end.
 
 %% @doc One line saying where the node's TLS identity comes from.
