@@ -554,14 +554,7 @@ t_ipv6_certificates(Reg) ->
 
 t_ipv6_wrong_family(Reg) ->
     B = ?P:start(Reg, #{prefix => "b", carrier => quic6, host => "::1"}),
-    Run = fun(Protos, Args, Eval) ->
-                  Flags = lists:join(" ", ?P:erl_flags(Protos)),
-                  Cmd = io_lib:format("timeout 30 erl ~ts -name ~s@::1 -setcookie ~s -noshell "
-                                      "~s -eval '~s, init:stop().' 2>&1",
-                                      [Flags, ?P:unique_name("w"), ?P:default_cookie(), Args,
-                                       Eval]),
-                  os:cmd(lists:flatten(Cmd))
-          end,
+    Run = fun(Protos, Args, Eval) -> run_erl(Protos, "::1", Args, Eval) end,
     Says = fun(Output, Pattern) -> ?assertMatch({match, _}, re:run(Output, Pattern), Output) end,
     Says(Run(["quic6"], "-quic_dist_opt ip 127.0.0.1", "ok"),
          "option ip 127.0.0.1 is not an IPv6 address \\(-proto_dist quic6\\)"),
@@ -592,14 +585,7 @@ t_ping_a_tcp_node(Reg) ->
 
 t_option_mistakes(_Reg) ->
     Run = fun(Args) ->
-                  %% The node stops at start: no crash dump in the working directory.
-                  Cmd = io_lib:format("ERL_CRASH_DUMP_SECONDS=0 timeout 30 erl ~ts "
-                                      "-name ~s@127.0.0.1 -setcookie ~s -noshell ~s "
-                                      "-eval 'io:format(\"alive ~~p\", [is_alive()]), "
-                                      "init:stop().' 2>&1",
-                                      [lists:join(" ", ?P:erl_flags(["quic"])),
-                                       ?P:unique_name("u"), ?P:default_cookie(), Args]),
-                  os:cmd(lists:flatten(Cmd))
+                  run_erl(["quic"], "127.0.0.1", Args, "io:format(\"alive ~p\", [is_alive()])")
           end,
     Stops = fun(Output, Pattern) ->
                     ?assertMatch({match, _}, re:run(Output, Pattern), Output),
@@ -641,10 +627,7 @@ t_demo(_Reg) ->
     Script = filename:absname("scripts/demo.sh"),
     ?assert(filelib:is_regular(Script), {no_demo_script, Script}),
     %% timeout(1) bounds the demo's nodes too: b is a peer of a, over a's standard I/O.
-    Port = open_port({spawn_executable, os:find_executable("timeout")},
-                     [{args, ["--kill-after=5", "60", "bash", Script]}, exit_status,
-                      stderr_to_stdout, binary]),
-    {Status, Output} = collect_port(Port, [], 70000),
+    {Status, Output} = quic_dist_netns:cmd("timeout", ["--kill-after=5", "60", "bash", Script]),
     ?assertEqual(0, Status, Output),
     Release = erlang:system_info(otp_release),
     [?assertMatch({match, _}, re:run(Output, Pattern), {Pattern, Output})
@@ -660,15 +643,14 @@ t_demo(_Reg) ->
                     "stopped b with init:stop: nodedown after",
                     "demo done"]].
 
-%% A port's output until it exits: {ExitStatus, Output}; fails after TimeoutMs.
-collect_port(Port, Acc, TimeoutMs) ->
-    receive
-        {Port, {data, Data}} -> collect_port(Port, [Acc, Data], TimeoutMs);
-        {Port, {exit_status, Status}} -> {Status, unicode:characters_to_list(Acc)}
-    after TimeoutMs ->
-            catch port_close(Port),
-            error({no_exit, unicode:characters_to_list(Acc)})
-    end.
+%% The output of a short-lived `erl' with the carrier's flags (Protos after -proto_dist), named
+%% on Host, that evaluates Eval and stops. A node that fails at start writes no crash dump here.
+run_erl(Protos, Host, Args, Eval) ->
+    Cmd = io_lib:format("ERL_CRASH_DUMP_SECONDS=0 timeout 30 erl ~ts -name ~s@~s -setcookie ~s "
+                        "-noshell ~s -eval '~s, init:stop().' 2>&1",
+                        [lists:join(" ", ?P:erl_flags(Protos)), ?P:unique_name("w"), Host,
+                         ?P:default_cookie(), Args, Eval]),
+    os:cmd(lists:flatten(Cmd)).
 
 %% A UDP port nobody uses now (the kernel picks it; it is free again once closed).
 free_udp_port() ->
