@@ -7,7 +7,9 @@
 %%%      │
 %%%      ├── acceptor (max priority, linked to net_kernel)
 %%%      │     receives {quic_dist_incoming, Conn} from the NIF, starts the two
-%%%      │     connection processes and hands them to net_kernel.
+%%%      │     connection processes and hands them to net_kernel. In cookie mode new
+%%%      │     connections wait before TLS until it answers `quic_dist_held' (with the
+%%%      │     current cookie's material: quic_dist_cookie).
 %%%      │
 %%%      └── per connection (quic_dist_conn):
 %%%            dist_util supervisor ── the handshake, then con_loop (ticks); never blocks:
@@ -68,7 +70,7 @@
 %% distribution. A node started with -noshell (by `peer', or a release in interactive mode) may
 %% not have `string' and `unicode_util' yet, which dist_util:split_node/1 needs: loading them
 %% made the first connection of such a node wait 5-16 ms for the code server.
--define(CONNECTION_MODULES, [dist_util, string, unicode_util, quic_dist_conn,
+-define(CONNECTION_MODULES, [dist_util, string, unicode_util, quic_dist_conn, quic_dist_cookie,
                              quic_dist_identity]).
 
 %%% ------------------------------------------------------------------
@@ -164,6 +166,7 @@ setup(Node, Type, MyNode, LongOrShortNames, SetupTime, Family) ->
 -spec close(term()) -> ok.
 close(Ep) ->
     _ = persistent_term:erase(?ENDPOINT_KEY),
+    quic_dist_cookie:forget(),
     quic_dist_nif:endpoint_close(Ep, <<"node stopping">>),
     quic_dist_receiver:stop().
 
@@ -258,11 +261,22 @@ connections() ->
 
 %% Asks the NIF for incoming connections and hands each to net_kernel.
 acceptor_init(Kernel, Ep) ->
-    ok = quic_dist_nif:endpoint_accept(Ep, self()),
-    acceptor_loop(Kernel).
+    ok = quic_dist_nif:endpoint_accept(Ep, self(), quic_dist_cookie:tracking()),
+    %% Any held before this acceptor (one that died) go on now.
+    admit(Ep),
+    acceptor_loop(Kernel, Ep).
 
-acceptor_loop(Kernel) ->
+%% Lets held incoming connections start their TLS handshake, with the current cookie's
+%% material in cookie mode (quic_dist_cookie).
+admit(Ep) ->
+    quic_dist_cookie:follow(Ep),
+    quic_dist_nif:endpoint_admit(Ep).
+
+acceptor_loop(Kernel, Ep) ->
     receive
+        quic_dist_held ->
+            admit(Ep),
+            acceptor_loop(Kernel, Ep);
         {quic_dist_incoming, Conn} ->
             case quic_dist_conn:start(Conn) of
                 {ok, Ctrl} ->
@@ -285,7 +299,7 @@ acceptor_loop(Kernel) ->
                     ?LOG_WARNING("quic_dist dropped an incoming connection: ~ts",
                                  [format_reason(Reason)])
             end,
-            acceptor_loop(Kernel)
+            acceptor_loop(Kernel, Ep)
     end.
 
 %% The dist_util supervisor of an accepted connection.
@@ -353,6 +367,8 @@ do_setup(Kernel, Node, Type, MyNode, LongOrShortNames, SetupTime, Family) ->
                             [Node, format_reason(R2)], #{}),
                  ?shutdown2(Node, {no_endpoint, R2})
          end,
+    quic_dist_cookie:follow(Ep),
+    quic_dist_cookie:warn_per_node_cookie(Node),
     Ref = make_ref(),
     ok = quic_dist_nif:connect(Ep, Ip, Port, list_to_binary(Host), self(), Ref),
     Conn = receive
@@ -507,6 +523,7 @@ open_listen_endpoint(Opts, Tls, Ip, [Port | Rest], _LastError) ->
 open_endpoint(Ip, Port, Listen, Tls, Opts) ->
     case quic_dist_nif:endpoint_open(Ip, Port, Listen, Tls, quic_dist_opts:transport(Opts)) of
         {ok, Ep} ->
+            quic_dist_cookie:track(Tls, Opts),
             {ok, _} = quic_dist_receiver:start(Ep, quic_dist_opts:poll_us(Opts)),
             preload_connection_modules(),
             {ok, Ep};

@@ -10,7 +10,8 @@
 
 -export([load/0, nif_memory/0]).
 -export([log_init/2,
-         endpoint_open/5, endpoint_port/1, endpoint_accept/2, endpoint_receive/1, endpoint_poll/1,
+         endpoint_open/5, endpoint_port/1, endpoint_accept/3, endpoint_admit/1,
+         endpoint_set_tls/2, endpoint_receive/1, endpoint_poll/1,
          endpoint_unwatch/1, endpoint_close/2, connect/6,
          conn_start/3, conn_send/2, conn_data_mode/2, conn_open_input/1, conn_tick/1, conn_ack/3, conn_run_tasks/1, conn_getstat/1, conn_stats/1,
          conn_info/1, conn_peer_names/2, conn_shutdown/2,
@@ -78,8 +79,19 @@ endpoint_open(_Ip, _Port, _Listen, _Tls, _Opts) -> ?NOT_LOADED.
 -spec endpoint_port(reference()) -> inet:port_number().
 endpoint_port(_Ep) -> ?NOT_LOADED.
 
--spec endpoint_accept(reference(), pid()) -> ok.
-endpoint_accept(_Ep, _Acceptor) -> ?NOT_LOADED.
+%% Sends {quic_dist_incoming, Conn} to Acceptor for each accepted connection. With Hold, new
+%% connections wait before their TLS handshake until endpoint_admit/1, and `quic_dist_held'
+%% goes to Acceptor when some start waiting.
+-spec endpoint_accept(reference(), pid(), boolean()) -> ok.
+endpoint_accept(_Ep, _Acceptor, _Hold) -> ?NOT_LOADED.
+
+%% Starts the TLS handshakes of the held connections.
+-spec endpoint_admit(reference()) -> ok.
+endpoint_admit(_Ep) -> ?NOT_LOADED.
+
+%% Uses the TLS identity and trust Tls (as endpoint_open/5 takes it) from now on.
+-spec endpoint_set_tls(reference(), map()) -> ok | {error, binary()}.
+endpoint_set_tls(_Ep, _Tls) -> ?NOT_LOADED.
 
 -spec endpoint_close(reference(), binary()) -> ok.
 endpoint_close(_Ep, _Reason) -> ?NOT_LOADED.

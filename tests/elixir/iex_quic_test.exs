@@ -641,6 +641,45 @@ defmodule QuicDistTest.IexQuicTest do
     await_mesh(node, [ctx.iex_node, ctx.ex_node])
   end
 
+  test "iex nodes started with another cookie join after Node.set_cookie/1 at their prompt, connecting and accepting" do
+    other = "other_#{System.pid()}"
+
+    [dialer, acceptor] =
+      for base <- ["iex_dialer", "iex_acceptor"] do
+        {:ok, os} = OsNode.start(:iex, unique_name(base), other, erl_flags())
+        on_exit(fn -> OsNode.stop(os) end)
+        os
+      end
+
+    [{dialer_node, dialer}, {acceptor_node, acceptor}] =
+      for os <- [dialer, acceptor] do
+        {:ok, node} = OsNode.await_ready(os)
+        # Cookie mode: the other cookie's CA does not sign this node's certificate.
+        assert Node.connect(node) == false
+        {node, os}
+      end
+
+    set_cookie = ~s|IO.puts("SET " <> inspect(Node.set_cookie(#{inspect(Node.get_cookie())})))|
+
+    # Connecting from the node whose cookie changed.
+    iex_eval(dialer, set_cookie, ~r/SET true/)
+
+    [_, connected] =
+      iex_eval(
+        dialer,
+        ~s|IO.puts("CONNECT " <> inspect(Node.connect(#{inspect(node())})))|,
+        ~r/CONNECT (\S+)/
+      )
+
+    assert connected == "true"
+    assert dialer_node in Node.list()
+
+    # Accepting on the node whose cookie changed.
+    iex_eval(acceptor, set_cookie, ~r/SET true/)
+    assert Node.connect(acceptor_node) == true
+    assert :erpc.call(acceptor_node, Node, :self, []) == acceptor_node
+  end
+
   test "Node.spawn/2 runs a function on the remote nodes and sends its result back", ctx do
     for node <- [ctx.iex_node, ctx.ex_node] do
       ref = make_ref()

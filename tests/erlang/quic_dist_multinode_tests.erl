@@ -73,6 +73,9 @@ lifecycle_test_() ->
      isolated("distribution started, stopped and started again at run time "
               "(net_kernel:start/2 and stop/0, as Node.start/2 in Elixir)", 60,
               fun t_runtime_start/1),
+     isolated("the cookie set at run time (erlang:set_cookie/1 after net_kernel:start/2, as "
+              "Node.set_cookie/1) is the one cookie mode uses, connecting and accepting; a "
+              "per-node cookie gets a warning", 60, fun t_cookie_set_at_run_time/1),
      isolated("quic6 with an IPv4 address to bind (option ip, inet_dist_use_interface, a "
               "client-only node), and quic with quic6 in one node, say why", 60,
               fun t_ipv6_wrong_family/1),
@@ -512,6 +515,40 @@ t_runtime_start(Reg) ->
     ?assertMatch({ok, _}, call(A, net_kernel, start, [[Name2, longnames]])),
     ?assertEqual(pong, call(A, net_adm, ping, [NB])),
     ?assertEqual(Name2, call(B, rpc, call, [Name2, erlang, node, []])).
+
+t_cookie_set_at_run_time(Reg) ->
+    Shared = ?P:unique_name("shared"),
+    [A, Acc, B, C, Old] =
+        ?P:start_many(Reg, [#{prefix => "a", distributed => false},
+                            #{prefix => "acc", distributed => false},
+                            #{prefix => "b", cookie => Shared},
+                            #{prefix => "c", cookie => Shared},
+                            #{prefix => "old"}]),
+    [NB, NC] = [?P:nodename(P) || P <- [B, C]],
+    StartDist = fun(P) ->
+                        Name = list_to_atom(?P:unique_name("dyn") ++ "@127.0.0.1"),
+                        ?assertMatch({ok, _}, call(P, net_kernel, start, [[Name, longnames]])),
+                        Name
+                end,
+    %% Connecting: A starts with the run's cookie, so B refuses it until A takes B's cookie.
+    _ = StartDist(A),
+    ?assertEqual(pang, call(A, net_adm, ping, [NB])),
+    ?assertEqual(true, call(A, erlang, set_cookie, [list_to_atom(Shared)])),
+    ?assertEqual(pong, call(A, net_adm, ping, [NB])),
+    %% Accepting: Acc takes the cookie and waits; C connects to it, a node on the old cookie
+    %% cannot.
+    NAcc = StartDist(Acc),
+    ?assertEqual(true, call(Acc, erlang, set_cookie, [list_to_atom(Shared)])),
+    ?assertEqual(pong, call(C, net_adm, ping, [NAcc])),
+    ?assertEqual(NAcc, call(C, rpc, call, [NAcc, erlang, node, []])),
+    ?assertEqual(pang, call(Old, net_adm, ping, [NAcc])),
+    %% A cookie for one node (erlang:set_cookie/2) cannot change TLS trust: A says so.
+    ?assertEqual(true, call(A, erlang, set_cookie, [NC, other_cookie])),
+    {Result, Logged} = call(A, ?MODULE, ping_with_log, [NC], 20000),
+    ?assertEqual(pang, Result),
+    ?assertMatch([_ | _], [L || L <- Logged, re:run(L, "not the one erlang:set_cookie/2 gave "
+                                                     "it.*use certificates") =/= nomatch],
+                 Logged).
 
 %% -sname nodes need this machine's short host name to resolve (it does where /etc/hosts names
 %% it, as on Debian).

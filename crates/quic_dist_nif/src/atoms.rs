@@ -7,6 +7,7 @@ rustler::atoms! {
     busy,
     closed,
     quic_dist_incoming,
+    quic_dist_held,
     quic_dist_connected,
     quic_dist_data,
     quic_dist_closed,

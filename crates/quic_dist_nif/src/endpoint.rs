@@ -222,16 +222,50 @@ fn endpoint_port(ep: ResourceArc<EndpointRes>) -> NifResult<u16> {
         .map_err(|e| rustler::Error::Term(Box::new(e.to_string())))
 }
 
-/// Sends `{quic_dist_incoming, Conn}` to `acceptor` for every accepted connection.
+/// Sends `{quic_dist_incoming, Conn}` to `acceptor` for every accepted connection. With
+/// `hold`, new connections wait before their TLS handshake until `endpoint_admit/1`, and
+/// `quic_dist_held` goes to `acceptor` when some start waiting.
 #[rustler::nif]
-fn endpoint_accept(ep: ResourceArc<EndpointRes>, acceptor: LocalPid) -> Atom {
+fn endpoint_accept(ep: ResourceArc<EndpointRes>, acceptor: LocalPid, hold: bool) -> Atom {
     ep.ep.accept_loop(move |conn| {
         let res = ResourceArc::new(ConnRes::new(conn));
         caller::send(&acceptor, move |env| {
             (atoms::quic_dist_incoming(), res).encode(env)
         });
     });
+    if hold {
+        ep.ep.hold_incoming(move || {
+            caller::send(&acceptor, |env| atoms::quic_dist_held().encode(env));
+        });
+    }
     atoms::ok()
+}
+
+/// Starts the TLS handshakes of the connections held so far (see `endpoint_accept/3`).
+#[rustler::nif]
+fn endpoint_admit(env: Env, ep: ResourceArc<EndpointRes>) -> Atom {
+    let _caller = caller::enter(env);
+    ep.ep.admit_held();
+    atoms::ok()
+}
+
+/// Uses the TLS identity and trust `tls` (as for `endpoint_open`) for connections made or
+/// accepted from now on. On a dirty scheduler: in cookie mode the CA key is derived with
+/// PBKDF2 (~30 ms).
+#[rustler::nif(schedule = "DirtyCpu")]
+fn endpoint_set_tls<'a>(
+    env: Env<'a>,
+    ep: ResourceArc<EndpointRes>,
+    tls: Term<'a>,
+) -> NifResult<Term<'a>> {
+    let material = match tls_material(tls)? {
+        Ok(m) => m,
+        Err(e) => return Ok(error_tuple(env, e)),
+    };
+    Ok(match ep.ep.set_tls(&material) {
+        Ok(()) => atoms::ok().encode(env),
+        Err(e) => error_tuple(env, e),
+    })
 }
 
 /// Closes every connection of the endpoint, telling peers, and waits (up to 500 ms) until the

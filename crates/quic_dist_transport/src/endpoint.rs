@@ -11,6 +11,17 @@ use crate::connection::{describe_close, peer_refusal, DistConnection};
 use crate::error::TransportError;
 use crate::tls::TlsMaterial;
 
+/// The server configurations for peers on the network and on loopback addresses.
+fn server_configs(
+    tls: &TlsMaterial,
+    opts: &TransportOptions,
+) -> Result<(quinn::ServerConfig, Arc<quinn::ServerConfig>), TransportError> {
+    Ok((
+        tls.server_config(opts)?,
+        Arc::new(tls.server_config(&opts.for_loopback())?),
+    ))
+}
+
 /// Binds the UDP socket with large kernel buffers: bursts of full-size datagrams overflow
 /// the default ones on loopback, and every drop costs a QUIC loss recovery. The kernel caps the
 /// sizes at `net.core.rmem_max`/`wmem_max`.
@@ -131,6 +142,25 @@ fn peer_gave_up(e: &quinn::ConnectionError) -> bool {
 /// Called with each incoming connection that completed the handshakes.
 type OnConnection = Arc<dyn Fn(DistConnection) + Send + Sync>;
 
+/// Called when incoming connections start waiting for [`DistEndpoint::admit_held`].
+type OnHeld = Arc<dyn Fn() + Send + Sync>;
+
+/// The client configurations (see [`TransportOptions::for_loopback`]), replaced together.
+#[derive(Clone)]
+struct ClientConfigs {
+    network: quinn::ClientConfig,
+    loopback: quinn::ClientConfig,
+}
+
+impl ClientConfigs {
+    fn new(tls: &TlsMaterial, opts: &TransportOptions) -> Result<Self, TransportError> {
+        Ok(Self {
+            network: tls.client_config(opts)?,
+            loopback: tls.client_config(&opts.for_loopback())?,
+        })
+    }
+}
+
 /// The node's QUIC endpoint with its TLS configuration.
 ///
 /// Driven by its users: [`receive`](Self::receive) when the socket is readable (see
@@ -140,11 +170,12 @@ type OnConnection = Arc<dyn Fn(DistConnection) + Send + Sync>;
 pub struct DistEndpoint {
     endpoint: crate::direct::Endpoint,
     opts: TransportOptions,
-    client: quinn::ClientConfig,
-    /// For loopback peers: path MTU discovery may go up to `max_udp_payload` there (see
-    /// [`TransportOptions::for_loopback`]).
-    loopback_client: quinn::ClientConfig,
+    /// For loopback peers path MTU discovery may go up to `max_udp_payload` (see
+    /// [`TransportOptions::for_loopback`]). Replaced by [`set_tls`](Self::set_tls).
+    clients: Arc<std::sync::Mutex<ClientConfigs>>,
+    listening: bool,
     on_connection: Arc<std::sync::Mutex<Option<OnConnection>>>,
+    on_held: Arc<std::sync::Mutex<Option<OnHeld>>>,
     refusal_log: Arc<RateLimit>,
 }
 
@@ -165,10 +196,8 @@ impl DistEndpoint {
         opts: TransportOptions,
     ) -> Result<Self, TransportError> {
         let (server, loopback_server) = if listen {
-            (
-                Some(tls.server_config(&opts)?),
-                Some(Arc::new(tls.server_config(&opts.for_loopback())?)),
-            )
+            let (server, loopback) = server_configs(tls, &opts)?;
+            (Some(server), Some(loopback))
         } else {
             (None, None)
         };
@@ -183,12 +212,50 @@ impl DistEndpoint {
         .map_err(|source| TransportError::Bind { addr, source })?;
         Ok(Self {
             endpoint,
-            client: tls.client_config(&opts)?,
-            loopback_client: tls.client_config(&opts.for_loopback())?,
+            clients: Arc::new(std::sync::Mutex::new(ClientConfigs::new(tls, &opts)?)),
+            listening: listen,
             opts,
             on_connection: Arc::default(),
+            on_held: Arc::default(),
             refusal_log: Arc::new(RateLimit::new()),
         })
+    }
+
+    /// Uses `tls` for the connections made or accepted from now on (held ones included);
+    /// established connections keep theirs. For a node whose identity changes while it runs
+    /// (in cookie mode: a new cookie). Session tickets of the old configuration are not used.
+    pub fn set_tls(&self, tls: &TlsMaterial) -> Result<(), TransportError> {
+        let clients = ClientConfigs::new(tls, &self.opts)?;
+        if self.listening {
+            let (server, loopback) = server_configs(tls, &self.opts)?;
+            self.endpoint.set_server_configs(server, Some(loopback));
+        }
+        if let Ok(mut slot) = self.clients.lock() {
+            *slot = clients;
+        }
+        Ok(())
+    }
+
+    /// From now on, incoming connections wait before their TLS handshake until
+    /// [`admit_held`](Self::admit_held); `on_held` is called (on the receiving thread) when
+    /// some start waiting. This lets the node settle its identity first ([`set_tls`]).
+    ///
+    /// [`set_tls`]: Self::set_tls
+    pub fn hold_incoming<F>(&self, on_held: F)
+    where
+        F: Fn() + Send + Sync + 'static,
+    {
+        if let Ok(mut slot) = self.on_held.lock() {
+            *slot = Some(Arc::new(on_held));
+        }
+        self.endpoint.hold_incoming();
+    }
+
+    /// Starts the handshakes of the incoming connections held so far (see
+    /// [`hold_incoming`](Self::hold_incoming)), on this thread.
+    pub fn admit_held(&self) {
+        self.endpoint.admit_held();
+        self.start_all_accepted();
     }
 
     /// The bound UDP address (with the real port when 0 was asked for).
@@ -233,11 +300,20 @@ impl DistEndpoint {
                 warn!(%remote, %error, suppressed, "refused incoming connection");
             }
         }
+        if self.endpoint.take_admission_due() {
+            if let Some(on_held) = self.on_held.lock().ok().and_then(|s| s.clone()) {
+                on_held();
+            }
+        }
+        self.start_all_accepted();
+        Ok(received)
+    }
+
+    fn start_all_accepted(&self) {
         while let Some(conn) = self.endpoint.accept() {
             self.start_accepted(crate::direct::compat::Connection(conn));
         }
         self.endpoint.run_tasks();
-        Ok(received)
     }
 
     fn start_accepted(&self, conn: crate::direct::compat::Connection) {
@@ -319,10 +395,13 @@ impl DistEndpoint {
     where
         F: FnOnce(Result<DistConnection, TransportError>) + Send + 'static,
     {
-        let config = if is_loopback(addr) {
-            self.loopback_client.clone()
-        } else {
-            self.client.clone()
+        let config = match self.clients.lock() {
+            Ok(c) if is_loopback(addr) => c.loopback.clone(),
+            Ok(c) => c.network.clone(),
+            Err(_) => {
+                done(Err(TransportError::Closed));
+                return;
+            }
         };
         let conn = match self.endpoint.connect(config, addr, &server_name) {
             Ok(c) => crate::direct::compat::Connection(c),

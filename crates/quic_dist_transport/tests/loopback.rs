@@ -1341,3 +1341,61 @@ async fn a_shutdown_behind_data_the_peer_never_takes_still_closes_within_the_lim
         "closed before any grace"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_connections_are_admitted_with_the_identity_set_while_they_waited() {
+    init_tracing();
+    let old = Pki::new("old cluster ca");
+    let new = Pki::new("new cluster ca");
+    let mut srv = server(&old.node(&good_names()), TransportOptions::default());
+    let (held_tx, mut held) = mpsc::unbounded_channel();
+    srv.ep.hold_incoming(move || {
+        let _ = held_tx.send(());
+    });
+
+    // A client of the new cluster: refused by the old identity, so it may only get in once the
+    // server has taken the new one.
+    let new_client = client(&new.node(&good_names()), TransportOptions::default());
+    let addr = srv.addr;
+    let connecting = tokio::spawn(async move { new_client.connect(addr, HOST).await });
+    within(&mut held, "connection held").await;
+    assert!(!connecting.is_finished(), "a held connection went on");
+    srv.ep
+        .set_tls(&new.node(&good_names()))
+        .expect("new identity");
+    srv.ep.admit_held();
+    let conn = timeout(WAIT, connecting)
+        .await
+        .expect("connect in time")
+        .expect("task")
+        .expect("admitted with the new identity");
+    let c = start(conn);
+    c.send_packets(&[b"new"]);
+    let mut s = start(within(&mut srv.accepted, "accepted connection").await);
+    assert_eq!(
+        s.recv_packets(1, true).await.0,
+        vec![Bytes::from_static(b"new")]
+    );
+
+    // The old cluster is now refused, in both directions.
+    let old_client = client(&old.node(&good_names()), TransportOptions::default());
+    let connecting = tokio::spawn(async move { old_client.connect(addr, HOST).await });
+    within(&mut held, "second connection held").await;
+    srv.ep.admit_held();
+    assert!(
+        timeout(WAIT, connecting)
+            .await
+            .expect("in time")
+            .expect("task")
+            .is_err(),
+        "the old identity's client got in"
+    );
+    stays_quiet(&mut srv.accepted, "accepted old-identity connection").await;
+    let old_srv = server(&old.node(&good_names()), TransportOptions::default());
+    assert!(srv.ep.connect(old_srv.addr, HOST).await.is_err());
+    let new_srv = server(&new.node(&good_names()), TransportOptions::default());
+    srv.ep
+        .connect(new_srv.addr, HOST)
+        .await
+        .expect("outgoing connection with the new identity");
+}

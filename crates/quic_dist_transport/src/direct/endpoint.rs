@@ -78,7 +78,6 @@ struct Inner {
     /// Lock order: a connection's state, then this; never the other way round.
     state: Mutex<State>,
     max_datagram: usize,
-    loopback_server: Option<Arc<ServerConfig>>,
     timers: Timers,
     /// Tasks of the connections (see `exec.rs`), run by whoever drove a connection.
     pub(super) executor: Arc<super::exec::Executor>,
@@ -95,7 +94,22 @@ struct State {
     /// Incoming connections refused at their first packet, not yet taken by
     /// [`Endpoint::take_refused`] (at most [`REFUSALS_KEPT`]).
     refused: Vec<(SocketAddr, quinn_proto::ConnectionError)>,
+    /// The server configuration for peers on loopback addresses, and for the others. Passed to
+    /// every accept: quinn-proto would otherwise use the one current when the first datagram
+    /// came, which for a held connection may have been replaced since.
+    loopback_server: Option<Arc<ServerConfig>>,
+    server: Option<Arc<ServerConfig>>,
+    /// New connections wait in `held` until [`Endpoint::admit_held`] (see
+    /// [`Endpoint::hold_incoming`]).
+    holding: bool,
+    held: Vec<(quinn_proto::Incoming, SocketAddr)>,
+    /// A connection was held while none was: whoever admits them has not been told yet.
+    admission_due: bool,
 }
+
+/// Held connections at most; the first datagram of any further one is dropped (its client
+/// sends it again).
+const HELD_MAX: usize = 64;
 
 /// Refusals kept for [`Endpoint::take_refused`] between two calls; a flood beyond is dropped.
 const REFUSALS_KEPT: usize = 64;
@@ -181,8 +195,8 @@ impl Endpoint {
     ) -> io::Result<Self> {
         let max_datagram = config.get_max_udp_payload_size() as usize;
         let socket = Socket::new(socket)?;
-        let endpoint =
-            quinn_proto::Endpoint::new(Arc::new(config), server.map(Arc::new), true, None);
+        let server = server.map(Arc::new);
+        let endpoint = quinn_proto::Endpoint::new(Arc::new(config), server.clone(), true, None);
         let executor = super::exec::Executor::new();
         Ok(Self {
             inner: Arc::new(Inner {
@@ -193,9 +207,13 @@ impl Endpoint {
                     accepted: Vec::new(),
                     refusing: false,
                     refused: Vec::new(),
+                    loopback_server,
+                    server,
+                    holding: false,
+                    held: Vec::new(),
+                    admission_due: false,
                 }),
                 max_datagram,
-                loopback_server,
                 timers: Timers::start(executor.clone()),
                 executor,
             }),
@@ -275,11 +293,102 @@ impl Endpoint {
         }
     }
 
+    /// Replaces the server configurations (see [`with_loopback_server`](Self::with_loopback_server))
+    /// for the connections accepted from now on, held ones included.
+    pub fn set_server_configs(&self, server: ServerConfig, loopback: Option<Arc<ServerConfig>>) {
+        let mut state = lock(&self.inner.state);
+        let server = Arc::new(server);
+        state.endpoint.set_server_config(Some(server.clone()));
+        state.server = Some(server);
+        state.loopback_server = loopback;
+    }
+
+    /// From now on, new connections wait before their handshake starts until
+    /// [`admit_held`](Self::admit_held), so that the server configuration can still change for
+    /// them; [`take_admission_due`](Self::take_admission_due) says when some wait.
+    pub fn hold_incoming(&self) {
+        lock(&self.inner.state).holding = true;
+    }
+
+    /// Whether connections started waiting since the last call (see
+    /// [`hold_incoming`](Self::hold_incoming)).
+    pub fn take_admission_due(&self) -> bool {
+        std::mem::take(&mut lock(&self.inner.state).admission_due)
+    }
+
+    /// Accepts the held connections with the current server configuration and drives them (on
+    /// this thread); [`accept`](Self::accept) returns them next.
+    pub fn admit_held(&self) {
+        let now = Instant::now();
+        let mut touched = Vec::new();
+        let mut response = Vec::new();
+        let mut state = lock(&self.inner.state);
+        state.admission_due = false;
+        for (incoming, from) in std::mem::take(&mut state.held) {
+            response.clear();
+            if state.refusing {
+                let t = state.endpoint.refuse(incoming, &mut response);
+                let _ = self.inner.socket.send(&t, &response[..t.size]);
+            } else {
+                state =
+                    self.accept_incoming(state, incoming, from, now, &mut response, &mut touched);
+            }
+        }
+        drop(state);
+        for conn in &touched {
+            conn.drive();
+        }
+        self.inner.executor.run();
+    }
+
+    /// Accepts a new connection from `from` with the server configuration for its address,
+    /// adding it to `touched`, or records why it was refused. Takes and gives back the state's
+    /// lock (released while the connection is registered).
+    fn accept_incoming<'s>(
+        &'s self,
+        mut state: MutexGuard<'s, State>,
+        incoming: quinn_proto::Incoming,
+        from: SocketAddr,
+        now: Instant,
+        response: &mut Vec<u8>,
+        touched: &mut Vec<Arc<Connection>>,
+    ) -> MutexGuard<'s, State> {
+        let config = match &state.loopback_server {
+            Some(c) if from.ip().to_canonical().is_loopback() => Some(c.clone()),
+            _ => state.server.clone(),
+        };
+        match state.endpoint.accept(incoming, now, response, config) {
+            Ok((handle, conn)) => {
+                drop(state);
+                let conn = self.register(handle, conn);
+                state = lock(&self.inner.state);
+                state.accepted.push(conn.clone());
+                touched.push(conn);
+            }
+            Err(e) => {
+                debug!(%from, error = %e.cause, "incoming connection refused");
+                if state.refused.len() < REFUSALS_KEPT {
+                    state.refused.push((from, e.cause));
+                }
+                if let Some(t) = e.response {
+                    let _ = self.inner.socket.send(&t, &response[..t.size]);
+                }
+            }
+        }
+        state
+    }
+
     /// Closes every connection, telling the peers `reason`, and refuses new ones from now on.
     pub fn close_all(&self, code: quinn_proto::VarInt, reason: &[u8]) {
         let conns: Vec<_> = {
             let mut state = lock(&self.inner.state);
             state.refusing = true;
+            let mut response = Vec::new();
+            for (incoming, _) in std::mem::take(&mut state.held) {
+                response.clear();
+                let t = state.endpoint.refuse(incoming, &mut response);
+                let _ = self.inner.socket.send(&t, &response[..t.size]);
+            }
             state.conns.values().cloned().collect()
         };
         for c in conns {
@@ -381,30 +490,23 @@ impl Endpoint {
                         let t = state.endpoint.refuse(incoming, &mut response);
                         let _ = self.inner.socket.send(&t, &response[..t.size]);
                     }
-                    Some(DatagramEvent::NewConnection(incoming)) => {
-                        let config = self
-                            .inner
-                            .loopback_server
-                            .clone()
-                            .filter(|_| d.from.ip().to_canonical().is_loopback());
-                        match state.endpoint.accept(incoming, now, &mut response, config) {
-                            Ok((handle, conn)) => {
-                                drop(state);
-                                let conn = self.register(handle, conn);
-                                state = lock(&self.inner.state);
-                                state.accepted.push(conn.clone());
-                                touched.push(conn);
-                            }
-                            Err(e) => {
-                                debug!(from = %d.from, error = %e.cause, "incoming connection refused");
-                                if state.refused.len() < REFUSALS_KEPT {
-                                    state.refused.push((d.from, e.cause));
-                                }
-                                if let Some(t) = e.response {
-                                    let _ = self.inner.socket.send(&t, &response[..t.size]);
-                                }
-                            }
+                    Some(DatagramEvent::NewConnection(incoming)) if state.holding => {
+                        if state.held.len() >= HELD_MAX {
+                            state.endpoint.ignore(incoming);
+                        } else {
+                            state.admission_due |= state.held.is_empty();
+                            state.held.push((incoming, d.from));
                         }
+                    }
+                    Some(DatagramEvent::NewConnection(incoming)) => {
+                        state = self.accept_incoming(
+                            state,
+                            incoming,
+                            d.from,
+                            now,
+                            &mut response,
+                            touched,
+                        );
                     }
                     Some(DatagramEvent::Response(t)) => {
                         let _ = self.inner.socket.send(&t, &response[..t.size]);

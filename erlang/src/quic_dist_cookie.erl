@@ -1,0 +1,87 @@
+%%% @doc Cookie mode follows the node's cookie, as TCP distribution does.
+%%%
+%%% In cookie mode (no certificate options) a node's TLS identity and trust derive from its
+%%% cookie (quic_dist_opts:tls/2, cookie_trust.rs). TCP distribution reads the cookie at every
+%%% handshake, so `erlang:set_cookie/1' after the node has started (`Node.set_cookie/1' in
+%%% Elixir: scripts, test set-ups, a node started with `net_kernel:start/2') applies to the
+%%% next connection. Here the material is derived again when the cookie has changed:
+%%%
+%%% ```
+%%%  setup (connecting process) ── follow(Ep) before connect ──┐
+%%%  acceptor ── quic_dist_held from the NIF: follow(Ep) ──────┴─> endpoint_set_tls (dirty
+%%%      then endpoint_admit(Ep)                                   scheduler, ~30 ms, only
+%%%      (new connections wait in the NIF before their TLS         when the cookie changed)
+%%%       handshake until the acceptor has looked)
+%%% '''
+%%%
+%%% Established connections keep the TLS session they have, as TCP connections keep their
+%%% handshake. A per-node cookie (`erlang:set_cookie/2') is not used for TLS: a warning says so.
+-module(quic_dist_cookie).
+
+-export([track/2, tracking/0, follow/1, forget/0, warn_per_node_cookie/1]).
+
+-include_lib("kernel/include/logger.hrl").
+
+%% {Cookie the endpoint's material derives from (binary), Host it names, Opts}, in cookie
+%% mode only.
+-define(KEY, {?MODULE, derived_from}).
+
+%% @doc Remembers what the cookie-mode material Tls (endpoint_open/5's map) derives from;
+%% nothing in certificate mode.
+-spec track(map(), quic_dist_opts:opts()) -> ok.
+track(#{cookie := Cookie, common_name := Host}, Opts) ->
+    persistent_term:put(?KEY, {Cookie, unicode:characters_to_list(Host), Opts});
+track(_CertificateMaterial, _Opts) ->
+    ok.
+
+%% @doc True if the node's material derives from its cookie (incoming connections must then
+%% wait for follow/1).
+-spec tracking() -> boolean().
+tracking() ->
+    persistent_term:get(?KEY, undefined) =/= undefined.
+
+%% @doc Derives the endpoint's material again if the node's cookie changed since it was made.
+-spec follow(reference()) -> ok.
+follow(Ep) ->
+    case persistent_term:get(?KEY, undefined) of
+        undefined ->
+            ok;
+        {Cookie, Host, Opts} ->
+            case atom_to_binary(erlang:get_cookie(), utf8) of
+                Cookie -> ok;
+                _Changed -> rederive(Ep, Host, Opts)
+            end
+    end.
+
+%% @doc Forgets the tracked cookie (the endpoint is closed).
+-spec forget() -> ok.
+forget() ->
+    _ = persistent_term:erase(?KEY),
+    ok.
+
+%% @doc Warns when Node has a cookie of its own (erlang:set_cookie/2), which cookie mode cannot
+%% use for TLS: the connection succeeds only if Node also knows this node's cookie.
+-spec warn_per_node_cookie(node()) -> ok.
+warn_per_node_cookie(Node) ->
+    case tracking() andalso erlang:get_cookie(Node) =/= erlang:get_cookie() of
+        true ->
+            ?LOG_WARNING("quic_dist connects to ~p with this node's own cookie for TLS, not the "
+                         "one erlang:set_cookie/2 gave it: in cookie mode TLS trust derives from "
+                         "the node's cookie (erlang:set_cookie/1), and the connection fails "
+                         "unless both nodes have it; use certificates for per-node cookies",
+                         [Node]);
+        false ->
+            ok
+    end.
+
+rederive(Ep, Host, Opts) ->
+    Tls = quic_dist_opts:tls(Opts, Host),
+    case quic_dist_nif:endpoint_set_tls(Ep, Tls) of
+        ok ->
+            track(Tls, Opts),
+            ?LOG_NOTICE("quic_dist: the node's cookie changed; cookie-mode TLS trust now derives "
+                        "from the new cookie (connections already up keep theirs)");
+        {error, Reason} ->
+            ?LOG_ERROR("quic_dist cannot derive TLS material from the new cookie: ~ts",
+                       [Reason])
+    end.
