@@ -104,7 +104,7 @@ listen(Name, Host) ->
 listen(Name, Host, Family) ->
     Opts = quic_dist_opts:get(),
     quic_dist_log:ensure_started(Opts),
-    case open_listen_endpoint(Opts, Host, Family, port_candidates(Opts)) of
+    case open_listen_endpoint(Opts, Host, Family, port_candidates(Name, Host, Opts)) of
         {error, already_open} ->
             %% `-proto_dist quic quic6': the node has one endpoint, one receiver, one family.
             Reason = <<"quic and quic6 cannot run side by side in one node (one UDP endpoint "
@@ -473,17 +473,34 @@ net_address(Socket, Node) ->
 %%% Helpers
 %%% ------------------------------------------------------------------
 
-%% Ports to try, in order: `port' option, inet_dist_listen_min..max, or any.
-port_candidates(Opts) ->
+%% Ports to try, in order: the `port' option; the port the epmd module fixes for every node
+%% (erl_epmd: `-erl_epmd_port P', which runs nodes without epmd and makes them dial P too; or
+%% a custom -epmd_module's listen_port_please/2), as inet_tcp_dist asks it; the range
+%% inet_dist_listen_min..max; any.
+port_candidates(Name, Host, Opts) ->
     case maps:find(port, Opts) of
         {ok, Port} -> [Port];
         error ->
-            case {application:get_env(kernel, inet_dist_listen_min),
-                  application:get_env(kernel, inet_dist_listen_max)} of
-                {{ok, Min}, {ok, Max}} when Max >= Min -> lists:seq(Min, Max);
-                {{ok, Min}, _} -> [Min];
-                _ -> [0]
+            case epmd_listen_port(Name, Host) of
+                {ok, Fixed} when Fixed > 0 -> [Fixed];
+                _ -> listen_port_range()
             end
+    end.
+
+epmd_listen_port(Name, Host) ->
+    Mod = net_kernel:epmd_module(),
+    _ = code:ensure_loaded(Mod),
+    case erlang:function_exported(Mod, listen_port_please, 2) of
+        true -> Mod:listen_port_please(Name, Host);
+        false -> erl_epmd:listen_port_please(Name, Host)
+    end.
+
+listen_port_range() ->
+    case {application:get_env(kernel, inet_dist_listen_min),
+          application:get_env(kernel, inet_dist_listen_max)} of
+        {{ok, Min}, {ok, Max}} when Max >= Min -> lists:seq(Min, Max);
+        {{ok, Min}, _} -> [Min];
+        _ -> [0]
     end.
 
 open_listen_endpoint(Opts, Host, Family, Ports) ->

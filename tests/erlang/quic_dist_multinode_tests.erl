@@ -60,6 +60,8 @@ lifecycle_test_() ->
      isolated("wrong cookie is refused", 60, fun t_wrong_cookie/1),
      isolated("fixed UDP port: -quic_dist_opt port and inet_dist_listen_min/max", 60,
               fun t_fixed_ports/1),
+     isolated("without epmd (-start_epmd false -erl_epmd_port P): nodes on 127.0.0.1 and "
+              "127.0.0.2 listen on P and reach each other there", 60, fun t_without_epmd/1),
      isolated("certificate chains: node certificates from an intermediate CA", 60,
               fun t_certificate_chain/1),
      isolated("the socket poller: round trips with and without it (poll_us 0); it runs at "
@@ -412,6 +414,21 @@ t_fixed_ports(Reg) ->
     ?P:connect(A, C),
     {ok, #{remote := {_, Port}}} = call(A, quic_dist, info, [?P:nodename(B)]),
     {ok, #{remote := {_, RPort}}} = call(A, quic_dist, info, [?P:nodename(C)]).
+
+t_without_epmd(Reg) ->
+    {Port, Port} = free_udp_range(1),
+    Args = fun(Ip) -> ["-start_epmd", "false", "-erl_epmd_port", integer_to_list(Port),
+                       "-kernel", "inet_dist_use_interface", Ip]
+           end,
+    [A, B] = ?P:start_many(Reg, [#{prefix => "a", args => Args("{127,0,0,1}")},
+                                 #{prefix => "b", host => "127.0.0.2",
+                                   args => Args("{127,0,0,2}")}]),
+    %% Each node listens on P (one UDP socket, in and out), and dials P on the peer's host.
+    ?P:connect(B, A),
+    {ok, #{remote := ARemote}} = call(B, quic_dist, info, [?P:nodename(A)]),
+    {ok, #{remote := BRemote}} = call(A, quic_dist, info, [?P:nodename(B)]),
+    ?assertEqual({{{127, 0, 0, 1}, Port}, {{127, 0, 0, 2}, Port}}, {ARemote, BRemote}),
+    ?assertEqual(?P:nodename(B), call(A, rpc, call, [?P:nodename(B), erlang, node, []])).
 
 t_socket_poller(Reg) ->
     [A, B, C] = ?P:start_many(Reg, [#{prefix => "a"}, #{prefix => "b"},
