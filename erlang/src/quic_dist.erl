@@ -368,9 +368,9 @@ do_setup(Kernel, Node, Type, MyNode, LongOrShortNames, SetupTime, Family) ->
                  ?shutdown2(Node, {no_endpoint, R2})
          end,
     quic_dist_cookie:follow(Ep),
-    quic_dist_cookie:warn_per_node_cookie(Node),
+    Client = quic_dist_cookie:client_for(Ep, Node),
     Ref = make_ref(),
-    ok = quic_dist_nif:connect(Ep, Ip, Port, list_to_binary(Host), self(), Ref),
+    ok = quic_dist_nif:connect(Ep, Ip, Port, list_to_binary(Host), self(), Ref, Client),
     Conn = receive
                {quic_dist_connected, Ref, {ok, C}} -> C;
                {quic_dist_connected, Ref, {error, R3}} ->

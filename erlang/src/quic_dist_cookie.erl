@@ -15,16 +15,22 @@
 %%% '''
 %%%
 %%% Established connections keep the TLS session they have, as TCP connections keep their
-%%% handshake. A per-node cookie (`erlang:set_cookie/2') is not used for TLS: a warning says so.
+%%% handshake. A cookie set for one node (`erlang:set_cookie/2', as tools that attach to a
+%%% running node do) is used to connect to that node: the connection gets TLS material derived from it
+%%% (client_for/2, one derivation per cookie, kept until the endpoint closes). An incoming
+%%% connection is verified against this node's own cookie: the peer's name is not known before
+%%% TLS.
 -module(quic_dist_cookie).
 
--export([track/2, tracking/0, follow/1, forget/0, warn_per_node_cookie/1]).
+-export([track/2, tracking/0, follow/1, forget/0, client_for/2]).
 
 -include_lib("kernel/include/logger.hrl").
 
 %% {Cookie the endpoint's material derives from (binary), Host it names, Opts}, in cookie
 %% mode only.
 -define(KEY, {?MODULE, derived_from}).
+%% #{Cookie => client material} for the cookies erlang:set_cookie/2 gave other nodes.
+-define(CLIENTS_KEY, {?MODULE, per_node_clients}).
 
 %% @doc Remembers what the cookie-mode material Tls (endpoint_open/5's map) derives from;
 %% nothing in certificate mode.
@@ -57,21 +63,39 @@ follow(Ep) ->
 -spec forget() -> ok.
 forget() ->
     _ = persistent_term:erase(?KEY),
+    _ = persistent_term:erase(?CLIENTS_KEY),
     ok.
 
-%% @doc Warns when Node has a cookie of its own (erlang:set_cookie/2), which cookie mode cannot
-%% use for TLS: the connection succeeds only if Node also knows this node's cookie.
--spec warn_per_node_cookie(node()) -> ok.
-warn_per_node_cookie(Node) ->
-    case tracking() andalso erlang:get_cookie(Node) =/= erlang:get_cookie() of
-        true ->
-            ?LOG_WARNING("quic_dist connects to ~p with this node's own cookie for TLS, not the "
-                         "one erlang:set_cookie/2 gave it: in cookie mode TLS trust derives from "
-                         "the node's cookie (erlang:set_cookie/1), and the connection fails "
-                         "unless both nodes have it; use certificates for per-node cookies",
-                         [Node]);
-        false ->
-            ok
+%% @doc What to connect to Node with: `undefined' for the endpoint's own TLS material, or
+%% material derived from the cookie erlang:set_cookie/2 gave Node (cookie mode only).
+-spec client_for(reference(), node()) -> reference() | undefined.
+client_for(Ep, Node) ->
+    case persistent_term:get(?KEY, undefined) of
+        undefined ->
+            undefined;
+        {Own, Host, Opts} ->
+            case atom_to_binary(erlang:get_cookie(Node), utf8) of
+                Own -> undefined;
+                Cookie -> per_node_client(Ep, Cookie, Host, Opts)
+            end
+    end.
+
+per_node_client(Ep, Cookie, Host, Opts) ->
+    Clients = persistent_term:get(?CLIENTS_KEY, #{}),
+    case Clients of
+        #{Cookie := Client} ->
+            Client;
+        _ ->
+            Tls = (quic_dist_opts:tls(Opts, Host))#{cookie => Cookie},
+            case quic_dist_nif:endpoint_client(Ep, Tls) of
+                {ok, Client} ->
+                    persistent_term:put(?CLIENTS_KEY, Clients#{Cookie => Client}),
+                    Client;
+                {error, Reason} ->
+                    ?LOG_ERROR("quic_dist cannot derive TLS material from a per-node cookie: ~ts",
+                               [Reason]),
+                    undefined
+            end
     end.
 
 rederive(Ep, Host, Opts) ->

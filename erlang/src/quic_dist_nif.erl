@@ -12,7 +12,7 @@
 -export([log_init/2,
          endpoint_open/5, endpoint_port/1, endpoint_accept/3, endpoint_admit/1,
          endpoint_set_tls/2, endpoint_receive/1, endpoint_poll/1,
-         endpoint_unwatch/1, endpoint_close/2, connect/6,
+         endpoint_unwatch/1, endpoint_close/2, endpoint_client/2, connect/7,
          conn_start/3, conn_send/2, conn_data_mode/2, conn_open_input/1, conn_tick/1, conn_ack/3, conn_run_tasks/1, conn_getstat/1, conn_stats/1,
          conn_info/1, conn_peer_names/2, conn_shutdown/2,
          unix_now/0, gen_ca/3, gen_intermediate/5, gen_node_cert/6]).
@@ -96,8 +96,16 @@ endpoint_set_tls(_Ep, _Tls) -> ?NOT_LOADED.
 -spec endpoint_close(reference(), binary()) -> ok.
 endpoint_close(_Ep, _Reason) -> ?NOT_LOADED.
 
--spec connect(reference(), inet:ip_address(), inet:port_number(), binary(), pid(), reference()) -> ok.
-connect(_Ep, _Ip, _Port, _ServerName, _Owner, _Ref) -> ?NOT_LOADED.
+%% A TLS identity and trust (as endpoint_open/5 takes it) to connect with instead of the
+%% endpoint's own (connect/7).
+-spec endpoint_client(reference(), map()) -> {ok, reference()} | {error, binary()}.
+endpoint_client(_Ep, _Tls) -> ?NOT_LOADED.
+
+%% Starts a connection with the endpoint's identity (Client = undefined) or Client's;
+%% {quic_dist_connected, Ref, {ok, Conn} | {error, Reason}} goes to Owner.
+-spec connect(reference(), inet:ip_address(), inet:port_number(), binary(), pid(), reference(),
+              reference() | undefined) -> ok.
+connect(_Ep, _Ip, _Port, _ServerName, _Owner, _Ref, _Client) -> ?NOT_LOADED.
 
 -spec conn_start(reference(), pid(), pid()) -> ok | {error, binary()}.
 conn_start(_Conn, _Input, _Controller) -> ?NOT_LOADED.

@@ -77,7 +77,8 @@ lifecycle_test_() ->
               fun t_runtime_start/1),
      isolated("the cookie set at run time (erlang:set_cookie/1 after net_kernel:start/2, as "
               "Node.set_cookie/1) is the one cookie mode uses, connecting and accepting; a "
-              "per-node cookie gets a warning", 60, fun t_cookie_set_at_run_time/1),
+              "cookie for one node (set_cookie/2) is used to connect to it", 60,
+              fun t_cookie_set_at_run_time/1),
      isolated("quic6 with an IPv4 address to bind (option ip, inet_dist_use_interface, a "
               "client-only node), and quic with quic6 in one node, say why", 60,
               fun t_ipv6_wrong_family/1),
@@ -535,13 +536,15 @@ t_runtime_start(Reg) ->
 
 t_cookie_set_at_run_time(Reg) ->
     Shared = ?P:unique_name("shared"),
-    [A, Acc, B, C, Old] =
+    Own = ?P:unique_name("own"),
+    [A, Acc, B, C, D, Old] =
         ?P:start_many(Reg, [#{prefix => "a", distributed => false},
                             #{prefix => "acc", distributed => false},
                             #{prefix => "b", cookie => Shared},
                             #{prefix => "c", cookie => Shared},
+                            #{prefix => "d", cookie => Own},
                             #{prefix => "old"}]),
-    [NB, NC] = [?P:nodename(P) || P <- [B, C]],
+    [NB, ND] = [?P:nodename(P) || P <- [B, D]],
     StartDist = fun(P) ->
                         Name = list_to_atom(?P:unique_name("dyn") ++ "@127.0.0.1"),
                         ?assertMatch({ok, _}, call(P, net_kernel, start, [[Name, longnames]])),
@@ -559,13 +562,15 @@ t_cookie_set_at_run_time(Reg) ->
     ?assertEqual(pong, call(C, net_adm, ping, [NAcc])),
     ?assertEqual(NAcc, call(C, rpc, call, [NAcc, erlang, node, []])),
     ?assertEqual(pang, call(Old, net_adm, ping, [NAcc])),
-    %% A cookie for one node (erlang:set_cookie/2) cannot change TLS trust: A says so.
-    ?assertEqual(true, call(A, erlang, set_cookie, [NC, other_cookie])),
-    {Result, Logged} = call(A, ?MODULE, ping_with_log, [NC], 20000),
-    ?assertEqual(pang, Result),
-    ?assertMatch([_ | _], [L || L <- Logged, re:run(L, "not the one erlang:set_cookie/2 gave "
-                                                     "it.*use certificates") =/= nomatch],
-                 Logged).
+    %% A cookie for one node (erlang:set_cookie/2): A connects to D with D's cookie, and keeps
+    %% its own for the others.
+    ?assertEqual(pang, call(A, net_adm, ping, [ND])),
+    ?assertEqual(true, call(A, erlang, set_cookie, [ND, list_to_atom(Own)])),
+    ?assertEqual(pong, call(A, net_adm, ping, [ND])),
+    ?assertEqual(ND, call(A, rpc, call, [ND, erlang, node, []])),
+    ?assertEqual(true, call(A, erlang, disconnect_node, [NB])),
+    ?assertEqual(ok, call(B, ?P, wait_disconnected, [call(A, erlang, node, []), 10000])),
+    ?assertEqual(pong, call(A, net_adm, ping, [NB])).
 
 %% -sname nodes need this machine's short host name to resolve (it does where /etc/hosts names
 %% it, as on Debian).

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use quic_dist_transport::certs::Validity;
 use quic_dist_transport::cookie_trust::cookie_material;
-use quic_dist_transport::{DistEndpoint, TlsMaterial, TransportError, TransportOptions};
+use quic_dist_transport::{
+    ClientConfigs, DistEndpoint, TlsMaterial, TransportError, TransportOptions,
+};
 
 /// Validity of the leaf certificate a node issues itself in cookie mode. It lives only in
 /// memory and is renewed at every start; long enough that a running node never outlives it.
@@ -38,6 +40,14 @@ pub struct EndpointRes {
 
 #[rustler::resource_impl]
 impl Resource for EndpointRes {}
+
+/// A TLS identity and trust to connect with, other than the endpoint's own (`endpoint_client/2`).
+pub struct ClientRes {
+    configs: ClientConfigs,
+}
+
+#[rustler::resource_impl]
+impl Resource for ClientRes {}
 
 fn get<'a, T: Decoder<'a>>(map: Term<'a>, key: Atom) -> NifResult<Option<T>> {
     match map.map_get(key) {
@@ -279,8 +289,28 @@ fn endpoint_close(env: Env, ep: ResourceArc<EndpointRes>, reason: String) -> Ato
     atoms::ok()
 }
 
-/// Starts a connection; `{quic_dist_connected, Ref, {ok, Conn} | {error, Reason}}` goes to
-/// `owner` when it is established or has failed.
+/// `{ok, Client}`: the TLS identity and trust `tls` (as for `endpoint_open`) to connect with
+/// (`connect/7`), or `{error, Reason}`. On a dirty scheduler: in cookie mode the CA key is
+/// derived with PBKDF2 (~30 ms).
+#[rustler::nif(schedule = "DirtyCpu")]
+fn endpoint_client<'a>(
+    env: Env<'a>,
+    ep: ResourceArc<EndpointRes>,
+    tls: Term<'a>,
+) -> NifResult<Term<'a>> {
+    let material = match tls_material(tls)? {
+        Ok(m) => m,
+        Err(e) => return Ok(error_tuple(env, e)),
+    };
+    Ok(match ep.ep.client_configs(&material) {
+        Ok(configs) => (atoms::ok(), ResourceArc::new(ClientRes { configs })).encode(env),
+        Err(e) => error_tuple(env, e),
+    })
+}
+
+/// Starts a connection, with the endpoint's identity or `client`'s (from `endpoint_client/2`;
+/// `undefined`: the endpoint's); `{quic_dist_connected, Ref, {ok, Conn} | {error, Reason}}`
+/// goes to `owner` when it is established or has failed.
 #[rustler::nif]
 #[allow(clippy::too_many_arguments)]
 fn connect<'a>(
@@ -291,20 +321,28 @@ fn connect<'a>(
     server_name: String,
     owner: LocalPid,
     reference: Term<'a>,
+    client: Term<'a>,
 ) -> NifResult<Atom> {
     let _caller = caller::enter(env);
     let addr = SocketAddr::new(decode_ip(ip)?, port);
+    let client = if client == atoms::undefined().to_term(env) {
+        None
+    } else {
+        Some(client.decode::<ResourceArc<ClientRes>>()?)
+    };
     let owned = OwnedEnv::new();
     let saved = owned.save(reference);
-    ep.ep.spawn_connect(addr, server_name, move |result| {
-        caller::send(&owner, move |env| {
-            let reference = owned.run(|saved_env| saved.load(saved_env).in_env(env));
-            let result = match result {
-                Ok(conn) => (atoms::ok(), ResourceArc::new(ConnRes::new(conn))).encode(env),
-                Err(e) => error_tuple(env, e),
-            };
-            (atoms::quic_dist_connected(), reference, result).encode(env)
+    let configs = client.as_ref().map(|c| &c.configs);
+    ep.ep
+        .spawn_connect_as(addr, server_name, configs, move |result| {
+            caller::send(&owner, move |env| {
+                let reference = owned.run(|saved_env| saved.load(saved_env).in_env(env));
+                let result = match result {
+                    Ok(conn) => (atoms::ok(), ResourceArc::new(ConnRes::new(conn))).encode(env),
+                    Err(e) => error_tuple(env, e),
+                };
+                (atoms::quic_dist_connected(), reference, result).encode(env)
+            });
         });
-    });
     Ok(atoms::ok())
 }

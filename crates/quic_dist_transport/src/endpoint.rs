@@ -145,11 +145,18 @@ type OnConnection = Arc<dyn Fn(DistConnection) + Send + Sync>;
 /// Called when incoming connections start waiting for [`DistEndpoint::admit_held`].
 type OnHeld = Arc<dyn Fn() + Send + Sync>;
 
-/// The client configurations (see [`TransportOptions::for_loopback`]), replaced together.
+/// The TLS identity and trust a node connects with: client configurations for peers on the
+/// network and on loopback addresses (see [`TransportOptions::for_loopback`]).
 #[derive(Clone)]
-struct ClientConfigs {
+pub struct ClientConfigs {
     network: quinn::ClientConfig,
     loopback: quinn::ClientConfig,
+}
+
+impl std::fmt::Debug for ClientConfigs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfigs").finish_non_exhaustive()
+    }
 }
 
 impl ClientConfigs {
@@ -389,19 +396,50 @@ impl DistEndpoint {
         rx.await.unwrap_or(Err(TransportError::Closed))
     }
 
+    /// Client configurations with the identity and trust `tls`, made with this endpoint's
+    /// options, for [`spawn_connect_as`](Self::spawn_connect_as).
+    pub fn client_configs(&self, tls: &TlsMaterial) -> Result<ClientConfigs, TransportError> {
+        ClientConfigs::new(tls, &self.opts)
+    }
+
     /// Connects to a node at `addr`, verifying that its certificate names `server_name`, and
     /// calls `done` with the result (on whichever thread completes it).
     pub fn spawn_connect<F>(&self, addr: SocketAddr, server_name: String, done: F)
     where
         F: FnOnce(Result<DistConnection, TransportError>) + Send + 'static,
     {
-        let config = match self.clients.lock() {
-            Ok(c) if is_loopback(addr) => c.loopback.clone(),
-            Ok(c) => c.network.clone(),
-            Err(_) => {
-                done(Err(TransportError::Closed));
-                return;
-            }
+        self.spawn_connect_as(addr, server_name, None, done)
+    }
+
+    /// [`spawn_connect`](Self::spawn_connect) with the identity and trust of `clients`
+    /// instead of the endpoint's own (see [`client_configs`](Self::client_configs)).
+    pub fn spawn_connect_as<F>(
+        &self,
+        addr: SocketAddr,
+        server_name: String,
+        clients: Option<&ClientConfigs>,
+        done: F,
+    ) where
+        F: FnOnce(Result<DistConnection, TransportError>) + Send + 'static,
+    {
+        let own;
+        let clients = match clients {
+            Some(c) => c,
+            None => match self.clients.lock() {
+                Ok(c) => {
+                    own = c.clone();
+                    &own
+                }
+                Err(_) => {
+                    done(Err(TransportError::Closed));
+                    return;
+                }
+            },
+        };
+        let config = if is_loopback(addr) {
+            clients.loopback.clone()
+        } else {
+            clients.network.clone()
         };
         let conn = match self.endpoint.connect(config, addr, &server_name) {
             Ok(c) => crate::direct::compat::Connection(c),

@@ -32,7 +32,7 @@ pub use connection::{
     ConnectionEvents, ConnectionInfo, ConnectionStats, DistConnection, JoinedPacket, PacketBatch,
     SendStatus,
 };
-pub use endpoint::DistEndpoint;
+pub use endpoint::{ClientConfigs, DistEndpoint};
 pub use error::TransportError;
 pub use send::{SendBatch, Submitted};
 pub use tls::{TlsMaterial, ALPN};

@@ -1399,3 +1399,39 @@ async fn held_connections_are_admitted_with_the_identity_set_while_they_waited()
         .await
         .expect("outgoing connection with the new identity");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_may_use_another_identity_than_its_endpoints() {
+    init_tracing();
+    let own = Pki::new("own cluster ca");
+    let other = Pki::new("other cluster ca");
+    let ep = client(&own.node(&good_names()), TransportOptions::default());
+    let mut srv = server(&other.node(&good_names()), TransportOptions::default());
+
+    // The endpoint's own identity is refused there; one of the other cluster gets in.
+    assert!(ep.connect(srv.addr, HOST).await.is_err());
+    let clients = ep
+        .client_configs(&other.node(&good_names()))
+        .expect("client configurations");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    ep.spawn_connect_as(srv.addr, HOST.to_string(), Some(&clients), move |r| {
+        let _ = tx.send(r);
+    });
+    let c = start(
+        within(&mut rx, "connect")
+            .await
+            .expect("connect as the other cluster"),
+    );
+    c.send_packets(&[b"as other"]);
+    let mut s = start(within(&mut srv.accepted, "accepted connection").await);
+    assert_eq!(
+        s.recv_packets(1, true).await.0,
+        vec![Bytes::from_static(b"as other")]
+    );
+
+    // The endpoint's own identity is unchanged.
+    let own_srv = server(&own.node(&good_names()), TransportOptions::default());
+    ep.connect(own_srv.addr, HOST)
+        .await
+        .expect("connect with the endpoint's own identity");
+}
