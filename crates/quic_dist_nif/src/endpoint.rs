@@ -268,12 +268,22 @@ fn endpoint_set_tls<'a>(
     ep: ResourceArc<EndpointRes>,
     tls: Term<'a>,
 ) -> NifResult<Term<'a>> {
+    with_material(env, tls, |m| ep.ep.set_tls(m).map(|()| atoms::ok()))
+}
+
+/// Decodes `tls` (as `endpoint_open` takes it) and encodes what `f` makes of the material, or
+/// `{error, Reason}`.
+fn with_material<'a, T: Encoder>(
+    env: Env<'a>,
+    tls: Term<'a>,
+    f: impl FnOnce(&TlsMaterial) -> Result<T, TransportError>,
+) -> NifResult<Term<'a>> {
     let material = match tls_material(tls)? {
         Ok(m) => m,
         Err(e) => return Ok(error_tuple(env, e)),
     };
-    Ok(match ep.ep.set_tls(&material) {
-        Ok(()) => atoms::ok().encode(env),
+    Ok(match f(&material) {
+        Ok(v) => v.encode(env),
         Err(e) => error_tuple(env, e),
     })
 }
@@ -298,13 +308,9 @@ fn endpoint_client<'a>(
     ep: ResourceArc<EndpointRes>,
     tls: Term<'a>,
 ) -> NifResult<Term<'a>> {
-    let material = match tls_material(tls)? {
-        Ok(m) => m,
-        Err(e) => return Ok(error_tuple(env, e)),
-    };
-    Ok(match ep.ep.client_configs(&material) {
-        Ok(configs) => (atoms::ok(), ResourceArc::new(ClientRes { configs })).encode(env),
-        Err(e) => error_tuple(env, e),
+    with_material(env, tls, |m| {
+        let configs = ep.ep.client_configs(m)?;
+        Ok((atoms::ok(), ResourceArc::new(ClientRes { configs })))
     })
 }
 
