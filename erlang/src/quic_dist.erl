@@ -9,7 +9,8 @@
 %%%      │     receives {quic_dist_incoming, Conn} from the NIF, starts the two
 %%%      │     connection processes and hands them to net_kernel. In cookie mode new
 %%%      │     connections wait before TLS until it answers `quic_dist_held' (with the
-%%%      │     current cookie's material: quic_dist_cookie).
+%%%      │     current cookie's material: quic_dist_cookie); in certificate mode it looks
+%%%      │     at the certificate files every 10 s (quic_dist_certfiles).
 %%%      │
 %%%      └── per connection (quic_dist_conn):
 %%%            dist_util supervisor ── the handshake, then con_loop (ticks); never blocks:
@@ -52,7 +53,8 @@
 -export([listen/3, setup/6, select/2, address/1]).
 
 %% User API.
--export([info/1, info/0, connections/0, data_streams/0, mailbox_limit/0, nif_memory/0]).
+-export([info/1, info/0, connections/0, data_streams/0, mailbox_limit/0, nif_memory/0,
+         reload_certificates/0]).
 
 %% For the tests.
 -export([connection_modules/0]).
@@ -71,7 +73,7 @@
 %% not have `string' and `unicode_util' yet, which dist_util:split_node/1 needs: loading them
 %% made the first connection of such a node wait 5-16 ms for the code server.
 -define(CONNECTION_MODULES, [dist_util, string, unicode_util, quic_dist_conn, quic_dist_cookie,
-                             quic_dist_identity]).
+                             quic_dist_certfiles, quic_dist_identity]).
 
 %%% ------------------------------------------------------------------
 %%% Callbacks
@@ -167,6 +169,7 @@ setup(Node, Type, MyNode, LongOrShortNames, SetupTime, Family) ->
 close(Ep) ->
     _ = persistent_term:erase(?ENDPOINT_KEY),
     quic_dist_cookie:forget(),
+    quic_dist_certfiles:forget(),
     quic_dist_nif:endpoint_close(Ep, <<"node stopping">>),
     quic_dist_receiver:stop().
 
@@ -264,7 +267,19 @@ acceptor_init(Kernel, Ep) ->
     ok = quic_dist_nif:endpoint_accept(Ep, self(), quic_dist_cookie:tracking()),
     %% Any held before this acceptor (one that died) go on now.
     admit(Ep),
+    check_files_later(),
     acceptor_loop(Kernel, Ep).
+
+%% A `quic_dist_check_files' tick for the acceptor, in certificate mode.
+check_files_later() ->
+    case quic_dist_certfiles:tracking() of
+        true ->
+            _ = erlang:send_after(quic_dist_certfiles:check_interval_ms(), self(),
+                                  quic_dist_check_files),
+            ok;
+        false ->
+            ok
+    end.
 
 %% Lets held incoming connections start their TLS handshake, with the current cookie's
 %% material in cookie mode (quic_dist_cookie).
@@ -276,6 +291,10 @@ acceptor_loop(Kernel, Ep) ->
     receive
         quic_dist_held ->
             admit(Ep),
+            acceptor_loop(Kernel, Ep);
+        quic_dist_check_files ->
+            quic_dist_certfiles:follow(Ep),
+            check_files_later(),
             acceptor_loop(Kernel, Ep);
         {quic_dist_incoming, Conn} ->
             case quic_dist_conn:start(Conn) of
@@ -368,6 +387,7 @@ do_setup(Kernel, Node, Type, MyNode, LongOrShortNames, SetupTime, Family) ->
                  ?shutdown2(Node, {no_endpoint, R2})
          end,
     quic_dist_cookie:follow(Ep),
+    quic_dist_certfiles:follow(Ep),
     Client = quic_dist_cookie:client_for(Ep, Node),
     Ref = make_ref(),
     ok = quic_dist_nif:connect(Ep, Ip, Port, list_to_binary(Host), self(), Ref, Client),
@@ -541,6 +561,7 @@ open_endpoint(Ip, Port, Listen, Tls, Opts) ->
     case quic_dist_nif:endpoint_open(Ip, Port, Listen, Tls, quic_dist_opts:transport(Opts)) of
         {ok, Ep} ->
             quic_dist_cookie:track(Tls, Opts),
+            quic_dist_certfiles:track(Opts),
             {ok, _} = quic_dist_receiver:start(Ep, quic_dist_opts:poll_us(Opts)),
             preload_connection_modules(),
             {ok, Ep};
@@ -556,6 +577,17 @@ log_mode(What, Opts) ->
                 _ -> notice
             end,
     quic_dist_log:log_when_ready(Level, "quic_dist ~ts; ~ts", [What, Mode]).
+
+%% @doc Loads the certificate files again now (certificate mode), for example right after a
+%% renewal; the node also notices changed files by itself within seconds. New connections use
+%% the new certificate, connections already up keep theirs. `{error, Reason}' leaves the node
+%% with the certificate it has.
+-spec reload_certificates() -> ok | {error, term()}.
+reload_certificates() ->
+    case persistent_term:get(?ENDPOINT_KEY, undefined) of
+        undefined -> {error, not_distributed};
+        Ep -> quic_dist_certfiles:reload(Ep)
+    end.
 
 %% @doc The carrier's own memory outside the BEAM (quinn, TLS, buffers), which
 %% `erlang:memory/0' does not include: `#{allocated => Bytes, peak => Bytes}'.

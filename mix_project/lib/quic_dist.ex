@@ -80,6 +80,22 @@ defmodule QuicDist do
   end
 
   @doc """
+  Loads this node's certificate files again, for example right after a tool renewed them.
+
+  The node also notices changed files by itself: before each connection it makes, and every
+  10 seconds for the connections it accepts. New connections use the new certificate;
+  connections already up keep theirs. Returns `:ok`, or `{:error, reason}` when the files
+  cannot be loaded (the node keeps the certificate it has), when the node runs in cookie mode
+  (`:not_in_certificate_mode`) or is not distributed over quic_dist (`:not_distributed`).
+  """
+  @spec reload_certificates() :: :ok | {:error, term()}
+  def reload_certificates do
+    if distributed_over_quic?(),
+      do: :quic_dist.reload_certificates(),
+      else: {:error, :not_distributed}
+  end
+
+  @doc """
   True when this VM was started with `-proto_dist quic` (or `quic6`) and distribution is
   running.
   """

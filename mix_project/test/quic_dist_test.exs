@@ -24,6 +24,7 @@ defmodule QuicDistTest do
       assert QuicDist.connections() == []
       assert QuicDist.info(:"nobody@127.0.0.1") == {:error, :not_connected}
       assert QuicDist.info() == %{}
+      assert QuicDist.reload_certificates() == {:error, :not_distributed}
     end
   end
 
@@ -64,6 +65,10 @@ defmodule QuicDistTest do
       # Disconnect: this side notices at once, and info/1 says so.
       assert Peers.call(a, Node, :disconnect, [b.node]) == true
       assert Peers.call(a, QuicDist, :info, [b.node]) == {:error, :not_connected}
+
+      # No certificate files to reload in cookie mode.
+      assert Peers.call(a, QuicDist, :reload_certificates, []) ==
+               {:error, :not_in_certificate_mode}
     end
 
     test "IPv6: -proto_dist quic6 nodes named on ::1 connect, call and report the link" do
@@ -190,6 +195,30 @@ defmodule QuicDistTest do
       assert info.mode == :certificates
       assert inspect(info.peer_certificate) =~ "CN=a"
       assert {:ok, %{mode: :certificates}} = Peers.call(a, QuicDist, :info, [b.node])
+    end
+
+    test "QuicDist.reload_certificates/0 after the files were renewed: new connections get the new certificate",
+         %{certs: dir} do
+      [a, b] =
+        Peers.start_many([
+          [prefix: "a", args: cert_args(dir, "a")],
+          [prefix: "b", args: cert_args(dir, "b")]
+        ])
+
+      assert Peers.call(b, Node, :connect, [a.node]) == true
+      {:ok, before} = Peers.call(b, QuicDist, :info, [a.node])
+      refute inspect(before.peer_certificate) =~ "renewed.example"
+
+      :ok = QuicDist.gen_certs(dir, [{"a", ["127.0.0.1", "localhost", "renewed.example"]}])
+      assert Peers.call(a, QuicDist, :reload_certificates, []) == :ok
+      assert Peers.call(b, Node, :disconnect, [a.node]) == true
+
+      assert Peers.eventually(fn -> Peers.call(a, Node, :list, []) == [] end),
+             "a still lists b after b disconnected"
+
+      assert Peers.call(b, Node, :connect, [a.node]) == true
+      {:ok, renewed} = Peers.call(b, QuicDist, :info, [a.node])
+      assert inspect(renewed.peer_certificate) =~ "renewed.example"
     end
 
     # A plain `erl -config F` (or `iex --erl "-config F"`) does not load quic_dist before

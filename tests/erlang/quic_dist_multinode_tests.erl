@@ -64,6 +64,10 @@ lifecycle_test_() ->
               "127.0.0.2 listen on P and reach each other there", 60, fun t_without_epmd/1),
      isolated("certificate chains: node certificates from an intermediate CA", 60,
               fun t_certificate_chain/1),
+     isolated("renewed certificate files are used without a restart: for the next connection "
+              "made and accepted, or at once with quic_dist:reload_certificates/0; "
+              "connections up keep theirs; broken files leave the node as it was", 60,
+              fun t_certificate_renewal/1),
      isolated("the socket poller: round trips with and without it (poll_us 0); it runs at "
               "low priority, goes back to waiting when datagrams stop, and stops with the "
               "receiver", 60, fun t_socket_poller/1),
@@ -469,6 +473,47 @@ t_certificate_chain(Reg) ->
         {ok, #{mode := certificates, peer_certificate := #{issuer := Issuer}}} =
             call(A, quic_dist, info, [?P:nodename(B)]),
         ?assertMatch({match, _}, re:run(Issuer, "CN=issuing"))
+    after
+        _ = file:del_dir_r(Dir)
+    end.
+
+t_certificate_renewal(Reg) ->
+    Dir = cert_dir("renewal"),
+    Bases = ["a", "b", "c", "d"],
+    Renew = fun(Base) -> quic_dist_certs:generate(Dir, [{Base, ["127.0.0.1"]}], #{days => 30}) end,
+    try
+        ok = quic_dist_certs:generate(Dir, [{Base, ["127.0.0.1"]} || Base <- Bases]),
+        [A, B, C, D] = ?P:start_many(Reg, [#{prefix => Base, args => cert_args(Dir, Base)}
+                                           || Base <- Bases]),
+        [NA, NB, ND] = [?P:nodename(P) || P <- [A, B, D]],
+        NotAfter = fun(From, To) ->
+                           {ok, #{peer_certificate := #{not_after := T}}} =
+                               call(From, quic_dist, info, [To]),
+                           T
+                   end,
+        ?P:connect(A, B),
+        Old = NotAfter(B, NA),
+        %% A's files renewed (valid 30 days instead of 365): its next connection presents the
+        %% new certificate, and so does the next one it accepts.
+        ok = Renew("a"),
+        ?P:connect(A, C),
+        New = NotAfter(C, NA),
+        ?assertNotEqual(Old, New),
+        ?P:connect(D, A),
+        ?assertEqual(New, NotAfter(D, NA)),
+        %% The connection that was up keeps its session and works.
+        ?assertEqual(Old, NotAfter(B, NA)),
+        ?assertEqual(NB, call(A, rpc, call, [NB, erlang, node, []])),
+        %% B renewed and loaded at once: C, connecting to it, sees the new certificate.
+        ok = Renew("b"),
+        ?assertEqual(ok, call(B, quic_dist, reload_certificates, [])),
+        ?P:connect(C, B),
+        ?assertNotEqual(NotAfter(A, NB), NotAfter(C, NB)),
+        %% Broken files: an error, and C goes on with the certificate it has.
+        ok = file:write_file(filename:join(Dir, "c.pem"), <<"not a certificate">>),
+        ?assertMatch({error, _}, call(C, quic_dist, reload_certificates, [])),
+        ?P:connect(C, D),
+        ?assertEqual(ND, call(C, rpc, call, [ND, erlang, node, []]))
     after
         _ = file:del_dir_r(Dir)
     end.

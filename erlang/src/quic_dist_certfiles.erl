@@ -1,0 +1,107 @@
+%%% @doc Certificate mode follows the certificate files: renewed files are used without a
+%%% restart.
+%%%
+%%% Certificates are often short-lived and renewed on disk by a tool (cert-manager, Vault,
+%%% an ACME client). A node that read its files once would present the old certificate until it
+%%% expires and then be refused everywhere. The node reads them again when the contents of its
+%%% certfile, keyfile or cacertfile changed (a digest: modification times have a resolution of
+%%% a second, and a renewed certificate often has the size of the old one):
+%%%
+%%% ```
+%%%  setup (connecting process) ── follow(Ep) before connect ──┐
+%%%  acceptor ── every ?CHECK_INTERVAL_MS: follow(Ep) ─────────┼─> endpoint_set_tls
+%%%  quic_dist:reload_certificates/0 (the user) ── reload(Ep) ─┘
+%%% '''
+%%%
+%%% Connections already up keep their TLS session, as with `inet_tls_dist'. Files that fail to
+%%% load (half written, a key that does not match the certificate) leave the node with the
+%%% material it has, with a warning; they are tried again when they change again.
+-module(quic_dist_certfiles).
+
+-export([track/1, tracking/0, follow/1, reload/1, forget/0, check_interval_ms/0]).
+
+-include_lib("kernel/include/logger.hrl").
+
+%% {Stamps of the files the loaded material came from, Opts}, in certificate mode only.
+-define(KEY, {?MODULE, loaded_from}).
+%% How often the acceptor looks at the files (between outgoing connections, which look too).
+-define(CHECK_INTERVAL_MS, 10000).
+
+%% @doc Remembers the files of the node's certificate options (nothing in cookie mode).
+-spec track(quic_dist_opts:opts()) -> ok.
+track(Opts) ->
+    case quic_dist_opts:mode(Opts) of
+        certificates -> persistent_term:put(?KEY, {stamps(Opts), Opts});
+        cookie -> ok
+    end.
+
+%% @doc True in certificate mode (the files are worth looking at).
+-spec tracking() -> boolean().
+tracking() ->
+    persistent_term:get(?KEY, undefined) =/= undefined.
+
+%% @doc Loads the certificate files again if they changed since they were loaded.
+-spec follow(reference()) -> ok.
+follow(Ep) ->
+    case persistent_term:get(?KEY, undefined) of
+        undefined ->
+            ok;
+        {Stamps, Opts} ->
+            case stamps(Opts) of
+                Stamps -> ok;
+                Changed -> _ = load(Ep, Changed, Opts), ok
+            end
+    end.
+
+%% @doc Loads the certificate files now, changed or not: `ok', or `{error, Reason}' (the node
+%% keeps the material it has).
+-spec reload(reference()) -> ok | {error, term()}.
+reload(Ep) ->
+    case persistent_term:get(?KEY, undefined) of
+        undefined -> {error, not_in_certificate_mode};
+        {_Stamps, Opts} -> load(Ep, stamps(Opts), Opts)
+    end.
+
+%% @doc Forgets the files (the endpoint is closed).
+-spec forget() -> ok.
+forget() ->
+    _ = persistent_term:erase(?KEY),
+    ok.
+
+%% @doc How often the acceptor calls follow/1, in milliseconds.
+-spec check_interval_ms() -> pos_integer().
+check_interval_ms() ->
+    ?CHECK_INTERVAL_MS.
+
+%% Stamps are kept even when loading fails: the same broken files are not tried (and logged)
+%% again at every connection, only once they change.
+load(Ep, Stamps, Opts) ->
+    persistent_term:put(?KEY, {Stamps, Opts}),
+    Result = try quic_dist_opts:tls(Opts, "") of
+                 Tls -> quic_dist_nif:endpoint_set_tls(Ep, Tls)
+             catch
+                 error:Reason -> {error, Reason}
+             end,
+    case Result of
+        ok ->
+            ?LOG_NOTICE("quic_dist loaded its certificate files again (~ts): new connections "
+                        "use them, connections already up keep theirs",
+                        [maps:get(certfile, Opts)]);
+        {error, Why} ->
+            ?LOG_WARNING("quic_dist cannot load its changed certificate files (~ts): ~tp; it "
+                         "keeps the certificate it has", [maps:get(certfile, Opts), Why])
+    end,
+    Result.
+
+%% A digest of each file's contents (a few kilobytes each).
+stamps(#{certfile := Cert} = Opts) ->
+    Files = [Cert, maps:get(keyfile, Opts, Cert), maps:get(cacertfile, Opts, none)],
+    [{File, stamp(File)} || File <- Files].
+
+stamp(none) ->
+    none;
+stamp(File) ->
+    case prim_file:read_file(File) of
+        {ok, Bin} -> erlang:md5(Bin);
+        {error, Reason} -> {error, Reason}
+    end.
