@@ -579,7 +579,8 @@ log_mode(What, Opts) ->
     quic_dist_log:log_when_ready(Level, "quic_dist ~ts; ~ts", [What, Mode]).
 
 %% @doc Loads the certificate files again now (certificate mode), for example right after a
-%% renewal; the node also notices changed files by itself within seconds. New connections use
+%% renewal; the node also notices changed files by itself (when it connects to a node, and
+%% every 10 s for the connections it accepts). New connections use
 %% the new certificate, connections already up keep theirs. `{error, Reason}' leaves the node
 %% with the certificate it has.
 -spec reload_certificates() -> ok | {error, term()}.

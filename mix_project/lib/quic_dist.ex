@@ -82,8 +82,8 @@ defmodule QuicDist do
   @doc """
   Loads this node's certificate files again, for example right after a tool renewed them.
 
-  The node also notices changed files by itself: before each connection it makes, and every
-  10 seconds for the connections it accepts. New connections use the new certificate;
+  The node also notices changed files by itself: when it connects to a node (looking at most
+  once a second), and every 10 seconds for the connections it accepts. New connections use the new certificate;
   connections already up keep theirs. Returns `:ok`, or `{:error, reason}` when the files
   cannot be loaded (the node keeps the certificate it has), when the node runs in cookie mode
   (`:not_in_certificate_mode`) or is not distributed over quic_dist (`:not_distributed`).

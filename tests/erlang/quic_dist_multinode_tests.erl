@@ -491,7 +491,9 @@ t_certificate_renewal(Reg) ->
                                call(From, quic_dist, info, [To]),
                            T
                    end,
-        ?P:connect(A, B),
+        %% B connects (A does not look at its files for a connection it accepts, only every
+        %% 10 s; its first outgoing connection looks at once).
+        ?P:connect(B, A),
         Old = NotAfter(B, NA),
         %% A's files renewed (valid 30 days instead of 365): its next connection presents the
         %% new certificate, and so does the next one it accepts.
