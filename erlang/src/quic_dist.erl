@@ -507,6 +507,7 @@ port_candidates(Name, Host, Opts) ->
             end
     end.
 
+%% {ok, Port} fixed by the epmd module for this node, {ok, 0} if none.
 epmd_listen_port(Name, Host) ->
     Mod = net_kernel:epmd_module(),
     _ = code:ensure_loaded(Mod),
@@ -515,6 +516,7 @@ epmd_listen_port(Name, Host) ->
         false -> erl_epmd:listen_port_please(Name, Host)
     end.
 
+%% inet_dist_listen_min..max, or [0] (any port).
 listen_port_range() ->
     case {application:get_env(kernel, inet_dist_listen_min),
           application:get_env(kernel, inet_dist_listen_max)} of

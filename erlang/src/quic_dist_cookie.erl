@@ -98,14 +98,16 @@ per_node_client(Ep, Cookie, Host, Opts) ->
             end
     end.
 
+%% The new cookie is tracked even when its material cannot be made (an empty cookie): the
+%% error is logged once, not at every connection.
 rederive(Ep, Host, Opts) ->
     Tls = quic_dist_opts:tls(Opts, Host),
+    track(Tls, Opts),
     case quic_dist_nif:endpoint_set_tls(Ep, Tls) of
         ok ->
-            track(Tls, Opts),
             ?LOG_NOTICE("quic_dist: the node's cookie changed; cookie-mode TLS trust now derives "
                         "from the new cookie (connections already up keep theirs)");
         {error, Reason} ->
-            ?LOG_ERROR("quic_dist cannot derive TLS material from the new cookie: ~ts",
-                       [Reason])
+            ?LOG_ERROR("quic_dist cannot derive TLS material from the new cookie: ~ts; "
+                       "connections keep using the previous cookie's", [Reason])
     end.
