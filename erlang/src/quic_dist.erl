@@ -294,6 +294,7 @@ acceptor_loop(Kernel, Ep) ->
             acceptor_loop(Kernel, Ep);
         quic_dist_check_files ->
             quic_dist_certfiles:follow(Ep),
+            quic_dist_certfiles:check_validity(),
             check_files_later(),
             acceptor_loop(Kernel, Ep);
         {quic_dist_incoming, Conn} ->

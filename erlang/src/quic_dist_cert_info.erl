@@ -1,7 +1,7 @@
 %%% @doc A readable summary of a peer certificate, decoded with OTP's public_key.
 -module(quic_dist_cert_info).
 
--export([summary/1]).
+-export([summary/1, validity/1]).
 
 -include_lib("public_key/include/public_key.hrl").
 
@@ -21,6 +21,22 @@ summary(Der) ->
     catch
         _:Reason -> #{error => Reason}
     end.
+
+%% @doc The validity period of a DER certificate, in Unix seconds.
+-spec validity(binary()) -> {ok, {integer(), integer()}} | {error, term()}.
+validity(Der) ->
+    try public_key:pkix_decode_cert(Der, otp) of
+        #'OTPCertificate'{tbsCertificate = #'OTPTBSCertificate'{
+                                              validity = #'Validity'{notBefore = NB,
+                                                                     notAfter = NA}}} ->
+            {ok, {unix_seconds(NB), unix_seconds(NA)}}
+    catch
+        _:Reason -> {error, Reason}
+    end.
+
+unix_seconds(Time) ->
+    pubkey_cert:time_str_2_gregorian_sec(Time)
+        - calendar:datetime_to_gregorian_seconds({{1970, 1, 1}, {0, 0, 0}}).
 
 format_name({rdnSequence, Rdns}) ->
     Parts = [[attr_name(T), $=, attr_value(V)]

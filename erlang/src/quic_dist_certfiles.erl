@@ -19,15 +19,24 @@
 %%% Connections already up keep their TLS session, as with `inet_tls_dist'. Files that fail to
 %%% load (half written, a key that does not match the certificate) leave the node with the
 %%% material it has, with a warning; they are tried again when they change again.
+%%%
+%%% The node also says when its own certificate is expired, not yet valid, or close to expiry
+%%% (less than 7 days or a fifth of its lifetime left): at start, after a reload, and when the
+%%% acceptor's check finds it has changed state (check_validity/0), once per state.
 -module(quic_dist_certfiles).
 
--export([track/1, tracking/0, follow/1, reload/1, forget/0, check_interval_ms/0]).
+-export([track/1, tracking/0, follow/1, reload/1, forget/0, check_interval_ms/0,
+         check_validity/0]).
 
 -include_lib("kernel/include/logger.hrl").
 
 %% {Stamps of the files the loaded material came from, Opts, LastLook}, in certificate mode
 %% only. LastLook: an atomics array holding when follow/1 last looked (monotonic ms).
 -define(KEY, {?MODULE, loaded_from}).
+%% {Stamps, State}: the validity state last reported for the loaded files.
+-define(REPORTED_KEY, {?MODULE, validity_reported}).
+%% A certificate with less than this left (or a fifth of its lifetime) is close to expiry.
+-define(EXPIRY_NOTICE_S, 7 * 86400).
 %% How often the acceptor looks at the files (between outgoing connections, which look too).
 -define(CHECK_INTERVAL_MS, 10000).
 %% follow/1 looks at the files at most this often.
@@ -41,7 +50,8 @@ track(Opts) ->
             LastLook = atomics:new(1, []),
             %% The first follow/1 looks at once.
             atomics:put(LastLook, 1, erlang:monotonic_time(millisecond) - ?MIN_INTERVAL_MS),
-            persistent_term:put(?KEY, {stamps(Opts), Opts, LastLook});
+            persistent_term:put(?KEY, {stamps(Opts), Opts, LastLook}),
+            check_validity();
         cookie ->
             ok
     end.
@@ -90,7 +100,26 @@ reload(Ep) ->
 -spec forget() -> ok.
 forget() ->
     _ = persistent_term:erase(?KEY),
+    _ = persistent_term:erase(?REPORTED_KEY),
     ok.
+
+%% @doc Warns if the loaded certificate is expired, not yet valid or close to expiry, unless
+%% that was already said for these files.
+-spec check_validity() -> ok.
+check_validity() ->
+    case persistent_term:get(?KEY, undefined) of
+        undefined ->
+            ok;
+        {Stamps, #{certfile := File}, _LastLook} ->
+            State = validity_state(File, os:system_time(second)),
+            case persistent_term:get(?REPORTED_KEY, undefined) of
+                {Stamps, State} ->
+                    ok;
+                _ ->
+                    persistent_term:put(?REPORTED_KEY, {Stamps, State}),
+                    report_validity(File, State)
+            end
+    end.
 
 %% @doc How often the acceptor calls follow/1, in milliseconds.
 -spec check_interval_ms() -> pos_integer().
@@ -110,7 +139,8 @@ load(Ep, Stamps, Opts, LastLook) ->
         ok ->
             ?LOG_NOTICE("quic_dist loaded its certificate files again (~ts): new connections "
                         "use them, connections already up keep theirs",
-                        [maps:get(certfile, Opts)]);
+                        [maps:get(certfile, Opts)]),
+            check_validity();
         {error, Why} ->
             ?LOG_WARNING("quic_dist cannot load its changed certificate files (~ts): ~tp; it "
                          "keeps the certificate it has", [maps:get(certfile, Opts), Why])
@@ -129,3 +159,49 @@ stamp(File) ->
         {ok, Bin} -> erlang:md5(Bin);
         {error, Reason} -> {error, Reason}
     end.
+
+%% ok | {expired, NotAfter} | {not_yet_valid, NotBefore} | {expiring, NotAfter} |
+%% unreadable (the loader reports that), for the first certificate in File at Now.
+validity_state(File, Now) ->
+    Ders = case prim_file:read_file(File) of
+               {ok, Pem} -> [Der || {'Certificate', Der, _} <- public_key:pem_decode(Pem)];
+               {error, _} -> []
+           end,
+    case Ders of
+        [Der | _] ->
+            case quic_dist_cert_info:validity(Der) of
+                {ok, {NotBefore, _}} when Now < NotBefore -> {not_yet_valid, NotBefore};
+                {ok, {_, NotAfter}} when Now > NotAfter -> {expired, NotAfter};
+                {ok, {NotBefore, NotAfter}} ->
+                    Notice = min(?EXPIRY_NOTICE_S, (NotAfter - NotBefore) div 5),
+                    case NotAfter - Now < Notice of
+                        true -> {expiring, NotAfter};
+                        false -> ok
+                    end;
+                {error, _} ->
+                    unreadable
+            end;
+        [] ->
+            unreadable
+    end.
+
+report_validity(_File, ok) ->
+    ok;
+report_validity(_File, unreadable) ->
+    ok;
+report_validity(File, {expired, NotAfter}) ->
+    warn("quic_dist: this node's certificate (~ts) expired at ~ts: peers refuse it; renew the "
+         "files (the node loads them again without a restart)", [File, utc(NotAfter)]);
+report_validity(File, {not_yet_valid, NotBefore}) ->
+    warn("quic_dist: this node's certificate (~ts) is not valid before ~ts: peers refuse it "
+         "until then (is the clock right?)", [File, utc(NotBefore)]);
+report_validity(File, {expiring, NotAfter}) ->
+    warn("quic_dist: this node's certificate (~ts) expires at ~ts; renew the files (the node "
+         "loads them again without a restart)", [File, utc(NotAfter)]).
+
+%% Through quic_dist_log: at start the boot-time handler would print it twice.
+warn(Format, Args) ->
+    quic_dist_log:log_when_ready(warning, Format, Args).
+
+utc(Seconds) ->
+    calendar:system_time_to_rfc3339(Seconds, [{unit, second}, {offset, "Z"}]).

@@ -34,7 +34,10 @@ certificate_mode_test_() ->
               {inorder,
                [tcase("peer certificate signed by another CA: refused both ways",
                       fun t_other_ca/1, Ctx),
-                tcase("expired certificate: refused both ways", fun t_expired/1, Ctx),
+                tcase("expired certificate: refused both ways, and the node warns of its own",
+                      fun t_expired/1, Ctx),
+                tcase("a certificate close to expiry: the node warns of it",
+                      fun t_expiring/1, Ctx),
                 tcase("certificate for another host: the dialing side checks the server name, "
                       "the accepting side the claimed node name", fun t_wrong_host/1, Ctx),
                 tcase("no client certificate (probe nocert)", fun t_no_client_cert/1, Ctx),
@@ -123,6 +126,7 @@ cert_setup() ->
              {n, Cert(good), qdt_sec},
              {r, cert_opts(C, rogue, ca1), qdt_sec},       % signed by CA2, trusts CA1
              {e, Cert(expired), qdt_sec},
+             {s, Cert(expiring), qdt_sec},                  % valid for one more hour
              {w, Cert(wronghost), qdt_sec},                 % names other.example only
              {o, Cert(outsider), qdt_sec},                  % subject not allowed by v
              {k, Cert(good), qdt_sec_other_cookie}],        % good certificate, wrong cookie
@@ -240,8 +244,17 @@ t_other_ca(Ctx) ->
     refused_both_ways(Ctx, r, "(UnknownIssuer|BadSignature)"),
     healthy(Ctx).
 
-t_expired(Ctx) ->
+t_expired(#{nodes := #{e := E}} = Ctx) ->
     refused_both_ways(Ctx, e, "[Ee]xpired"),
+    _ = expect_log(E, 0, ["this node's certificate \\(.*expired\\.pem\\) expired at "
+                          "[0-9-]+T.*renew the files"]),
+    healthy(Ctx).
+
+t_expiring(#{nodes := #{s := S, v := V}} = Ctx) ->
+    _ = expect_log(S, 0, ["this node's certificate \\(.*expiring\\.pem\\) expires at "
+                          "[0-9-]+T.*renew the files"]),
+    %% A certificate with a year left says nothing.
+    ?assertEqual(nomatch, re:run(log_since(V, 0), "this node's certificate")),
     healthy(Ctx).
 
 %% Bad node B dials V (V refuses B's client certificate), then V dials B (V refuses B's server
@@ -745,6 +758,8 @@ make_certs(Dir) ->
     ok = quic_dist_certs:generate(D1, [{"expired", ["127.0.0.1"]}],
                                   #{not_before => Now - 10 * 86400,
                                     not_after => Now - 86400}),
+    ok = quic_dist_certs:generate(D1, [{"expiring", ["127.0.0.1"]}],
+                                  #{not_before => Now - 86400, not_after => Now + 3600}),
     ok = quic_dist_certs:generate(D2, [{"rogue", ["127.0.0.1"]}, {"rogue2", ["127.0.0.1"]}]),
     Password = "qdt pass " ++ integer_to_list(erlang:unique_integer([positive])),
     GoodKey = filename:join(D1, "good_key.pem"),
@@ -760,7 +775,7 @@ make_certs(Dir) ->
       [{ca1, F(D1, "ca")}, {ca2, F(D2, "ca")}, {password, Password}, {good_with_key, WithKey},
        {legacy_key, Legacy}, {pkcs8_key, Pkcs8}]
       ++ lists:append([[{list_to_atom(B), F(D1, B)}, {list_to_atom(B ++ "_key"), K(D1, B)}]
-                       || B <- ["good", "wronghost", "outsider", "expired"]])
+                       || B <- ["good", "wronghost", "outsider", "expired", "expiring"]])
       ++ lists:append([[{list_to_atom(B), F(D2, B)}, {list_to_atom(B ++ "_key"), K(D2, B)}]
                        || B <- ["rogue", "rogue2"]])).
 

@@ -141,7 +141,8 @@ certs_test_() ->
               {"summary shows CN, SANs, issuer and validity", fun() -> t_summary(Dir) end},
               {"node certificate chains to the CA", fun() -> t_chain(Dir) end},
               {"a second generate reuses the CA", fun() -> t_reuse_ca(Dir) end},
-              {"summary of garbage is an error", fun t_summary_garbage/0}]
+              {"summary of garbage is an error", fun t_summary_garbage/0},
+              {"validity in Unix seconds", fun() -> t_validity(Dir) end}]
      end}.
 
 %% 2023-11-14T22:13:20Z and 2024-11-13T22:13:20Z.
@@ -218,6 +219,11 @@ t_reuse_ca(Dir) ->
     S = quic_dist_cert_info:summary(Der),
     ?assert(has_part(maps:get(subject, S), <<"CN=gamma">>)),
     ?assertEqual([{dns, <<"gamma.example.com">>}], maps:get(subject_alt_names, S)).
+
+t_validity(Dir) ->
+    ?assertEqual({ok, {?NOT_BEFORE, ?NOT_AFTER}},
+                 quic_dist_cert_info:validity(cert_der(filename:join(Dir, "alpha.pem")))),
+    ?assertMatch({error, _}, quic_dist_cert_info:validity(<<"not a certificate">>)).
 
 t_summary_garbage() ->
     ?assertMatch(#{error := _}, quic_dist_cert_info:summary(<<"not a certificate">>)).
