@@ -230,7 +230,8 @@ impl DistEndpoint {
 
     /// Uses `tls` for the connections made or accepted from now on (held ones included);
     /// established connections keep theirs. For a node whose identity changes while it runs
-    /// (in cookie mode: a new cookie). Session tickets of the old configuration are not used.
+    /// (a new cookie in cookie mode, renewed certificate files). Session tickets issued under
+    /// the old configuration are not used.
     pub fn set_tls(&self, tls: &TlsMaterial) -> Result<(), TransportError> {
         let clients = ClientConfigs::new(tls, &self.opts)?;
         if self.listening {
