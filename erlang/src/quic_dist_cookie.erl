@@ -53,9 +53,14 @@ follow(Ep) ->
         undefined ->
             ok;
         {Cookie, Host, Opts} ->
-            case atom_to_binary(erlang:get_cookie(), utf8) of
-                Cookie -> ok;
-                _Changed -> rederive(Ep, Host, Opts)
+            case erlang:get_cookie() of
+                %% auth is not running (distribution stopping): nothing to follow.
+                nocookie -> ok;
+                Current ->
+                    case atom_to_binary(Current, utf8) of
+                        Cookie -> ok;
+                        _Changed -> rederive(Ep, Host, Opts)
+                    end
             end
     end.
 
@@ -74,9 +79,14 @@ client_for(Ep, Node) ->
         undefined ->
             undefined;
         {Own, Host, Opts} ->
-            case atom_to_binary(erlang:get_cookie(Node), utf8) of
-                Own -> undefined;
-                Cookie -> per_node_client(Ep, Cookie, Host, Opts)
+            case erlang:get_cookie(Node) of
+                nocookie ->
+                    undefined;
+                NodeCookie ->
+                    case atom_to_binary(NodeCookie, utf8) of
+                        Own -> undefined;
+                        Cookie -> per_node_client(Ep, Cookie, Host, Opts)
+                    end
             end
     end.
 
