@@ -166,6 +166,15 @@ impl ClientConfigs {
             loopback: tls.client_config(&opts.for_loopback())?,
         })
     }
+
+    /// The configuration for a peer at `addr`.
+    fn for_peer(&self, addr: SocketAddr) -> quinn::ClientConfig {
+        if is_loopback(addr) {
+            self.loopback.clone()
+        } else {
+            self.network.clone()
+        }
+    }
 }
 
 /// The node's QUIC endpoint with its TLS configuration.
@@ -423,24 +432,15 @@ impl DistEndpoint {
     ) where
         F: FnOnce(Result<DistConnection, TransportError>) + Send + 'static,
     {
-        let own;
-        let clients = match clients {
-            Some(c) => c,
+        let config = match clients {
+            Some(c) => c.for_peer(addr),
             None => match self.clients.lock() {
-                Ok(c) => {
-                    own = c.clone();
-                    &own
-                }
+                Ok(c) => c.for_peer(addr),
                 Err(_) => {
                     done(Err(TransportError::Closed));
                     return;
                 }
             },
-        };
-        let config = if is_loopback(addr) {
-            clients.loopback.clone()
-        } else {
-            clients.network.clone()
         };
         let conn = match self.endpoint.connect(config, addr, &server_name) {
             Ok(c) => crate::direct::compat::Connection(c),

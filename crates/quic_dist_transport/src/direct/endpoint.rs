@@ -325,11 +325,10 @@ impl Endpoint {
         let mut state = lock(&self.inner.state);
         state.admission_due = false;
         for (incoming, from) in std::mem::take(&mut state.held) {
-            response.clear();
             if state.refusing {
-                let t = state.endpoint.refuse(incoming, &mut response);
-                let _ = self.inner.socket.send(&t, &response[..t.size]);
+                self.refuse(&mut state, incoming, &mut response);
             } else {
+                response.clear();
                 state =
                     self.accept_incoming(state, incoming, from, now, &mut response, &mut touched);
             }
@@ -339,6 +338,13 @@ impl Endpoint {
             conn.drive();
         }
         self.inner.executor.run();
+    }
+
+    /// Refuses a new connection and tells its client so (`response` is the buffer to use).
+    fn refuse(&self, state: &mut State, incoming: quinn_proto::Incoming, response: &mut Vec<u8>) {
+        response.clear();
+        let t = state.endpoint.refuse(incoming, response);
+        let _ = self.inner.socket.send(&t, &response[..t.size]);
     }
 
     /// Accepts a new connection from `from` with the server configuration for its address,
@@ -385,9 +391,7 @@ impl Endpoint {
             state.refusing = true;
             let mut response = Vec::new();
             for (incoming, _) in std::mem::take(&mut state.held) {
-                response.clear();
-                let t = state.endpoint.refuse(incoming, &mut response);
-                let _ = self.inner.socket.send(&t, &response[..t.size]);
+                self.refuse(&mut state, incoming, &mut response);
             }
             state.conns.values().cloned().collect()
         };
@@ -487,8 +491,7 @@ impl Endpoint {
                         }
                     }
                     Some(DatagramEvent::NewConnection(incoming)) if state.refusing => {
-                        let t = state.endpoint.refuse(incoming, &mut response);
-                        let _ = self.inner.socket.send(&t, &response[..t.size]);
+                        self.refuse(&mut state, incoming, &mut response);
                     }
                     Some(DatagramEvent::NewConnection(incoming)) if state.holding => {
                         if state.held.len() >= HELD_MAX {
