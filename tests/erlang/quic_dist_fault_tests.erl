@@ -8,6 +8,8 @@
 %%% - partition longer than net_ticktime: nodedown on both sides, reconnect on the next send
 %%%   after healing, nothing sent after reconnection lost;
 %%% - blip shorter than net_ticktime while messages flow: no nodedown, nothing lost;
+%%% - NAT rebinding (the dialling node's datagrams leave from a new port) while messages flow:
+%%%   the peer follows the new address, no nodedown, nothing lost;
 %%% - kill -9 of a node in the middle of 64 MiB messages (both ways, rate-limited link): the
 %%%   survivor sees nodedown, frees the partial messages, keeps serving a third node;
 %%% and on loopback:
@@ -86,6 +88,8 @@ netns_test_() ->
             "next send, nothing lost after", 120, fun t_partition/1),
       netns("1 s blip, shorter than net_ticktime (8 s), while messages flow: no nodedown, "
             "nothing lost", 120, fun t_blip/1),
+      netns("NAT rebinding of the dialling node while messages flow: the connection moves to "
+            "the new address, no nodedown, nothing lost", 120, fun t_nat_rebinding/1),
       netns("bulk data for 3 x net_ticktime (4 s) through a 20 Mbit/s link: the connection "
             "stays up", 120, fun t_liveness_under_bulk/1),
       netns("kill -9 in the middle of 64 MiB messages both ways: nodedown, erlang:memory "
@@ -235,6 +239,55 @@ t_blip(#{net := Net, reg := Reg}) ->
     ?assert(SentAtHeal - SentAtCut > 1000),
     ?assertEqual([], maps:get(bad, R)),
     ?assertEqual(maps:get(sent, R), maps:get(received, R)),
+    ?assertEqual([], call(A, ?MODULE, watch_events, [])),
+    ?assertEqual([], call(B, ?MODULE, watch_events, [])),
+    ?assertEqual([NB], call(A, erlang, nodes, [])),
+    ?assertEqual([NA], call(B, erlang, nodes, [])).
+
+%%% ------------------------------------------------------------------
+%%% NAT rebinding
+%%% ------------------------------------------------------------------
+
+%% A NAT in front of a node may give its flow a new port (a mapping that timed out, a NAT
+%% gateway restarted, a laptop's network changed behind the same peer address). QUIC
+%% identifies a connection by its connection IDs, not by addresses: the peer validates the
+%% new path and carries on. (TCP distribution loses the connection: the peer answers the
+%% unknown port with a reset, nodedown, and the next send connects again.)
+t_nat_rebinding(#{net := Net, reg := Reg}) ->
+    [A, B] = ?P:start_many(Reg, [?NS:node_opts(Net, a, #{prefix => "a"}),
+                                 ?NS:node_opts(Net, b, #{prefix => "b"})]),
+    NA = ?P:nodename(A),
+    NB = ?P:nodename(B),
+    %% A dials, so A is the connection's client: the side whose address may change.
+    ?P:connect(A, B),
+    [call(P, ?MODULE, watch_start, []) || P <- [A, B]],
+    {ok, #{remote := {IpA, PortA}}} = call(B, quic_dist, info, [NA]),
+    NewPort = case PortA of 41000 -> 41001; _ -> 41000 end,
+    call(A, ?MODULE, progress_init, []),
+    Job = call(A, ?MODULE, job_start,
+               [?MODULE, run_pairs, [[{1, NB}], #{duration_ms => 6000, pace_per_ms => 10,
+                                                 window => 100000, ack_every => 200,
+                                                 progress => true}]]),
+    {ok, _} = poll(fun() -> {_, Acked} = call(A, ?MODULE, progress, []), Acked >= 5000 end,
+                   20000),
+    ok = ?NS:rebind(Net, a, {PortA, NewPort}),
+    {SentAtRebind, _} = call(A, ?MODULE, progress, []),
+    %% B sees A at its new address ...
+    Moved = poll(fun() ->
+                         {ok, #{remote := Remote}} = call(B, quic_dist, info, [NA]),
+                         {Remote =:= {IpA, NewPort}, Remote}
+                 end, 10000),
+    ?assertEqual({ok, {IpA, NewPort}}, Moved),
+    %% ... and what A sent after the rebinding is acknowledged over it.
+    {ok, _} = poll(fun() -> {_, Acked} = call(A, ?MODULE, progress, []),
+                            Acked >= SentAtRebind + 1000 end, 20000),
+    R = call(A, ?MODULE, job_await, [Job, 60000], 65000),
+    io:format(user, "~n    ~b messages; port ~b -> ~b after ~b sent; ~s ",
+              [maps:get(received, R), PortA, NewPort, SentAtRebind,
+               format_stats(call(A, ?MODULE, link_stats, [NB]))]),
+    ?assertEqual([], maps:get(bad, R)),
+    ?assertEqual(maps:get(sent, R), maps:get(received, R)),
+    ?assertEqual(NA, call(B, rpc, call, [NA, erlang, node, [], 5000])),
     ?assertEqual([], call(A, ?MODULE, watch_events, [])),
     ?assertEqual([], call(B, ?MODULE, watch_events, [])),
     ?assertEqual([NB], call(A, erlang, nodes, [])),

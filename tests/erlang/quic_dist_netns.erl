@@ -7,7 +7,9 @@
 %%% distribution.
 %%% Faults: `cut/1,2' and `heal/1' (`ip link set DEV down/up'), `set_loss/2' (nftables: a
 %%% rule `numgen random mod 100 < N drop' on each side's input, so loss is both ways; the
-%%% kernel here has no netem), `set_rate/2' (`tc qdisc ... tbf' on each side's egress).
+%%% kernel here has no netem), `set_rate/2' (`tc qdisc ... tbf' on each side's egress),
+%%% `rebind/3' (nftables rewrites a side's UDP port both ways, as when a NAT in front of it
+%%% gives the flow a new mapping).
 %%%
 %%% Names are unique per run and per call: `qdf_<OS pid>_<N>_a' (or `$QUIC_DIST_NETNS_PREFIX'
 %%% instead of `qdf_<OS pid>', which lets scripts/run-erlang-tests.sh delete anything a killed
@@ -17,12 +19,13 @@
 
 -export([available/0, create/0, destroy/1,
          ns/2, ip/2, dev/2, node_opts/3,
-         cut/1, cut/2, heal/1, set_loss/2, set_rate/2, rx_bytes/2, tx_bytes/2,
+         cut/1, cut/2, heal/1, set_loss/2, set_rate/2, rebind/3, rx_bytes/2, tx_bytes/2,
          cmd/2]).
 
 -define(DEV_A, "qdf_a").
 -define(DEV_B, "qdf_b").
 -define(NFT_TABLE, "qdfault").
+-define(NFT_NAT_TABLE, "qdnat").
 -define(AVAILABLE_KEY, {?MODULE, available}).
 
 -type side() :: a | b.
@@ -242,6 +245,25 @@ set_loss(Net, Percent) when is_integer(Percent), Percent >= 0, Percent =< 100 ->
                            "<", integer_to_list(Percent), "drop"])
               end
       end, [a, b]).
+
+%% @doc NAT rebinding of Side's socket on port From: from now on its datagrams to the other
+%% side leave from port To, and datagrams to To reach From, as when a NAT in front of Side
+%% forgets a mapping and makes a new one. Stateless rewriting in Side's namespace (a conntrack
+%% NAT rule would rebind only flows whose next packet happens to go out before one comes in).
+-spec rebind(net(), side(), {inet:port_number(), inet:port_number()}) -> ok.
+rebind(Net, Side, {From, To}) when is_integer(From), is_integer(To) ->
+    Peer = ip(Net, case Side of a -> b; b -> a end),
+    Nft = fun(Args) -> must("ip", ["netns", "exec", ns(Net, Side), "nft" | Args]) end,
+    Nft(["add", "table", "ip", ?NFT_NAT_TABLE]),
+    Nft(["add", "chain", "ip", ?NFT_NAT_TABLE, "out",
+         "{ type filter hook output priority 0; }"]),
+    Nft(["add", "chain", "ip", ?NFT_NAT_TABLE, "in",
+         "{ type filter hook prerouting priority -300; }"]),
+    Nft(["add", "rule", "ip", ?NFT_NAT_TABLE, "out", "ip", "daddr", Peer,
+         "udp", "sport", integer_to_list(From), "udp", "sport", "set", integer_to_list(To)]),
+    Nft(["add", "rule", "ip", ?NFT_NAT_TABLE, "in", "ip", "saddr", Peer,
+         "udp", "dport", integer_to_list(To), "udp", "dport", "set", integer_to_list(From)]),
+    ok.
 
 %% @doc Limits each veth end's egress to Rate (tc syntax, e.g. "100mbit") with a token bucket
 %% (64 KB burst, 20 ms of queue); `none' removes it.
