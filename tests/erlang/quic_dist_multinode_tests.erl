@@ -53,6 +53,9 @@ lifecycle_test_() ->
               fun t_nodedown_on_kill/1),
      isolated("nodedown within seconds of a send to a node killed with kill -9 (net_ticktime "
               "60)", 90, fun t_nodedown_on_send_after_kill/1),
+     isolated("idle_timeout_ms 2000, far below the tick interval (15 s): a quiet connection "
+              "stays up; a frozen peer (SIGSTOP) is dropped at the idle timeout", 90,
+              fun t_idle_timeout/1),
      isolated("reconnect to a restarted node after kill -9", 120,
               fun t_reconnect_after_kill/1),
      isolated("three nodes: full mesh and global names", 90, fun t_mesh_global/1),
@@ -289,6 +292,34 @@ t_nodedown_on_kill(Reg) ->
     ?assertEqual([], call(A, erlang, nodes, [])),
     io:format(user, "~n    nodedown after ~b ms (~p) ",
               [Ms, proplists:get_value(nodedown_reason, Info)]).
+
+%% The QUIC idle timeout must not end a connection whose peer is alive but quiet: ticks come
+%% every net_ticktime/4, which can be longer (net_ticktime 1200 and the default 300 s idle
+%% timeout; or a short idle_timeout_ms). It still ends one whose peer stopped answering.
+t_idle_timeout(Reg) ->
+    Args = ["-quic_dist_opt", "idle_timeout_ms", "2000"],
+    [A, B] = ?P:start_many(Reg, [#{prefix => "a", ticktime => 60, args => Args},
+                                 #{prefix => "b", ticktime => 60, args => Args}]),
+    NB = ?P:nodename(B),
+    ?P:connect(A, B),
+    call(A, ?P, watch, [?WATCHER, [{monitor_node, NB}, monitor_nodes]]),
+    %% Four idle timeouts without a tick (the first comes 15 s after the connection).
+    ?assertMatch({timeout, []}, call(A, ?P, wait_event, [?WATCHER, {nodedown, NB}, 8000],
+                                     15000)),
+    ?assertEqual(NB, call(A, rpc, call, [NB, erlang, node, []])),
+    %% A frozen node (its NIF threads too) answers nothing: gone at the idle timeout, long
+    %% before the ticks (45-75 s) would notice.
+    "" = os:cmd("kill -STOP " ++ ?P:os_pid(B)),
+    T0 = erlang:monotonic_time(millisecond),
+    {ok, {nodedown, NB}, _} =
+        call(A, ?P, wait_event, [?WATCHER, {nodedown, NB}, 20000], 25000),
+    Ms = erlang:monotonic_time(millisecond) - T0,
+    {ok, {nodedown, NB, Info}, _} =
+        call(A, ?P, wait_event, [?WATCHER, {nodedown, NB, '_'}, 5000], 10000),
+    Reason = proplists:get_value(nodedown_reason, Info),
+    io:format(user, "~n    frozen peer dropped after ~b ms (~p) ", [Ms, Reason]),
+    ?assertMatch({connection_closed, <<"idle timeout", _/binary>>}, Reason),
+    ok = ?P:kill(B).
 
 t_nodedown_on_send_after_kill(Reg) ->
     [A, B] = ?P:start_many(Reg, [#{prefix => "a", ticktime => 60},

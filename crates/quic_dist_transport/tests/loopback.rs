@@ -792,6 +792,25 @@ async fn close_is_reported_to_the_peer_with_the_reason() {
     .expect("send still accepted long after close");
 }
 
+/// Distribution ticks may come less often than the idle timeout (every net_ticktime/4): a
+/// connection whose peer is alive but has nothing to say must stay up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_connection_to_a_live_peer_outlives_the_idle_timeout() {
+    let idle = TransportOptions {
+        idle_timeout: Duration::from_millis(300),
+        ..TransportOptions::default()
+    };
+    let mut p = pair(idle.clone(), idle).await;
+    // Four idle timeouts without a packet from either side's distribution layer.
+    if let Ok(reason) = timeout(Duration::from_millis(1200), p.client.closed.recv()).await {
+        panic!("a quiet connection was closed: {reason:?}");
+    }
+    assert!(p.server.closed.try_recv().is_err());
+    assert_eq!(p.client.send_packets(&[b"still here"]), SendStatus::Ready);
+    let (got, _) = p.server.recv_packets(1, true).await;
+    assert_eq!(got, vec![Bytes::from_static(b"still here")]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_a_connection_closes_it() {
     let p = pair(TransportOptions::default(), TransportOptions::default()).await;
