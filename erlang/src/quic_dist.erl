@@ -68,6 +68,9 @@
 -define(PROTOCOL, quic).
 %% The address family of the node's endpoint, once open.
 -define(FAMILY_KEY, {?MODULE, family}).
+%% A QUIC handshake takes milliseconds; one that lost its first datagrams sends them again
+%% after about 1 s, then 2 s more. One not done after this is worth a warning.
+-define(HANDSHAKE_OVERDUE_MS, 3000).
 %% What a connection's set-up calls on either side, beyond what a node loads to start
 %% distribution. A node started with -noshell (by `peer', or a release in interactive mode) may
 %% not have `string' and `unicode_util' yet, which dist_util:split_node/1 needs: loading them
@@ -392,13 +395,7 @@ do_setup(Kernel, Node, Type, MyNode, LongOrShortNames, SetupTime, Family) ->
     Client = quic_dist_cookie:client_for(Ep, Node),
     Ref = make_ref(),
     ok = quic_dist_nif:connect(Ep, Ip, Port, list_to_binary(Host), self(), Ref, Client),
-    Conn = receive
-               {quic_dist_connected, Ref, {ok, C}} -> C;
-               {quic_dist_connected, Ref, {error, R3}} ->
-                   ?LOG_WARNING("quic_dist cannot connect to ~p at ~s: ~ts",
-                                [Node, address_text(Ip, Port), R3]),
-                   ?shutdown2(Node, {connect_failed, R3})
-           end,
+    Conn = await_connected(Node, Ip, Port, Ref, SetupTime),
     dist_util:reset_timer(Timer),
     case quic_dist_identity:check_subject(Conn, opts()) of
         ok -> ok;
@@ -410,6 +407,31 @@ do_setup(Kernel, Node, Type, MyNode, LongOrShortNames, SetupTime, Family) ->
     HSData = (hs_data(Kernel, MyNode, Socket, Timer))#hs_data{other_node = Node,
                                                               request_type = Type},
     dist_util:handshake_we_started(HSData).
+
+%% Waits for the QUIC handshake of a connection this node makes. When a firewall drops UDP,
+%% nothing ever comes back (while epmd, over TCP, answered): say so once the handshake is
+%% overdue, then keep waiting; net_kernel's set-up timer ends the attempt as for any carrier.
+await_connected(Node, Ip, Port, Ref, SetupTime) ->
+    Overdue = min(?HANDSHAKE_OVERDUE_MS, SetupTime div 2),
+    receive
+        {quic_dist_connected, Ref, Result} -> connected(Node, Ip, Port, Result)
+    after Overdue ->
+            ?LOG_WARNING("quic_dist: no QUIC handshake with ~p at ~s after ~b ms; if it never "
+                         "completes, check that udp port ~b is open between the nodes "
+                         "(firewalls and cloud security groups often pass tcp only)",
+                         [Node, address_text(Ip, Port), Overdue, Port]),
+            receive
+                {quic_dist_connected, Ref, Result} -> connected(Node, Ip, Port, Result)
+            end
+    end.
+
+%% The connection, or the set-up's end with the reason logged.
+connected(_Node, _Ip, _Port, {ok, Conn}) ->
+    Conn;
+connected(Node, Ip, Port, {error, Reason}) ->
+    ?LOG_WARNING("quic_dist cannot connect to ~p at ~s: ~ts",
+                 [Node, address_text(Ip, Port), Reason]),
+    ?shutdown2(Node, {connect_failed, Reason}).
 
 %% The node's endpoint: the listening one, or a client-only one of address family Family
 %% created on first use (`-dist_listen false').

@@ -90,6 +90,8 @@ netns_test_() ->
             "nothing lost", 120, fun t_blip/1),
       netns("NAT rebinding of the dialling node while messages flow: the connection moves to "
             "the new address, no nodedown, nothing lost", 120, fun t_nat_rebinding/1),
+      netns("a firewall that passes TCP only: epmd answers, QUIC does not; pang, and the "
+            "dialling node's log says to check the udp port", 60, fun t_udp_blocked/1),
       netns("bulk data for 3 x net_ticktime (4 s) through a 20 Mbit/s link: the connection "
             "stays up", 120, fun t_liveness_under_bulk/1),
       netns("kill -9 in the middle of 64 MiB messages both ways: nodedown, erlang:memory "
@@ -292,6 +294,23 @@ t_nat_rebinding(#{net := Net, reg := Reg}) ->
     ?assertEqual([], call(B, ?MODULE, watch_events, [])),
     ?assertEqual([NB], call(A, erlang, nodes, [])),
     ?assertEqual([NA], call(B, erlang, nodes, [])).
+
+%% A firewall (or cloud security group) that passes TCP only is the usual first obstacle:
+%% epmd answers, the QUIC handshake gets nothing back. The set-up ends at net_setuptime as it
+%% would for TCP distribution, but the node says what to look at.
+t_udp_blocked(#{net := Net, reg := Reg}) ->
+    [A, B] = ?P:start_many(Reg, [?NS:node_opts(Net, a, #{prefix => "a"}),
+                                 ?NS:node_opts(Net, b, #{prefix => "b"})]),
+    NB = ?P:nodename(B),
+    ok = ?NS:block_udp(Net, b),
+    {Result, Lines} = call(A, quic_dist_multinode_tests, ping_with_log, [NB], 20000),
+    io:format(user, "~n    ~p; logged: ~ts ", [Result, lists:join(" | ", Lines)]),
+    ?assertEqual(pang, Result),
+    ?assertMatch([_], [L || L <- Lines, string:find(L, "no QUIC handshake") =/= nomatch,
+                            string:find(L, "check that udp port") =/= nomatch]),
+    %% The node is fine: once the firewall lets UDP through, the next attempt connects.
+    ok = ?NS:unblock_udp(Net, b),
+    ?assertEqual(pong, call(A, net_adm, ping, [NB])).
 
 %%% ------------------------------------------------------------------
 %%% Liveness while bulk data saturates a slow link

@@ -9,7 +9,8 @@
 %%% rule `numgen random mod 100 < N drop' on each side's input, so loss is both ways; the
 %%% kernel here has no netem), `set_rate/2' (`tc qdisc ... tbf' on each side's egress),
 %%% `rebind/3' (nftables rewrites a side's UDP port both ways, as when a NAT in front of it
-%%% gives the flow a new mapping).
+%%% gives the flow a new mapping), `block_udp/2' (Side drops every UDP datagram it gets, as a
+%%% firewall that passes TCP only).
 %%%
 %%% Names are unique per run and per call: `qdf_<OS pid>_<N>_a' (or `$QUIC_DIST_NETNS_PREFIX'
 %%% instead of `qdf_<OS pid>', which lets scripts/run-erlang-tests.sh delete anything a killed
@@ -19,13 +20,14 @@
 
 -export([available/0, create/0, destroy/1,
          ns/2, ip/2, dev/2, node_opts/3,
-         cut/1, cut/2, heal/1, set_loss/2, set_rate/2, rebind/3, rx_bytes/2, tx_bytes/2,
-         cmd/2]).
+         cut/1, cut/2, heal/1, set_loss/2, set_rate/2, rebind/3, block_udp/2, unblock_udp/2,
+         rx_bytes/2, tx_bytes/2, cmd/2]).
 
 -define(DEV_A, "qdf_a").
 -define(DEV_B, "qdf_b").
 -define(NFT_TABLE, "qdfault").
 -define(NFT_NAT_TABLE, "qdnat").
+-define(NFT_FIREWALL_TABLE, "qdfw").
 -define(AVAILABLE_KEY, {?MODULE, available}).
 
 -type side() :: a | b.
@@ -264,6 +266,25 @@ rebind(Net, Side, {From, To}) when is_integer(From), is_integer(To) ->
     Nft(["add", "rule", "ip", ?NFT_NAT_TABLE, "in", "ip", "saddr", Peer,
          "udp", "dport", integer_to_list(To), "udp", "dport", "set", integer_to_list(From)]),
     ok.
+
+%% @doc A firewall in front of Side that passes TCP only: every UDP datagram arriving on its
+%% veth end is dropped (epmd, over TCP, still answers).
+-spec block_udp(net(), side()) -> ok.
+block_udp(Net, Side) ->
+    Ns = ns(Net, Side),
+    Nft = fun(Args) -> must("ip", ["netns", "exec", Ns, "nft" | Args]) end,
+    Nft(["add", "table", "inet", ?NFT_FIREWALL_TABLE]),
+    Nft(["add", "chain", "inet", ?NFT_FIREWALL_TABLE, "input",
+         "{ type filter hook input priority 0; }"]),
+    Nft(["add", "rule", "inet", ?NFT_FIREWALL_TABLE, "input", "iifname", dev(Net, Side),
+         "meta", "l4proto", "udp", "drop"]),
+    ok.
+
+%% @doc Removes block_udp/2's firewall.
+-spec unblock_udp(net(), side()) -> ok.
+unblock_udp(Net, Side) ->
+    must("ip", ["netns", "exec", ns(Net, Side), "nft", "delete", "table", "inet",
+                ?NFT_FIREWALL_TABLE]).
 
 %% @doc Limits each veth end's egress to Rate (tc syntax, e.g. "100mbit") with a token bucket
 %% (64 KB burst, 20 ms of queue); `none' removes it.
