@@ -164,15 +164,20 @@ impl TransportOptions {
             // The control stream is the one bidirectional stream; data streams are
             // unidirectional, opened by their sender.
             .max_concurrent_bidi_streams(quinn::VarInt::from_u32(1))
-            .max_concurrent_uni_streams(quinn::VarInt::from_u32(MAX_DATA_STREAMS as u32))
+            .max_concurrent_uni_streams(quinn::VarInt::from_u32(MAX_DATA_STREAMS as u32));
+        let (idle, idle_timeout) = match quinn::IdleTimeout::try_from(self.idle_timeout) {
+            Ok(idle) => (idle, self.idle_timeout),
+            Err(_) => (
+                quinn::IdleTimeout::from(quinn::VarInt::from_u32(300_000)),
+                Duration::from_secs(300),
+            ),
+        };
+        t.max_idle_timeout(Some(idle))
             // A live peer must never be timed out: distribution ticks come every
             // net_ticktime/4 (15 s by default, 300 s with net_ticktime 1200), which may be
             // longer than the idle timeout. quinn sends a PING when nothing came from the peer
             // for a third of it, so the idle timeout ends only connections whose peer is gone.
-            .keep_alive_interval(Some(self.idle_timeout / 3));
-        let idle = quinn::IdleTimeout::try_from(self.idle_timeout)
-            .unwrap_or_else(|_| quinn::IdleTimeout::from(quinn::VarInt::from_u32(300_000)));
-        t.max_idle_timeout(Some(idle));
+            .keep_alive_interval(Some(idle_timeout / 3));
         t.initial_mtu(self.initial_mtu)
             .min_mtu(MIN_UDP_PAYLOAD)
             .enable_segmentation_offload(self.segmentation_offload)
