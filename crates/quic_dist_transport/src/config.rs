@@ -99,9 +99,10 @@ pub struct TransportOptions {
     pub mixed_window: u64,
     /// Data streams a node sends on (1: everything on the control stream, in one order).
     pub streams: usize,
-    /// A connection with no packet received for this long is closed by QUIC itself. A quiet
-    /// peer is pinged after a third of it, so only a peer that is gone (or cut off) gets
-    /// there. Distribution ticks normally notice a dead peer first.
+    /// A connection with no packet received for this long is closed by QUIC itself (0: never,
+    /// unless the peer has one). A quiet peer is pinged after a third of it, so only a peer
+    /// that is gone (or cut off) gets there. Distribution ticks normally notice a dead peer
+    /// first.
     pub idle_timeout: Duration,
     /// Time allowed for the QUIC handshake and the first stream of an incoming connection.
     pub handshake_timeout: Duration,
@@ -165,19 +166,21 @@ impl TransportOptions {
             // unidirectional, opened by their sender.
             .max_concurrent_bidi_streams(quinn::VarInt::from_u32(1))
             .max_concurrent_uni_streams(quinn::VarInt::from_u32(MAX_DATA_STREAMS as u32));
+        // 0: no idle timeout of our own (quinn would take 0 for an immediate one).
         let (idle, idle_timeout) = match quinn::IdleTimeout::try_from(self.idle_timeout) {
-            Ok(idle) => (idle, self.idle_timeout),
+            _ if self.idle_timeout.is_zero() => (None, None),
+            Ok(idle) => (Some(idle), Some(self.idle_timeout)),
             Err(_) => (
-                quinn::IdleTimeout::from(quinn::VarInt::from_u32(300_000)),
-                Duration::from_secs(300),
+                Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(300_000))),
+                Some(Duration::from_secs(300)),
             ),
         };
-        t.max_idle_timeout(Some(idle))
+        t.max_idle_timeout(idle)
             // A live peer must never be timed out: distribution ticks come every
             // net_ticktime/4 (15 s by default, 300 s with net_ticktime 1200), which may be
             // longer than the idle timeout. quinn sends a PING when nothing came from the peer
             // for a third of it, so the idle timeout ends only connections whose peer is gone.
-            .keep_alive_interval(Some(idle_timeout / 3));
+            .keep_alive_interval(idle_timeout.map(|d| d / 3));
         t.initial_mtu(self.initial_mtu)
             .min_mtu(MIN_UDP_PAYLOAD)
             .enable_segmentation_offload(self.segmentation_offload)

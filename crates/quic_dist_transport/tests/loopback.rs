@@ -811,6 +811,29 @@ async fn a_quiet_connection_to_a_live_peer_outlives_the_idle_timeout() {
     assert_eq!(got, vec![Bytes::from_static(b"still here")]);
 }
 
+/// idle_timeout 0 is QUIC's "none": no keep-alive either (an interval of 0 would ping without
+/// end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_idle_timeout_a_quiet_connection_stays_quiet() {
+    let none = TransportOptions {
+        idle_timeout: Duration::ZERO,
+        ..TransportOptions::default()
+    };
+    let mut p = pair(none.clone(), none).await;
+    // Let the handshake's last acknowledgements settle, then count for 600 ms.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = p.client.conn.stats().datagrams_sent + p.server.conn.stats().datagrams_sent;
+    if let Ok(reason) = timeout(Duration::from_millis(600), p.client.closed.recv()).await {
+        panic!("a quiet connection was closed: {reason:?}");
+    }
+    let after = p.client.conn.stats().datagrams_sent + p.server.conn.stats().datagrams_sent;
+    assert!(
+        after - before <= 4,
+        "{} datagrams while quiet",
+        after - before
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_a_connection_closes_it() {
     let p = pair(TransportOptions::default(), TransportOptions::default()).await;
