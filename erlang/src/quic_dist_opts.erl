@@ -15,6 +15,7 @@
 
 %% Data streams per direction unless the `streams' option says otherwise (see the README).
 -define(DEFAULT_STREAMS, 8).
+-define(U32, 4294967295).
 
 -type opts() :: #{atom() => term()}.
 -export_type([opts/0]).
@@ -32,6 +33,9 @@ get() ->
     _ = [bad_option(K, V, "true or false")
          || K <- [verify_node_name, insecure], V <- [maps:get(K, Opts, false)],
             not is_boolean(V)],
+    %% The NIF takes a 16-bit port: 70000 would quietly become 4464.
+    _ = [bad_option(port, P, "an integer from 0 to 65535")
+         || P <- [maps:get(port, Opts, 0)], not (is_integer(P) andalso in(P, 0, 65535))],
     Opts.
 
 %% @doc The TLS part, as the NIF takes it, for a node whose host name is Host.
@@ -106,9 +110,36 @@ decrypt_key(Pem, Password, File) ->
 %% @doc The transport part, as the NIF takes it.
 -spec transport(opts()) -> map().
 transport(Opts) ->
-    (maps:with([idle_timeout_ms, handshake_timeout_ms, max_frame, stream_window,
-                connection_window, mixed_window], Opts))#{streams => streams(Opts),
-                                            congestion => congestion(Opts)}.
+    Numbers = maps:with([idle_timeout_ms, handshake_timeout_ms, max_frame, stream_window,
+                         connection_window, mixed_window], Opts),
+    maps:foreach(fun check_range/2, Numbers),
+    Numbers#{streams => streams(Opts), congestion => congestion(Opts)}.
+
+%% A numeric transport option outside what a node works with is an error at start. Outside
+%% these ranges every connection fails or stalls: a window of 0 lets no data through, a
+%% handshake timeout of 0 lets no handshake finish, a frame limit below OTP's 64 KiB
+%% fragments refuses large messages; an idle timeout under a second would ping a quiet peer
+%% several times a second.
+check_range(Key, Value) ->
+    {Allowed, Expected} = range(Key),
+    case is_integer(Value) andalso Allowed(Value) of
+        true -> ok;
+        false -> bad_option(Key, Value, Expected)
+    end.
+
+range(idle_timeout_ms) ->
+    {fun(V) -> V =:= 0 orelse in(V, 1000, ?U32) end,
+     "0 (none) or an integer from 1000 to 4294967295 (milliseconds)"};
+range(handshake_timeout_ms) ->
+    {fun(V) -> in(V, 1000, ?U32) end, "an integer from 1000 to 4294967295 (milliseconds)"};
+range(max_frame) ->
+    {fun(V) -> in(V, 1048576, ?U32) end, "an integer from 1048576 to 4294967295 (bytes)"};
+range(Window) when Window =:= stream_window; Window =:= connection_window ->
+    {fun(V) -> in(V, 65536, ?U32) end, "an integer from 65536 to 4294967295 (bytes)"};
+range(mixed_window) ->
+    {fun(V) -> in(V, 0, ?U32) end, "an integer from 0 (never narrow) to 4294967295 (bytes)"}.
+
+in(V, Min, Max) -> V >= Min andalso V =< Max.
 
 %% @doc The congestion controller: cubic (the default), bbr or new_reno.
 -spec congestion(opts()) -> bbr | cubic | new_reno.

@@ -87,6 +87,29 @@ poll_us_option_test() ->
     ?assertError({bad_option, poll_us, -1, _}, quic_dist_opts:poll_us(#{poll_us => -1})),
     ?assertError({bad_option, poll_us, fast, _}, quic_dist_opts:poll_us(#{poll_us => fast})).
 
+%% Values with which no connection could work are refused at start, with the range.
+numeric_option_ranges_test() ->
+    T = fun(Opts) -> quic_dist_opts:transport(Opts) end,
+    ?assertMatch(#{idle_timeout_ms := 0}, T(#{idle_timeout_ms => 0})),
+    ?assertMatch(#{idle_timeout_ms := 1000, handshake_timeout_ms := 1000, max_frame := 1048576,
+                   stream_window := 65536, connection_window := 65536, mixed_window := 0},
+                 T(#{idle_timeout_ms => 1000, handshake_timeout_ms => 1000, max_frame => 1048576,
+                     stream_window => 65536, connection_window => 65536, mixed_window => 0})),
+    Refused = [{idle_timeout_ms, 999}, {idle_timeout_ms, -1}, {handshake_timeout_ms, 0},
+               {max_frame, 10}, {stream_window, 0}, {connection_window, 1},
+               {mixed_window, -1}, {stream_window, 1 bsl 32}, {max_frame, "big"}],
+    [?assertError({bad_option, K, V, _}, T(#{K => V})) || {K, V} <- Refused],
+    %% The port, checked with the other options at start (sys.config here).
+    _ = application:load(quic_dist),
+    try
+        ok = application:set_env(quic_dist, port, 70000),
+        ?assertError({bad_option, port, 70000, _}, quic_dist_opts:get()),
+        ok = application:set_env(quic_dist, port, 65535),
+        ?assertMatch(#{port := 65535}, quic_dist_opts:get())
+    after
+        application:unset_env(quic_dist, port)
+    end.
+
 congestion_option_test() ->
     ?assertEqual(#{congestion => bbr}, quic_dist_opts:parse_pairs(["congestion", "bbr"])),
     ?assertMatch(#{congestion := cubic}, quic_dist_opts:transport(#{})),
