@@ -4,15 +4,11 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use quic_dist_transport::certs::Validity;
 use quic_dist_transport::cookie_trust::cookie_material;
 use quic_dist_transport::{
     ClientConfigs, DistEndpoint, TlsMaterial, TransportError, TransportOptions,
 };
 
-/// Validity of the leaf certificate a node issues itself in cookie mode. It lives only in
-/// memory and is renewed at every start; long enough that a running node never outlives it.
-const COOKIE_LEAF_DAYS: u32 = 3650;
 use rustler::{
     Atom, Decoder, Encoder, Env, LocalPid, NifResult, OwnedEnv, Resource, ResourceArc, Term,
 };
@@ -88,10 +84,8 @@ fn select_material(tls: Term) -> NifResult<Result<TlsMaterial, String>> {
     if let Some(cookie) = get::<rustler::Binary>(tls, atoms::cookie())? {
         let names = get::<Vec<String>>(tls, atoms::names())?.unwrap_or_default();
         let common_name = get::<String>(tls, atoms::common_name())?.unwrap_or_default();
-        let validity = Validity::days_from_now(COOKIE_LEAF_DAYS);
         return Ok(
-            cookie_material(cookie.as_slice(), &common_name, &names, validity)
-                .map_err(|e| e.to_string()),
+            cookie_material(cookie.as_slice(), &common_name, &names).map_err(|e| e.to_string())
         );
     }
     Ok(Err(

@@ -9,6 +9,7 @@
 //! about 100 000 HMACs). Production clusters should use real certificates.
 
 use std::num::NonZeroU32;
+use std::time::{Duration, UNIX_EPOCH};
 
 use aws_lc_rs::pbkdf2;
 use rcgen::{CertificateParams, Issuer, KeyPair, SerialNumber};
@@ -56,14 +57,25 @@ fn cookie_ca_params() -> Result<CertificateParams, TransportError> {
     Ok(params)
 }
 
+/// Validity of a cookie-mode leaf: from the Unix epoch to RFC 5280's "no well-defined
+/// expiration date". Trust comes from the cookie, and TCP distribution does not depend on
+/// clocks: a peer whose clock is off (no real-time clock before NTP, a VM resumed) or a node
+/// that runs for years must not be refused for it.
+fn cookie_leaf_validity() -> Validity {
+    Validity {
+        not_before: UNIX_EPOCH,
+        // 9999-12-31T23:59:59Z
+        not_after: UNIX_EPOCH + Duration::from_secs(253_402_300_799),
+    }
+}
+
 /// TLS material for a node that trusts whoever knows `cookie`: the derived CA as the only
 /// trust anchor and a new leaf certificate naming `names` (the host part of the node name and
-/// its aliases), valid for `validity`.
+/// its aliases), valid whatever the clocks say.
 pub fn cookie_material(
     cookie: &[u8],
     common_name: &str,
     names: &[String],
-    validity: Validity,
 ) -> Result<TlsMaterial, TransportError> {
     if cookie.is_empty() {
         return Err(TransportError::TlsMaterial(
@@ -76,7 +88,7 @@ pub fn cookie_material(
     let issuer = Issuer::new(params, ca_key);
 
     let leaf_key = KeyPair::generate()?;
-    let leaf = node_params(name(common_name, false), names, validity)?;
+    let leaf = node_params(name(common_name, false), names, cookie_leaf_validity())?;
     let leaf_cert = leaf.signed_by(&leaf_key, &issuer)?;
 
     Ok(TlsMaterial {
@@ -94,18 +106,53 @@ mod tests {
     #[test]
     fn the_same_cookie_gives_the_same_ca_and_another_cookie_another() {
         let names = vec!["127.0.0.1".to_string()];
-        let v = Validity::days_from_now(1);
-        let a = cookie_material(b"secret", "a", &names, v).unwrap();
-        let b = cookie_material(b"secret", "b", &names, v).unwrap();
-        let c = cookie_material(b"other", "c", &names, v).unwrap();
+        let a = cookie_material(b"secret", "a", &names).unwrap();
+        let b = cookie_material(b"secret", "b", &names).unwrap();
+        let c = cookie_material(b"other", "c", &names).unwrap();
         assert_eq!(a.roots, b.roots);
         assert_ne!(a.roots, c.roots);
         assert_ne!(a.chain, b.chain, "each node has its own leaf");
     }
 
+    /// Trust in cookie mode comes from the cookie alone, and TCP distribution does not look at
+    /// clocks: a node whose clock is hours, or decades, away from its peer's (a board without a
+    /// real-time clock before NTP, a VM after a pause) must still be let in.
+    #[test]
+    fn a_leaf_is_accepted_whatever_the_clocks_of_the_two_nodes() {
+        use rustls::server::WebPkiClientVerifier;
+        use rustls_pki_types::UnixTime;
+        use std::time::SystemTime;
+
+        let names = vec!["127.0.0.1".to_string()];
+        let a = cookie_material(b"secret", "a", &names).unwrap();
+        let b = cookie_material(b"secret", "b", &names).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(b.roots[0].clone()).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+            .build()
+            .unwrap();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        let hour = Duration::from_secs(3600);
+        let year = 365 * 24 * hour;
+        for (peer_clock, at) in [
+            ("2 hours behind", now - 2 * hour),
+            ("a day ahead", now + 24 * hour),
+            ("at 1970", Duration::from_secs(86_400)),
+            ("20 years ahead", now + 20 * year),
+        ] {
+            let checked = verifier.verify_client_cert(
+                &a.chain[0],
+                &a.chain[1..],
+                UnixTime::since_unix_epoch(at),
+            );
+            assert!(checked.is_ok(), "peer clock {peer_clock}: {checked:?}");
+        }
+    }
+
     #[test]
     fn an_empty_cookie_is_refused() {
-        let err = cookie_material(b"", "a", &[], Validity::days_from_now(1)).unwrap_err();
+        let err = cookie_material(b"", "a", &[]).unwrap_err();
         assert!(err.to_string().contains("non-empty cookie"));
     }
 }
