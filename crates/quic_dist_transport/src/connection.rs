@@ -172,9 +172,8 @@ pub(crate) struct Shared {
     pub(crate) in_flight: Mutex<Option<InFlightPolicy>>,
     /// Bytes queued on all streams and not yet taken by QUIC.
     pub(crate) queued: AtomicUsize,
-    /// Of those, the bytes the connection holds copies of (not lent): the high-water mark
-    /// counts these.
-    pub(crate) copied: AtomicUsize,
+    /// Of those, the bytes the high-water mark counts (see `Queued::counted`).
+    pub(crate) counted: AtomicUsize,
     pub(crate) paused: AtomicBool,
     pub(crate) packets_sent: AtomicU64,
     pub(crate) packets_received: AtomicU64,
@@ -245,7 +244,7 @@ impl DistConnection {
                 mapper: Mutex::new(None),
                 in_flight: Mutex::new(None),
                 queued: AtomicUsize::new(0),
-                copied: AtomicUsize::new(0),
+                counted: AtomicUsize::new(0),
                 paused: AtomicBool::new(false),
                 packets_sent: AtomicU64::new(0),
                 packets_received: AtomicU64::new(0),

@@ -1104,6 +1104,31 @@ async fn only_copied_bytes_make_the_connection_busy() {
     stays_quiet(&mut p.client.writable, "writable while nothing drains").await;
 }
 
+/// With one stream (`streams 1`) every packet takes the control stream, in order, and no sender
+/// waits on its own: lent bytes count towards the mark as well, or nothing would bound them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_one_stream_lent_bytes_make_the_connection_busy_too() {
+    const LEN: usize = 1024 * 1024;
+    let mut p = data_pair(1).await;
+    // The receiver never acks: after its first 512 KiB nothing more leaves the queue.
+    let mut busy_after = None;
+    for seq in 0..(2 * SEND_QUEUE_HIGH_WATER / LEN) as u64 {
+        if send_batch(&p.client, &[dist_send(1, seq, LEN)]) == SendStatus::Busy {
+            busy_after = Some(seq + 1);
+            break;
+        }
+    }
+    let busy_after = busy_after.expect("lent packets never made a one-stream connection busy");
+    assert!(
+        busy_after as usize * LEN > SEND_QUEUE_HIGH_WATER,
+        "busy after {busy_after} packets of {LEN} bytes"
+    );
+    stays_quiet(&mut p.client.writable, "writable while nothing drains").await;
+    // Once the receiver takes what it got, the queue drains and the sender hears so.
+    p.server.recv_packets(busy_after as usize, true).await;
+    within(&mut p.client.writable, "writable after draining").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lent_and_copied_pieces_arrive_as_one_packet_on_any_number_of_streams() {
     for streams in [1, 4] {
