@@ -395,7 +395,8 @@ do_setup(Kernel, Node, Type, MyNode, LongOrShortNames, SetupTime, Family) ->
     Client = quic_dist_cookie:client_for(Ep, Node),
     Ref = make_ref(),
     ok = quic_dist_nif:connect(Ep, Ip, Port, list_to_binary(Host), self(), Ref, Client),
-    Conn = await_connected(Node, Ip, Port, Ref, SetupTime),
+    Overdue = min(?HANDSHAKE_OVERDUE_MS, SetupTime div 2),
+    Conn = await_connected(Node, Ip, Port, Ref, Overdue),
     dist_util:reset_timer(Timer),
     case quic_dist_identity:check_subject(Conn, opts()) of
         ok -> ok;
@@ -410,9 +411,9 @@ do_setup(Kernel, Node, Type, MyNode, LongOrShortNames, SetupTime, Family) ->
 
 %% Waits for the QUIC handshake of a connection this node makes. When a firewall drops UDP,
 %% nothing ever comes back (while epmd, over TCP, answered): say so once the handshake is
-%% overdue, then keep waiting; net_kernel's set-up timer ends the attempt as for any carrier.
-await_connected(Node, Ip, Port, Ref, SetupTime) ->
-    Overdue = min(?HANDSHAKE_OVERDUE_MS, SetupTime div 2),
+%% overdue (after Overdue ms), then keep waiting; net_kernel's set-up timer ends the attempt as
+%% for any carrier.
+await_connected(Node, Ip, Port, Ref, Overdue) ->
     receive
         {quic_dist_connected, Ref, Result} -> connected(Node, Ip, Port, Result)
     after Overdue ->
@@ -420,9 +421,7 @@ await_connected(Node, Ip, Port, Ref, SetupTime) ->
                          "completes, check that udp port ~b is open between the nodes "
                          "(firewalls and cloud security groups often pass tcp only)",
                          [Node, address_text(Ip, Port), Overdue, Port]),
-            receive
-                {quic_dist_connected, Ref, Result} -> connected(Node, Ip, Port, Result)
-            end
+            await_connected(Node, Ip, Port, Ref, infinity)
     end.
 
 %% The connection, or the set-up's end with the reason logged.
