@@ -237,14 +237,8 @@ set_loss(Net, Percent) when is_integer(Percent), Percent >= 0, Percent =< 100 ->
               _ = cmd("ip", ["netns", "exec", Ns, "nft", "delete", "table", "inet", ?NFT_TABLE]),
               case Percent of
                   0 -> ok;
-                  _ ->
-                      Nft = fun(Args) -> must("ip", ["netns", "exec", Ns, "nft" | Args]) end,
-                      Nft(["add", "table", "inet", ?NFT_TABLE]),
-                      Nft(["add", "chain", "inet", ?NFT_TABLE, "input",
-                           "{ type filter hook input priority 0; }"]),
-                      Nft(["add", "rule", "inet", ?NFT_TABLE, "input",
-                           "iifname", dev(Net, S), "numgen", "random", "mod", "100",
-                           "<", integer_to_list(Percent), "drop"])
+                  _ -> input_rule(Net, S, ?NFT_TABLE, ["numgen", "random", "mod", "100",
+                                                        "<", integer_to_list(Percent), "drop"])
               end
       end, [a, b]).
 
@@ -271,20 +265,21 @@ rebind(Net, Side, {From, To}) when is_integer(From), is_integer(To) ->
 %% veth end is dropped (epmd, over TCP, still answers).
 -spec block_udp(net(), side()) -> ok.
 block_udp(Net, Side) ->
-    Ns = ns(Net, Side),
-    Nft = fun(Args) -> must("ip", ["netns", "exec", Ns, "nft" | Args]) end,
-    Nft(["add", "table", "inet", ?NFT_FIREWALL_TABLE]),
-    Nft(["add", "chain", "inet", ?NFT_FIREWALL_TABLE, "input",
-         "{ type filter hook input priority 0; }"]),
-    Nft(["add", "rule", "inet", ?NFT_FIREWALL_TABLE, "input", "iifname", dev(Net, Side),
-         "meta", "l4proto", "udp", "drop"]),
-    ok.
+    input_rule(Net, Side, ?NFT_FIREWALL_TABLE, ["meta", "l4proto", "udp", "drop"]).
 
 %% @doc Removes block_udp/2's firewall.
 -spec unblock_udp(net(), side()) -> ok.
 unblock_udp(Net, Side) ->
     must("ip", ["netns", "exec", ns(Net, Side), "nft", "delete", "table", "inet",
                 ?NFT_FIREWALL_TABLE]).
+
+%% A new nftables table in Side's namespace whose one rule applies Rule to what arrives on
+%% Side's veth end.
+input_rule(Net, Side, Table, Rule) ->
+    Nft = fun(Args) -> must("ip", ["netns", "exec", ns(Net, Side), "nft" | Args]) end,
+    Nft(["add", "table", "inet", Table]),
+    Nft(["add", "chain", "inet", Table, "input", "{ type filter hook input priority 0; }"]),
+    Nft(["add", "rule", "inet", Table, "input", "iifname", dev(Net, Side) | Rule]).
 
 %% @doc Limits each veth end's egress to Rate (tc syntax, e.g. "100mbit") with a token bucket
 %% (64 KB burst, 20 ms of queue); `none' removes it.
