@@ -213,15 +213,9 @@ t_blip(#{net := Net, reg := Reg}) ->
     NB = ?P:nodename(B),
     ?P:connect(A, B),
     [call(P, ?MODULE, watch_start, []) || P <- [A, B]],
-    call(A, ?MODULE, progress_init, []),
-    %% About 10 000 messages/s for 8 s; the window is larger than what a 1 s blip holds back,
-    %% so the sender keeps sending through the blip.
-    Job = call(A, ?MODULE, job_start,
-               [?MODULE, run_pairs, [[{1, NB}], #{duration_ms => 8000, pace_per_ms => 10,
-                                                 window => 100000, ack_every => 200,
-                                                 progress => true}]]),
-    {ok, _} = poll(fun() -> {_, Acked} = call(A, ?MODULE, progress, []), Acked >= 5000 end,
-                   20000),
+    %% The window is larger than what a 1 s blip holds back, so the sender keeps sending
+    %% through the blip.
+    Job = paced_job(A, NB, 8000),
     {SentAtCut, AckedAtCut} = call(A, ?MODULE, progress, []),
     ok = ?NS:cut(Net),
     %% The blip itself (a fault of a given length, not a wait for something).
@@ -246,6 +240,19 @@ t_blip(#{net := Net, reg := Reg}) ->
     ?assertEqual([NB], call(A, erlang, nodes, [])),
     ?assertEqual([NA], call(B, erlang, nodes, [])).
 
+%% Starts about 10 000 messages/s from A to one receiver on NB for DurationMs, with a window of
+%% 100 000 unacknowledged (more than a short fault holds back), and returns the job once 5000
+%% have been acknowledged.
+paced_job(A, NB, DurationMs) ->
+    call(A, ?MODULE, progress_init, []),
+    Job = call(A, ?MODULE, job_start,
+               [?MODULE, run_pairs, [[{1, NB}], #{duration_ms => DurationMs, pace_per_ms => 10,
+                                                 window => 100000, ack_every => 200,
+                                                 progress => true}]]),
+    {ok, _} = poll(fun() -> {_, Acked} = call(A, ?MODULE, progress, []), Acked >= 5000 end,
+                   20000),
+    Job.
+
 %%% ------------------------------------------------------------------
 %%% NAT rebinding
 %%% ------------------------------------------------------------------
@@ -265,13 +272,7 @@ t_nat_rebinding(#{net := Net, reg := Reg}) ->
     [call(P, ?MODULE, watch_start, []) || P <- [A, B]],
     {ok, #{remote := {IpA, PortA}}} = call(B, quic_dist, info, [NA]),
     NewPort = case PortA of 41000 -> 41001; _ -> 41000 end,
-    call(A, ?MODULE, progress_init, []),
-    Job = call(A, ?MODULE, job_start,
-               [?MODULE, run_pairs, [[{1, NB}], #{duration_ms => 6000, pace_per_ms => 10,
-                                                 window => 100000, ack_every => 200,
-                                                 progress => true}]]),
-    {ok, _} = poll(fun() -> {_, Acked} = call(A, ?MODULE, progress, []), Acked >= 5000 end,
-                   20000),
+    Job = paced_job(A, NB, 6000),
     ok = ?NS:rebind(Net, a, {PortA, NewPort}),
     {SentAtRebind, _} = call(A, ?MODULE, progress, []),
     %% B sees A at its new address ...
