@@ -20,6 +20,8 @@
 %%%                   pauses on `busy' until the NIF says `quic_dist_writable'
 %%%                   └─ input handler: receives batches of packets from the NIF,
 %%%                      calls dist_ctrl_put_data, acknowledges consumed bytes
+%%%                   (both high priority for small messages on a busy node, normal for
+%%%                   bulk data: quic_dist_urgency)
 %%%
 %%%  receiver (quic_dist_receiver, high priority, one per node, not linked): woken by ERTS
 %%%      when the UDP socket is readable; one NIF call reads a bounded batch, runs QUIC and

@@ -12,7 +12,8 @@
 
 %% Run on the nodes.
 -export([memory/0, start_flood/3, wait_stuck/1, wait_flood_done/1, many_senders/4, order_receiver/4, signal_pairs/3, head_of_line/2, stream_counts/1,
-         pings_beside_stream/3, small_burst/2, large_messages/1]).
+         pings_beside_stream/3, small_burst/2, large_messages/1, priorities_after_pings/2,
+         start_spinners/1, input_priority_during_bulk/2, watch_priority/3]).
 
 -define(P, quic_dist_test_peers).
 -define(BIG, (100 * 1024)).          % above 64 KiB: fragmented
@@ -43,7 +44,11 @@ streams_test_() ->
      pair("streams 1: everything on the control stream, in order", 60,
           ["-quic_dist_opt", "streams", "1"], fun t_one_stream/1),
      pair("congestion bbr instead of cubic: the same traffic gets through", 60,
-          ["-quic_dist_opt", "congestion", "bbr"], fun t_bbr/1)].
+          ["-quic_dist_opt", "congestion", "bbr"], fun t_bbr/1),
+     pair("a node's schedulers busy with normal work: its controller and input handler run "
+          "at high priority for small messages (they go ahead as TCP's port I/O does), at "
+          "normal priority during 64 MiB of bulk data, and high again after", 60, [],
+          fun t_priorities/1)].
 
 pair(Title, Secs, Args, Fun) ->
     {Title, {setup,
@@ -166,6 +171,21 @@ t_large_messages(#{a := A, b := B}) ->
      end || {joined, Size, _, Referenced} <- Results],
     ?assertEqual(4, length(Results)).
 
+t_priorities(#{a := A, b := B}) ->
+    ?P:connect(A, B),
+    NA = ?P:nodename(A),
+    NB = ?P:nodename(B),
+    High = #{controller => high, input_handler => high},
+    %% B's schedulers busy with normal work: small messages make both high there.
+    Spinners = ?P:call(B, ?MODULE, start_spinners, [4]),
+    ?assertEqual(High, ?P:call(B, ?MODULE, priorities_after_pings, [NA, High])),
+    %% 64 MiB from A to B: B's input handler is seen at normal priority meanwhile.
+    ?assertEqual({ok, normal},
+                 ?P:call(A, ?MODULE, input_priority_during_bulk, [NB, 64], 60000)),
+    %% Small messages again: high again.
+    ?assertEqual(High, ?P:call(B, ?MODULE, priorities_after_pings, [NA, High])),
+    ?P:call(B, erlang, exit, [Spinners, kill]).
+
 t_one_stream(#{a := A, b := B}) ->
     ?P:connect(A, B),
     ?assertEqual({1, 0}, ?P:call(A, ?MODULE, stream_counts, [?P:nodename(B)])),
@@ -181,6 +201,73 @@ t_bbr(#{a := A, b := B}) ->
 %%% ------------------------------------------------------------------
 %%% Run on the nodes
 %%% ------------------------------------------------------------------
+
+%% @doc The priorities of the controller and input handler of the connection to Node, after
+%% each of up to 200 pings until they are Want (the first ones after bulk data, or after the
+%% node's load changed, may still show the old state).
+priorities_after_pings(Node, Want) ->
+    priorities_after_pings(Node, Want, 200).
+
+priorities_after_pings(Node, Want, Left) ->
+    pong = net_adm:ping(Node),
+    Priorities = maps:map(fun(_, Pid) -> element(2, erlang:process_info(Pid, priority)) end,
+                          connection_processes(Node)),
+    case Priorities of
+        Want -> Priorities;
+        _ when Left =:= 1 -> Priorities;
+        _ -> priorities_after_pings(Node, Want, Left - 1)
+    end.
+
+connection_processes(Node) ->
+    {Node, Ctrl} = lists:keyfind(Node, 1, erlang:system_info(dist_ctrl)),
+    {quic_dist, Ctrl, Input, _Conn} = quic_dist_conn:socket(Ctrl),
+    #{controller => Ctrl, input_handler => Input}.
+
+%% @doc N processes that keep this node's schedulers busy until the returned one is killed.
+start_spinners(N) ->
+    spawn(fun() ->
+                  _ = [spawn_link(fun spin/0) || _ <- lists:seq(1, N)],
+                  receive after infinity -> ok end
+          end).
+
+spin() ->
+    _ = lists:seq(1, 100),
+    spin().
+
+%% @doc Sends MiBs 1 MiB binaries to a reader on Node while a watcher there samples the
+%% priority of its input handler: {ok, normal} once seen at normal priority, or
+%% {not_seen, Priorities}.
+input_priority_during_bulk(Node, MiBs) ->
+    Self = self(),
+    Watcher = erpc:call(Node, ?MODULE, watch_priority, [node(), input_handler, Self]),
+    Reader = spawn(Node, fun() -> read_n(MiBs, Self) end),
+    Bin = binary:copy(<<"p">>, 1024 * 1024),
+    _ = spawn_link(fun() -> [Reader ! Bin || _ <- lists:seq(1, MiBs)] end),
+    receive {read, Reader} -> ok after 50000 -> error(bulk_not_read) end,
+    Watcher ! stop,
+    receive {Watcher, Seen} -> Seen after 10000 -> timeout end.
+
+read_n(0, Report) -> Report ! {read, self()};
+read_n(N, Report) -> receive _ -> read_n(N - 1, Report) end.
+
+%% @doc A process that samples the priority of the connection's Which process until it is seen
+%% at normal priority (sampling only while it is not high: a transfer brings it down) or it is
+%% told to stop; it then sends {self(), {ok, normal} | {not_seen, Seen}} to ReportTo.
+watch_priority(Node, Which, ReportTo) ->
+    Pid = maps:get(Which, connection_processes(Node)),
+    spawn(fun() -> watch_loop(Pid, ReportTo, #{}) end).
+
+watch_loop(Pid, ReportTo, Seen) ->
+    case erlang:process_info(Pid, priority) of
+        {priority, normal} ->
+            receive stop -> ReportTo ! {self(), {ok, normal}} end;
+        {priority, P} ->
+            receive stop -> ReportTo ! {self(), {not_seen, Seen#{P => true}}}
+            after 0 ->
+                    erlang:yield(),
+                    watch_loop(Pid, ReportTo, Seen#{P => true})
+            end
+    end.
 
 %% @doc {erlang:memory(total), OS resident set size, the NIF's own heap} of this node, bytes.
 memory() ->

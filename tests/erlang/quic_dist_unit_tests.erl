@@ -287,3 +287,29 @@ select_test_() ->
      %% RFC 6761: .invalid never resolves.
      {timeout, 30, ?_assertNot(quic_dist:select('x@no-such-host.invalid'))},
      ?_assertNot(quic_dist:select('no_host_part'))].
+
+%% quic_dist_urgency: high priority only for little data on a node with runnable processes.
+urgency_test() ->
+    D = fun quic_dist_urgency:decide/4,
+    P = fun({_, _, Priority}) -> Priority end,
+    U0 = {0, 0, normal},
+    %% Going idle after a while: high on a busy node, normal on an idle one.
+    ?assertEqual(high, P(D(0, 1000, 3, U0))),
+    ?assertEqual(normal, P(D(0, 1000, 0, U0))),
+    Busy = D(0, 1000, 3, U0),
+    %% Small messages keep it high; 1 MiB at once (bulk) brings it down at once.
+    ?assertEqual(high, P(D(200, 1001, 0, Busy))),
+    Bulk = D(1024 * 1024, 1001, 0, Busy),
+    ?assertEqual(normal, P(Bulk)),
+    %% Idle 100 us after bulk: not refilled yet, stays normal though the node is busy.
+    ?assertEqual(normal, P(D(0, 1101, 3, Bulk))),
+    %% 3 ms after: refilled, high again.
+    ?assertEqual(high, P(D(0, 4001, 3, Bulk))),
+    %% A steady 1 KiB every 10 us (100 MB/s, above the rate): normal within a few ms.
+    Steady = lists:foldl(fun(T, U) -> D(1024, T, 0, D(0, T, 3, U)) end, Busy,
+                         lists:seq(1010, 6000, 10)),
+    ?assertEqual(normal, P(Steady)),
+    %% 100 B every 10 us (10 MB/s): stays high.
+    Light = lists:foldl(fun(T, U) -> D(100, T, 0, D(0, T, 3, U)) end, Busy,
+                        lists:seq(1010, 6000, 10)),
+    ?assertEqual(high, P(Light)).
