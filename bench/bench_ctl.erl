@@ -12,7 +12,7 @@
 -define(CALL_TIMEOUT, 900000).
 -define(BOOT_TIMEOUT, 60000).
 -define(ALL_CARRIERS, [tcp, tls, quic]).
--define(ALL_SCENARIOS, [connect, reconnect, rtt, small, bulk, hol, netns]).
+-define(ALL_SCENARIOS, [connect, reconnect, rtt, small, bulk, hol, busy, netns]).
 -define(MiB, (1024 * 1024)).
 
 %%% ------------------------------------------------------------------
@@ -138,6 +138,7 @@ params(false) ->
                 warm => 32 * ?MiB, rounds => 3},
       hol => #{pings => 300, stream => 8 * ?MiB, window => 8, max_stream => 1000,
                max_ms => 5000, rounds => 3},
+      busy => #{n => 300, spinners => 50, max_ms => 10000, rounds => 3},
       netns => #{rtt_warm => 100, rtt_n => 1000, reps => 3, max_ms => 8000,
                  %% Five: TCP's repetitions of 64 MiB under 1% loss moved 121-656 MB/s within
                  %% a minute, and three made a median of luck.
@@ -156,6 +157,7 @@ params(true) ->
                 warm => 16 * ?MiB, rounds => 2},
       hol => #{pings => 100, stream => 8 * ?MiB, window => 8, max_stream => 500,
                max_ms => 3000, rounds => 2},
+      busy => #{n => 100, spinners => 50, max_ms => 5000, rounds => 2},
       netns => #{rtt_warm => 50, rtt_n => 500, reps => 2, max_ms => 5000,
                  loss_bulk => 16 * ?MiB, loss_bulk_reps => 2,
                  rate_bulk => 8 * ?MiB, rate_rtt_n => 100, small_total => 20000,
@@ -294,7 +296,10 @@ measure(bulk, _Carrier, A, B, #{params := #{bulk := P}} = Cfg) ->
 measure(hol, _Carrier, A, B, #{params := #{hol := P}}) ->
     #{pings := Pings, stream := Stream, window := Window, max_stream := MaxStream,
       max_ms := MaxMs} = P,
-    hol_run(A, B, Pings, Stream, Window, MaxStream, MaxMs).
+    hol_run(A, B, Pings, Stream, Window, MaxStream, MaxMs);
+measure(busy, _Carrier, A, B, #{params := #{busy := P}}) ->
+    #{n := N, spinners := Spinners, max_ms := MaxMs} = P,
+    call(A, bench_node, rtt_busy, [node_of(B), N, Spinners, MaxMs]).
 
 %% A carrier's results of a scenario from its rounds' (Runs, in round order) and the load
 %% meanwhile.
@@ -351,6 +356,11 @@ summarize(bulk, Carrier, {Runs, Other}, #{params := #{bulk := P}}) ->
                receiver_s_per_gb => CpuB, gb_moved => Moved / 1.0e9},
       quic_info => case Info of undefined -> null; _ -> Info end,
       other_cpu_cores => Other};
+summarize(busy, Carrier, {Runs, Other}, #{params := #{busy := #{spinners := Spinners}}}) ->
+    R = latency(Runs),
+    log("[~s] rtt, the peer's schedulers busy with ~p processes: p50 ~.1f us, p99 ~.1f us",
+        [Carrier, Spinners, maps:get(p50_us, R), maps:get(p99_us, R)]),
+    R#{spinners => Spinners, other_cpu_cores => Other};
 summarize(hol, Carrier, {Runs, Other}, _Cfg) ->
     R = hol_summary(Runs),
     log("[~s] head-of-line: p50 ~s us, p99 ~s us (~p pings), stream ~s MB/s",
@@ -681,7 +691,9 @@ row_specs() ->
      {cpu_receiver, "  of which receiver", "s/GB", lower, [bulk, cpu, receiver_s_per_gb]},
      {hol_p50_us, "RTT p50 under 8 MiB stream", "us", lower, [hol, p50_us]},
      {hol_p99_us, "RTT p99 under 8 MiB stream", "us", lower, [hol, p99_us]},
-     {hol_stream, "  8 MiB stream meanwhile", "MB/s", higher, [hol, stream_mb_per_s]}] ++
+     {hol_stream, "  8 MiB stream meanwhile", "MB/s", higher, [hol, stream_mb_per_s]},
+     {busy_p50_us, "RTT p50, peer's schedulers busy", "us", lower, [busy, p50_us]},
+     {busy_p99_us, "RTT p99, peer's schedulers busy", "us", lower, [busy, p99_us]}] ++
         netns_row_specs(loss, netns_loss, "netns 1% loss") ++
         netns_row_specs(rate, netns_rate, "netns 100 Mbit/s").
 

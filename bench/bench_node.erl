@@ -6,8 +6,10 @@
 %%% (erlang:monotonic_time/1). Every loop is bounded in count, and the open-ended ones in time too.
 -module(bench_node).
 
--export([os_pid/0, connect/1, reconnect/3, rtt/4, rtt_bursts/4, small/4, bulk/3, hol/6,
-         quic_info/1]).
+-export([os_pid/0, connect/1, reconnect/3, rtt/4, rtt_bursts/4, rtt_busy/4, small/4, bulk/3,
+         hol/6, quic_info/1]).
+%% Spawned on node B by rtt_busy/4.
+-export([busy/1]).
 %% Remote halves, spawned on node B.
 -export([echo/0, counter/1, sink/1]).
 
@@ -118,6 +120,29 @@ rtt_bursts(Node, Bursts, Len, IdleMs) ->
             end || _ <- lists:seq(1, Bursts)],
     Echo ! stop,
     {[hd(R) || R <- Runs, R =/= []], lists:append([tl(R) || R <- Runs, R =/= []])}.
+
+%% @doc Round trips to an echo process on Node while Spinners processes there keep its
+%% schedulers busy, as an application's own work does (all at normal priority, as the echo
+%% process and an application's processes are): N samples, in nanoseconds. What a message
+%% waits for besides its receiver's turn is the carrier's: TCP distribution's port I/O runs
+%% between processes; a carrier's own processes wait in the run queue like any other.
+-spec rtt_busy(node(), pos_integer(), pos_integer(), pos_integer()) -> [integer()].
+rtt_busy(Node, N, Spinners, MaxMs) ->
+    Busy = spawn(Node, ?MODULE, busy, [Spinners]),
+    try
+        rtt(Node, 20, N, MaxMs)
+    after
+        exit(Busy, kill)
+    end.
+
+%% @doc Spinners processes that keep this node's schedulers busy until this one is killed.
+busy(Spinners) ->
+    _ = [spawn_link(fun spin/0) || _ <- lists:seq(1, Spinners)],
+    receive after infinity -> ok end.
+
+spin() ->
+    _ = lists:seq(1, 100),
+    spin().
 
 echo() ->
     receive

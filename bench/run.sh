@@ -7,7 +7,7 @@
 #   bench/run.sh --no-netns                        skip the network-namespace scenarios
 #   bench/run.sh --quic-opt "congestion cubic"     a quic_dist option for this run (repeatable)
 #
-# Carriers: tcp, tls, quic. Scenarios: connect, reconnect, rtt, small, bulk, hol, netns.
+# Carriers: tcp, tls, quic. Scenarios: connect, reconnect, rtt, small, bulk, hol, busy, netns.
 # The table goes to stdout, progress to stderr. A full run (all carriers and scenarios, not
 # --quick) writes bench/results/latest.{json,txt} and latency.svg; any other run writes
 # bench/results/partial/. See bench/README.md.
@@ -16,7 +16,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(dirname "$HERE")"
 ALL_CARRIERS="tcp,tls,quic"
-ALL_SCENARIOS="connect,reconnect,rtt,small,bulk,hol,netns"
+ALL_SCENARIOS="connect,reconnect,rtt,small,bulk,hol,busy,netns"
 export PATH="$HOME/.cargo/bin:$PATH"
 
 usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
