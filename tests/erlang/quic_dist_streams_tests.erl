@@ -250,9 +250,9 @@ input_priority_during_bulk(Node, MiBs) ->
 read_n(0, Report) -> Report ! {read, self()};
 read_n(N, Report) -> receive _ -> read_n(N - 1, Report) end.
 
-%% @doc A process that samples the priority of the connection's Which process until it is seen
-%% at normal priority (sampling only while it is not high: a transfer brings it down) or it is
-%% told to stop; it then sends {self(), {ok, normal} | {not_seen, Seen}} to ReportTo.
+%% @doc A process that samples the priority of the connection's Which process (the one to
+%% Node) until it sees `normal' or is told to stop; it then sends
+%% {self(), {ok, normal} | {not_seen, PrioritiesSeen}} to ReportTo.
 watch_priority(Node, Which, ReportTo) ->
     Pid = maps:get(Which, connection_processes(Node)),
     spawn(fun() -> watch_loop(Pid, ReportTo, #{}) end).
