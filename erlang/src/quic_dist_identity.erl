@@ -103,12 +103,12 @@ check_node(Conn, Node) ->
                     ConnInfo = quic_dist_nif:conn_info(Conn),
                     #{subject_alt_names := Sans} = Summary = leaf_summary(ConnInfo),
                     ?LOG_WARNING("quic_dist refused ~s claiming to be ~ts: its certificate (~ts) "
-                                 "names ~p, not ~ts (option verify_node_name)",
+                                 "names ~ts, not ~ts (option verify_node_name)",
                                  [peer(ConnInfo), Node, maps:get(subject, Summary),
-                                  Sans, Host]),
-                    tell_peer(Conn, io_lib:format("the certificate of ~ts (~ts) names ~p, not ~ts "
-                                                  "(option verify_node_name)",
-                                                  [Node, maps:get(subject, Summary), Sans,
+                                  names(Sans), Host]),
+                    tell_peer(Conn, io_lib:format("the certificate of ~ts (~ts) names ~ts, not "
+                                                  "~ts (option verify_node_name)",
+                                                  [Node, maps:get(subject, Summary), names(Sans),
                                                    Host])),
                     {error, {node_name_not_in_certificate, Node}}
             end;
@@ -118,6 +118,14 @@ check_node(Conn, Node) ->
             tell_peer(Conn, io_lib:format("the node name ~ts has no host part", [Node])),
             {error, {bad_node_name, Node}}
     end.
+
+%% What a certificate names, for a refusal. Without subjectAltName it names nothing, whatever
+%% its CN says: a CN-only certificate (as `openssl req -subj /CN=host' makes) is the usual case.
+names([]) ->
+    "no host (it has no subjectAltName extension; as in TLS, its CN is not taken for a host "
+        "name)";
+names(Sans) ->
+    io_lib:format("~p", [Sans]).
 
 %% Closes the connection with the refusal as its reason: what the peer's log will show.
 tell_peer(Conn, Text) ->

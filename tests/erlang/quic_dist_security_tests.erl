@@ -40,6 +40,8 @@ certificate_mode_test_() ->
                       fun t_expiring/1, Ctx),
                 tcase("certificate for another host: the dialing side checks the server name, "
                       "the accepting side the claimed node name", fun t_wrong_host/1, Ctx),
+                tcase("a certificate without subjectAltName (CN only): refused, and both logs "
+                      "say that it names no host", fun t_no_subject_alt_name/1, Ctx),
                 tcase("no client certificate (probe nocert)", fun t_no_client_cert/1, Ctx),
                 tcase("allowed_subjects refuses another subject, both ways",
                       fun t_allowed_subjects/1, Ctx),
@@ -128,6 +130,7 @@ cert_setup() ->
              {e, Cert(expired), qdt_sec},
              {s, Cert(expiring), qdt_sec},                  % valid for one more hour
              {w, Cert(wronghost), qdt_sec},                 % names other.example only
+             {m, Cert(nosan), qdt_sec},                     % no subjectAltName at all
              {o, Cert(outsider), qdt_sec},                  % subject not allowed by v
              {k, Cert(good), qdt_sec_other_cookie}],        % good certificate, wrong cookie
     Ctx = start_nodes(Env, Specs),
@@ -284,6 +287,19 @@ refused_both_ways(#{nodes := #{v := V} = Nodes}, Bad, Why) ->
     %% Each failed attempt is logged once, by quic_dist with the node's name.
     ?assertEqual(0, count_lines(V, MV2, "outgoing connection failed")),
     ?assertNot(lists:member(NB, call(V, erlang, nodes, [connected]))).
+
+%% M's certificate (CA1, CN=nosan) has no subjectAltName: M's TLS handshake with G succeeds
+%% (a client certificate is not checked for names), then G refuses the node name M claims.
+t_no_subject_alt_name(#{nodes := #{g := G, m := M}}) ->
+    {NG, NM} = {?P:nodename(G), ?P:nodename(M)},
+    {MG, MM} = {mark(G), mark(M)},
+    refused_connect(M, NG),
+    NoHost = "names no host \\(it has no subjectAltName extension; as in TLS, its CN is not "
+        "taken for a host name\\), not 127\\.0\\.0\\.1",
+    expect_log(G, MG, ["quic_dist refused 127\\.0\\.0\\.1:" ++ port(M) ++ " claiming to be "
+                       ++ quote(NM) ++ ": its certificate \\(CN=nosan[^)]*\\) " ++ NoHost]),
+    expect_log(M, MM, [told_refused(G, NG) ++ ": the certificate of " ++ quote(NM)
+                       ++ " \\(CN=nosan[^)]*\\) " ++ NoHost]).
 
 t_wrong_host(#{nodes := #{v := V, w := W}} = Ctx) ->
     {NV, NW} = {?P:nodename(V), ?P:nodename(W)},
@@ -746,7 +762,7 @@ probe_port(Out) ->
 %%% Certificates
 %%% ------------------------------------------------------------------
 
-%% CA1 signs good, wronghost, outsider and expired; CA2 signs rogue and rogue2. Two copies of
+%% CA1 signs good, wronghost, nosan (no subjectAltName), outsider and expired; CA2 signs rogue and rogue2. Two copies of
 %% good_key.pem encrypted with a password: legacy PEM (AES-128-CBC) and PKCS#8 (PBES2).
 make_certs(Dir) ->
     D1 = filename:join(Dir, "ca1"),
@@ -754,6 +770,7 @@ make_certs(Dir) ->
     Now = erlang:system_time(second),
     ok = quic_dist_certs:generate(D1, [{"good", ["127.0.0.1", "localhost"]},
                                        {"wronghost", ["other.example"]},
+                                       {"nosan", []},
                                        {"outsider", ["127.0.0.1"]}]),
     ok = quic_dist_certs:generate(D1, [{"expired", ["127.0.0.1"]}],
                                   #{not_before => Now - 10 * 86400,
@@ -775,7 +792,8 @@ make_certs(Dir) ->
       [{ca1, F(D1, "ca")}, {ca2, F(D2, "ca")}, {password, Password}, {good_with_key, WithKey},
        {legacy_key, Legacy}, {pkcs8_key, Pkcs8}]
       ++ lists:append([[{list_to_atom(B), F(D1, B)}, {list_to_atom(B ++ "_key"), K(D1, B)}]
-                       || B <- ["good", "wronghost", "outsider", "expired", "expiring"]])
+                       || B <- ["good", "wronghost", "nosan", "outsider", "expired",
+                                "expiring"]])
       ++ lists:append([[{list_to_atom(B), F(D2, B)}, {list_to_atom(B ++ "_key"), K(D2, B)}]
                        || B <- ["rogue", "rogue2"]])).
 
