@@ -44,6 +44,10 @@ pub const LOOPBACK_UDP_PAYLOAD: u16 = 65_000;
 /// the next search, while a real black hole costs only a few lost probe packets per search.
 pub const MTU_BLACK_HOLE_COOLDOWN: Duration = Duration::from_secs(10);
 
+/// The QUIC idle timeout unless configured, and the one used when the configured one is too
+/// large for QUIC.
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// quinn's initial congestion window for CUBIC and NewReno (RFC 9002's 14 720 bytes).
 const LOSS_BASED_INITIAL_WINDOW: u64 = 14_720;
 
@@ -141,7 +145,7 @@ impl Default for TransportOptions {
             send_window: u64::from((DEFAULT_STREAMS as u32 + 1) * DEFAULT_STREAM_WINDOW),
             mixed_window: quic_dist_core::in_flight::MIXED_SEND_WINDOW,
             streams: DEFAULT_STREAMS,
-            idle_timeout: Duration::from_secs(300),
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
             handshake_timeout: Duration::from_secs(10),
             max_frame: DEFAULT_MAX_FRAME,
             socket_buffer: 4 * 1024 * 1024,
@@ -166,16 +170,14 @@ impl TransportOptions {
             // unidirectional, opened by their sender.
             .max_concurrent_bidi_streams(quinn::VarInt::from_u32(1))
             .max_concurrent_uni_streams(quinn::VarInt::from_u32(MAX_DATA_STREAMS as u32));
-        // 0: no idle timeout of our own (quinn would take 0 for an immediate one).
-        let (idle, idle_timeout) = match quinn::IdleTimeout::try_from(self.idle_timeout) {
-            _ if self.idle_timeout.is_zero() => (None, None),
-            Ok(idle) => (Some(idle), Some(self.idle_timeout)),
-            Err(_) => (
-                Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(300_000))),
-                Some(Duration::from_secs(300)),
-            ),
+        // 0: no idle timeout of our own (quinn would take 0 for an immediate one); one too
+        // large for QUIC falls back to the default.
+        let idle_timeout = match self.idle_timeout {
+            d if d.is_zero() => None,
+            d if quinn::IdleTimeout::try_from(d).is_ok() => Some(d),
+            _ => Some(DEFAULT_IDLE_TIMEOUT),
         };
-        t.max_idle_timeout(idle)
+        t.max_idle_timeout(idle_timeout.and_then(|d| quinn::IdleTimeout::try_from(d).ok()))
             // A live peer must never be timed out: distribution ticks come every
             // net_ticktime/4 (15 s by default, 300 s with net_ticktime 1200), which may be
             // longer than the idle timeout. quinn sends a PING when nothing came from the peer
