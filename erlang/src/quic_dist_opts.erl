@@ -33,9 +33,7 @@ get() ->
     _ = [bad_option(K, V, "true or false")
          || K <- [verify_node_name, insecure], V <- [maps:get(K, Opts, false)],
             not is_boolean(V)],
-    %% The NIF takes a 16-bit port: 70000 would quietly become 4464.
-    _ = [bad_option(port, P, "an integer from 0 to 65535")
-         || P <- [maps:get(port, Opts, 0)], not (is_integer(P) andalso in(P, 0, 65535))],
+    maps:foreach(fun check_range/2, maps:with([port], Opts)),
     Opts.
 
 %% @doc The TLS part, as the NIF takes it, for a node whose host name is Host.
@@ -127,6 +125,9 @@ check_range(Key, Value) ->
         false -> bad_option(Key, Value, Expected)
     end.
 
+%% The NIF takes a 16-bit port: 70000 would quietly become 4464.
+range(port) ->
+    {fun(V) -> in(V, 0, 65535) end, "an integer from 0 to 65535"};
 range(idle_timeout_ms) ->
     {fun(V) -> V =:= 0 orelse in(V, 1000, ?U32) end,
      "0 (none) or an integer from 1000 to 4294967295 (milliseconds)"};
