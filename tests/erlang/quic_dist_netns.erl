@@ -249,7 +249,7 @@ set_loss(Net, Percent) when is_integer(Percent), Percent >= 0, Percent =< 100 ->
 -spec rebind(net(), side(), {inet:port_number(), inet:port_number()}) -> ok.
 rebind(Net, Side, {From, To}) when is_integer(From), is_integer(To) ->
     Peer = ip(Net, case Side of a -> b; b -> a end),
-    Nft = fun(Args) -> must("ip", ["netns", "exec", ns(Net, Side), "nft" | Args]) end,
+    Nft = fun(Args) -> nft(Net, Side, Args) end,
     Nft(["add", "table", "ip", ?NFT_NAT_TABLE]),
     Nft(["add", "chain", "ip", ?NFT_NAT_TABLE, "out",
          "{ type filter hook output priority 0; }"]),
@@ -270,16 +270,19 @@ block_udp(Net, Side) ->
 %% @doc Removes block_udp/2's firewall.
 -spec unblock_udp(net(), side()) -> ok.
 unblock_udp(Net, Side) ->
-    must("ip", ["netns", "exec", ns(Net, Side), "nft", "delete", "table", "inet",
-                ?NFT_FIREWALL_TABLE]).
+    nft(Net, Side, ["delete", "table", "inet", ?NFT_FIREWALL_TABLE]).
 
 %% A new nftables table in Side's namespace whose one rule applies Rule to what arrives on
 %% Side's veth end.
 input_rule(Net, Side, Table, Rule) ->
-    Nft = fun(Args) -> must("ip", ["netns", "exec", ns(Net, Side), "nft" | Args]) end,
+    Nft = fun(Args) -> nft(Net, Side, Args) end,
     Nft(["add", "table", "inet", Table]),
     Nft(["add", "chain", "inet", Table, "input", "{ type filter hook input priority 0; }"]),
     Nft(["add", "rule", "inet", Table, "input", "iifname", dev(Net, Side) | Rule]).
+
+%% Runs `nft Args' in Side's namespace; fails if it fails.
+nft(Net, Side, Args) ->
+    must("ip", ["netns", "exec", ns(Net, Side), "nft" | Args]).
 
 %% @doc Limits each veth end's egress to Rate (tc syntax, e.g. "100mbit") with a token bucket
 %% (64 KB burst, 20 ms of queue); `none' removes it.
