@@ -532,12 +532,15 @@ impl DistConnection {
         } else {
             // The shutdown waits behind queued data, which a dead or stalled peer never takes:
             // close anyway once the grace is over, which frees the queues and buffers at once
-            // instead of at QUIC's idle timeout.
+            // instead of at QUIC's idle timeout. The task ends as soon as the connection does:
+            // it holds the connection, whose memory (~90 KB) a sleep of the whole limit kept
+            // for 5 s after every ordinary disconnect (90 MB after 1 000 quick reconnects).
             let conn = self.conn.clone();
             let reason = reason.as_bytes().to_vec();
             self.conn.spawn(async move {
-                conn.sleep(SHUTDOWN_LIMIT).await;
-                conn.close(compat::VarInt::from_u32(CLOSE_NORMAL), &reason);
+                if conn.timeout(SHUTDOWN_LIMIT, conn.closed()).await.is_err() {
+                    conn.close(compat::VarInt::from_u32(CLOSE_NORMAL), &reason);
+                }
             });
             self.run_tasks();
         }

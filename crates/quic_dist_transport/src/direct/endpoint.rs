@@ -12,7 +12,7 @@ use quinn_proto::{
 };
 use tracing::{debug, warn};
 
-use super::timers::Timers;
+use super::timers::{TimerId, Timers};
 use super::udp::{Datagram, Socket};
 
 /// Datagrams handled between two drives of their connections within one read. A read returns
@@ -133,8 +133,8 @@ pub(super) struct ConnState {
     /// The earliest entry of this connection in [`Timers`]. Entries are pushed only when
     /// earlier than this one: quinn-proto moves its deadline later on nearly every packet, and
     /// a push each time would wake the timer thread for each of them; a later deadline is
-    /// re-queued when the entry fires instead (`on_timer`).
-    queued: Option<Instant>,
+    /// re-queued when the entry fires instead (`on_timer`). A superseded entry is cancelled.
+    queued: Option<(Instant, TimerId)>,
     /// Tasks waiting for something to happen on this connection, and what (see `streams.rs`).
     pub(super) waiters: Vec<(Interest, std::task::Waker)>,
     /// Why the connection ended, once it has.
@@ -771,9 +771,11 @@ impl Connection {
         };
         st.armed = next;
         if let Some(at) = next {
-            if st.queued.map_or(true, |q| at < q) {
-                st.queued = Some(at);
-                ep.timers.arm(at, Arc::downgrade(self));
+            if st.queued.map_or(true, |(q, _)| at < q) {
+                if let Some((_, old)) = st.queued {
+                    ep.timers.cancel(old);
+                }
+                st.queued = Some((at, ep.timers.arm(at, Arc::downgrade(self))));
             }
         }
         drop(guard);
@@ -787,7 +789,7 @@ impl Connection {
     pub(crate) fn on_timer(self: &Arc<Self>, at: Instant) {
         {
             let mut st = lock(&self.state);
-            if st.queued.is_some_and(|q| q != at) {
+            if st.queued.is_some_and(|(q, _)| q != at) {
                 // A later entry, left behind when an earlier one was pushed: that one counts.
                 return;
             }
@@ -796,9 +798,8 @@ impl Connection {
                 None => return,
                 Some(a) if a > Instant::now() => {
                     // The deadline moved later since this entry was pushed: queue it again.
-                    st.queued = Some(a);
                     if let Some(ep) = self.endpoint.upgrade() {
-                        ep.timers.arm(a, Arc::downgrade(self));
+                        st.queued = Some((a, ep.timers.arm(a, Arc::downgrade(self))));
                     }
                     return;
                 }
@@ -832,5 +833,16 @@ impl Connection {
     /// Locks quinn-proto's connection state (for `streams.rs`).
     pub(super) fn state(&self) -> MutexGuard<'_, ConnState> {
         lock(&self.state)
+    }
+}
+
+impl Drop for Connection {
+    /// Takes the connection's timer entry back: its weak reference would keep this memory
+    /// allocated until the entry's time.
+    fn drop(&mut self) {
+        let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let (Some((_, id)), Some(ep)) = (st.queued.take(), self.endpoint.upgrade()) {
+            ep.timers.cancel(id);
+        }
     }
 }
