@@ -127,6 +127,7 @@ listen(Name, Host, Family) ->
                     persistent_term:put(?FAMILY_KEY, Family),
                     log_mode(io_lib:format("listening on udp ~s", [address_text(Ip, Port)]),
                              Opts),
+                    quic_dist_certfiles:check_own_name(Host),
                     {ok, {Ep, #net_address{address = {Ip, Port}, host = Host,
                                            protocol = ?PROTOCOL, family = Family},
                           Creation}};

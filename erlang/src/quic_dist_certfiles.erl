@@ -26,7 +26,7 @@
 -module(quic_dist_certfiles).
 
 -export([track/1, tracking/0, follow/1, reload/1, forget/0, check_interval_ms/0,
-         check_validity/0]).
+         check_validity/0, check_own_name/1]).
 
 -include_lib("kernel/include/logger.hrl").
 
@@ -121,6 +121,36 @@ check_validity() ->
             end
     end.
 
+%% @doc Warns if this node's certificate does not name Host, the host part of its node name:
+%% a node that dials this one checks that name (TLS's server-name check), and a node this one
+%% dials checks it too (`verify_node_name'), so both would refuse it. Nothing in cookie mode or
+%% with `insecure'.
+-spec check_own_name(string()) -> ok.
+check_own_name(Host) ->
+    case persistent_term:get(?KEY, undefined) of
+        {_Stamps, #{certfile := File} = Opts, _LastLook} ->
+            case {maps:get(insecure, Opts, false), first_certificate(File)} of
+                {true, _} -> ok;
+                {_, none} -> ok;  % the loader reports unreadable files
+                {_, Der} -> check_names_host(File, Der, Host)
+            end;
+        undefined ->
+            ok
+    end.
+
+check_names_host(File, Der, Host) ->
+    case quic_dist_nif:cert_names_host(Der, unicode:characters_to_binary(Host)) of
+        true ->
+            ok;
+        false ->
+            Sans = maps:get(subject_alt_names, quic_dist_cert_info:summary(Der), []),
+            warn("quic_dist: this node's certificate (~ts) names ~ts, not ~ts, the host of "
+                 "its node name: other nodes refuse it (TLS checks that name when they dial "
+                 "this node, verify_node_name when this node dials them); make a certificate "
+                 "whose subjectAltName includes ~ts",
+                 [File, quic_dist_identity:names(Sans), Host, Host])
+    end.
+
 %% @doc How often the acceptor calls follow/1, in milliseconds.
 -spec check_interval_ms() -> pos_integer().
 check_interval_ms() ->
@@ -140,6 +170,10 @@ load(Ep, Stamps, Opts, LastLook) ->
             ?LOG_NOTICE("quic_dist loaded its certificate files again (~ts): new connections "
                         "use them, connections already up keep theirs",
                         [maps:get(certfile, Opts)]),
+            case string:split(atom_to_list(node()), "@") of
+                [_, Host] -> check_own_name(Host);
+                _ -> ok
+            end,
             check_validity();
         {error, Why} ->
             ?LOG_WARNING("quic_dist cannot load its changed certificate files (~ts): ~tp; it "
@@ -163,12 +197,10 @@ stamp(File) ->
 %% ok | {expired, NotAfter} | {not_yet_valid, NotBefore} | {expiring, NotAfter} |
 %% unreadable (the loader reports that), for the first certificate in File at Now.
 validity_state(File, Now) ->
-    Ders = case prim_file:read_file(File) of
-               {ok, Pem} -> [Der || {'Certificate', Der, _} <- public_key:pem_decode(Pem)];
-               {error, _} -> []
-           end,
-    case Ders of
-        [Der | _] ->
+    case first_certificate(File) of
+        none ->
+            unreadable;
+        Der ->
             case quic_dist_cert_info:validity(Der) of
                 {ok, {NotBefore, _}} when Now < NotBefore -> {not_yet_valid, NotBefore};
                 {ok, {_, NotAfter}} when Now > NotAfter -> {expired, NotAfter};
@@ -180,9 +212,18 @@ validity_state(File, Now) ->
                     end;
                 {error, _} ->
                     unreadable
-            end;
-        [] ->
-            unreadable
+            end
+    end.
+
+%% The first certificate (DER) in a PEM file, or none.
+first_certificate(File) ->
+    Ders = case prim_file:read_file(File) of
+               {ok, Pem} -> [Der || {'Certificate', Der, _} <- public_key:pem_decode(Pem)];
+               {error, _} -> []
+           end,
+    case Ders of
+        [Der | _] -> Der;
+        [] -> none
     end.
 
 report_validity(_File, ok) ->

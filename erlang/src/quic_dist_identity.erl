@@ -12,7 +12,7 @@
 -module(quic_dist_identity).
 
 -export([check_claimed_name/3, check_subject/2, handshake_node_name/1, peer_refusal/1,
-         refusal/1]).
+         refusal/1, names/1]).
 
 -define(REFUSED_BY, "refused by ").
 
@@ -121,6 +121,9 @@ check_node(Conn, Node) ->
 
 %% What a certificate names, for a refusal. Without subjectAltName it names nothing, whatever
 %% its CN says: a CN-only certificate (as `openssl req -subj /CN=host' makes) is the usual case.
+%% @doc The host names of a certificate (its subjectAltNames, from quic_dist_cert_info), as
+%% log text.
+-spec names(list()) -> iolist() | string().
 names([]) ->
     "no host (it has no subjectAltName extension; as in TLS, its CN is not taken for a host "
         "name)";

@@ -15,7 +15,7 @@
          endpoint_unwatch/1, endpoint_close/2, endpoint_client/2, connect/7,
          conn_start/3, conn_send/2, conn_data_mode/2, conn_open_input/1, conn_tick/1, conn_ack/3, conn_run_tasks/1, conn_getstat/1, conn_stats/1,
          conn_info/1, conn_peer_names/2, conn_shutdown/2,
-         unix_now/0, gen_ca/3, gen_intermediate/5, gen_node_cert/6]).
+         unix_now/0, cert_names_host/2, gen_ca/3, gen_intermediate/5, gen_node_cert/6]).
 
 -define(NOT_LOADED, erlang:nif_error({not_loaded, ?MODULE})).
 
@@ -150,6 +150,9 @@ conn_shutdown(_Conn, _Reason) -> ?NOT_LOADED.
 
 -spec unix_now() -> integer().
 unix_now() -> ?NOT_LOADED.
+
+-spec cert_names_host(binary(), binary()) -> boolean().
+cert_names_host(_Der, _Host) -> ?NOT_LOADED.
 
 -spec gen_ca(binary(), integer(), integer()) -> {ok, {binary(), binary()}} | {error, binary()}.
 gen_ca(_CommonName, _NotBefore, _NotAfter) -> ?NOT_LOADED.

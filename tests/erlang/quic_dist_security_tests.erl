@@ -39,7 +39,8 @@ certificate_mode_test_() ->
                 tcase("a certificate close to expiry: the node warns of it",
                       fun t_expiring/1, Ctx),
                 tcase("certificate for another host: the dialing side checks the server name, "
-                      "the accepting side the claimed node name", fun t_wrong_host/1, Ctx),
+                      "the accepting side the claimed node name; the node was warned at start",
+                      fun t_wrong_host/1, Ctx),
                 tcase("a certificate without subjectAltName (CN only): refused, and both logs "
                       "say that it names no host", fun t_no_subject_alt_name/1, Ctx),
                 tcase("no client certificate (probe nocert)", fun t_no_client_cert/1, Ctx),
@@ -299,7 +300,10 @@ t_no_subject_alt_name(#{nodes := #{g := G, m := M}}) ->
     expect_log(G, MG, ["quic_dist refused 127\\.0\\.0\\.1:" ++ port(M) ++ " claiming to be "
                        ++ quote(NM) ++ ": its certificate \\(CN=nosan[^)]*\\) " ++ NoHost]),
     expect_log(M, MM, [told_refused(G, NG) ++ ": the certificate of " ++ quote(NM)
-                       ++ " \\(CN=nosan[^)]*\\) " ++ NoHost]).
+                       ++ " \\(CN=nosan[^)]*\\) " ++ NoHost]),
+    %% M was told so at start, before any connection.
+    _ = expect_log(M, 0, ["this node's certificate \\([^)]*nosan\\.pem\\) " ++ NoHost
+                          ++ ", the host of its node name: other nodes refuse it"]).
 
 t_wrong_host(#{nodes := #{v := V, w := W}} = Ctx) ->
     {NV, NW} = {?P:nodename(V), ?P:nodename(W)},
@@ -319,6 +323,12 @@ t_wrong_host(#{nodes := #{v := V, w := W}} = Ctx) ->
     expect_log(W, MW2, [told_refused(V, NV) ++ ": the certificate of " ++ quote(NW)
                         ++ " \\(CN=wronghost[^)]*\\) names .*other\\.example.*, "
                         "not 127\\.0\\.0\\.1 \\(option verify_node_name\\)"]),
+    %% W was told at start that its certificate does not name its own host; V, whose
+    %% certificate does, was not.
+    _ = expect_log(W, 0, ["this node's certificate \\([^)]*wronghost\\.pem\\) names "
+                          ".*other\\.example.*, not 127\\.0\\.0\\.1, the host of its node "
+                          "name: other nodes refuse it .*subjectAltName includes 127\\.0\\.0\\.1"]),
+    ?assertEqual(nomatch, re:run(log_since(V, 0), "the host of its node name")),
     healthy(Ctx).
 
 t_no_client_cert(#{nodes := #{v := V}} = Ctx) ->

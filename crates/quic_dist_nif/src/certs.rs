@@ -1,4 +1,5 @@
-//! Certificate generation for `quic_dist:gen_certs/2`, `make certs` and the tests.
+//! Certificate generation for `quic_dist:gen_certs/2`, `make certs` and the tests, and the
+//! server-name check of the node's own certificate.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -30,6 +31,13 @@ fn reply(result: Result<PemPair, TransportError>) -> Result<(String, String), St
 
 fn ca_pair(cert_pem: String, key_pem: String) -> PemPair {
     PemPair { cert_pem, key_pem }
+}
+
+/// Whether the DER certificate names `host` as TLS checks a server name: what a peer that dials
+/// this node checks against the host part of its node name.
+#[rustler::nif]
+fn cert_names_host(der: rustler::Binary, host: String) -> bool {
+    quic_dist_transport::server_name::certificate_names_host(&der.as_slice().into(), &host)
 }
 
 /// Seconds since the epoch, for callers computing validity windows.

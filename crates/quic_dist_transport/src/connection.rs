@@ -491,15 +491,9 @@ impl DistConnection {
         else {
             return false;
         };
-        let Some(leaf) = certs.first() else {
-            return false;
-        };
-        let Ok(name) = rustls_pki_types::ServerName::try_from(host) else {
-            return false;
-        };
-        webpki::EndEntityCert::try_from(leaf)
-            .and_then(|cert| cert.verify_is_valid_for_subject_name(&name))
-            .is_ok()
+        certs
+            .first()
+            .is_some_and(|leaf| crate::server_name::certificate_names_host(leaf, host))
     }
 
     /// The peer's UDP address.

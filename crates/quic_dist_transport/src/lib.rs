@@ -25,6 +25,7 @@ pub mod error;
 pub mod insecure;
 mod recv;
 mod send;
+pub mod server_name;
 pub mod tls;
 
 pub use config::{Congestion, TransportOptions};
