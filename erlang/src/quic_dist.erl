@@ -471,6 +471,17 @@ preload_connection_modules() ->
     _ = spawn(fun() -> code:ensure_modules_loaded(?CONNECTION_MODULES) end),
     ok.
 
+%% Makes the carrier's code directory sticky, as kernel's (inet_tcp_dist's) is: reloading a
+%% carrier module under a live distribution (`l(quic_dist_nif)', `code:load_file/1') is then
+%% refused with `{error, sticky_directory}'. Accepted, a reload of quic_dist_nif left the
+%% stubs without their NIF (the library cannot be upgraded in place) and ended every
+%% connection at its next call; a reload of another module, at the purge that follows.
+stick_code() ->
+    case code:which(?MODULE) of
+        Beam when is_list(Beam) -> _ = code:stick_dir(filename:dirname(Beam)), ok;
+        _ -> ok
+    end.
+
 %% @private The modules loaded when the node opens its endpoint (see ?CONNECTION_MODULES).
 -spec connection_modules() -> [module()].
 connection_modules() ->
@@ -591,6 +602,7 @@ open_endpoint(Ip, Port, Listen, Tls, Opts) ->
             quic_dist_certfiles:track(Opts),
             {ok, _} = quic_dist_receiver:start(Ep, quic_dist_opts:poll_us(Opts)),
             preload_connection_modules(),
+            stick_code(),
             {ok, Ep};
         Error ->
             Error

@@ -45,7 +45,10 @@ pair_test_() ->
       pair("links across nodes", 60, fun t_links/1),
       pair("monitors across nodes", 60, fun t_monitors/1),
       pair("500 disconnects and reconnects: the NIF lets each connection's memory go when it "
-           "ends (not 5 s later), on both sides", 90, fun t_reconnect_memory/1)]}.
+           "ends (not 5 s later), on both sides", 90, fun t_reconnect_memory/1),
+      pair("the carrier's modules are sticky under a live distribution: reloading "
+           "quic_dist_nif or quic_dist_conn is refused, the link stays up", 60,
+           fun t_reload_refused/1)]}.
 
 %% Tests that start their own nodes.
 lifecycle_test_() ->
@@ -184,6 +187,18 @@ t_reconnect_memory(#{a := A, b := B}) ->
     ?assert(PeakB - BaseB < Bound, {peak, PeakB, base, BaseB}),
     ?assert(NowA - BaseA < Bound, {now, NowA, base, BaseA}),
     ?assert(NowB - BaseB < Bound, {now, NowB, base, BaseB}).
+
+t_reload_refused(#{a := A, b := B}) ->
+    NB = ?P:nodename(B),
+    ?P:connect(A, B),
+    %% A new quic_dist_nif would have no NIF (the library cannot be upgraded in place), and the
+    %% connection would end at its controller's next call: the code server refuses the reload.
+    ?assertEqual({error, sticky_directory}, call(A, code, load_file, [quic_dist_nif])),
+    ?assertEqual({error, sticky_directory}, call(B, code, load_file, [quic_dist_conn])),
+    ?assertEqual(pong, call(A, net_adm, ping, [NB])),
+    ?assertEqual([NB], call(A, erlang, nodes, [])),
+    ?assertEqual(NB, call(A, erpc, call, [NB, erlang, node, []])),
+    ?assertMatch(#{allocated := _}, call(A, quic_dist, nif_memory, [])).
 
 t_rpc(#{a := A, b := B}) ->
     NA = ?P:nodename(A),
