@@ -471,15 +471,29 @@ preload_connection_modules() ->
     _ = spawn(fun() -> code:ensure_modules_loaded(?CONNECTION_MODULES) end),
     ok.
 
-%% Makes the carrier's code directory sticky, as kernel's (inet_tcp_dist's) is: reloading a
-%% carrier module under a live distribution (`l(quic_dist_nif)', `code:load_file/1') is then
-%% refused with `{error, sticky_directory}'. Accepted, a reload of quic_dist_nif left the
-%% stubs without their NIF (the library cannot be upgraded in place) and ended every
-%% connection at its next call; a reload of another module, at the purge that follows.
+%% Makes the carrier's modules sticky, as kernel's (inet_tcp_dist's) are: reloading one under
+%% a live distribution (`l(quic_dist_nif)', `code:load_file/1') is then refused with
+%% `{error, sticky_directory}'. Accepted, a reload of quic_dist_nif left the stubs without
+%% their NIF (the library cannot be upgraded in place) and ended every connection at its next
+%% call; a reload of another of them, at the purge that follows. Only the Erlang carrier
+%% modules of this module's directory (`code:stick_mod/1', exported though undocumented): the
+%% Elixir modules and test helpers a Mix build puts beside them stay reloadable.
 stick_code() ->
     case code:which(?MODULE) of
-        Beam when is_list(Beam) -> _ = code:stick_dir(filename:dirname(Beam)), ok;
-        _ -> ok
+        Beam when is_list(Beam) ->
+            case erl_prim_loader:list_dir(filename:dirname(Beam)) of
+                {ok, Files} ->
+                    Mods = [list_to_atom(filename:basename(F, ".beam"))
+                            || F <- Files, filename:extension(F) =:= ".beam",
+                               lists:prefix("quic_dist", F) orelse lists:prefix("quic6_dist", F)],
+                    try [code:stick_mod(M) || M <- Mods], ok
+                    catch error:undef -> ok
+                    end;
+                error ->
+                    ok
+            end;
+        _ ->
+            ok
     end.
 
 %% @private The modules loaded when the node opens its endpoint (see ?CONNECTION_MODULES).
