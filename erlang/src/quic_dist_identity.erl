@@ -119,10 +119,9 @@ check_node(Conn, Node) ->
             {error, {bad_node_name, Node}}
     end.
 
-%% What a certificate names, for a refusal. Without subjectAltName it names nothing, whatever
-%% its CN says: a CN-only certificate (as `openssl req -subj /CN=host' makes) is the usual case.
-%% @doc The host names of a certificate (its subjectAltNames, from quic_dist_cert_info), as
-%% log text.
+%% @doc What a certificate names (its subjectAltNames, from quic_dist_cert_info), as log text
+%% for a refusal or a warning. Without subjectAltName it names nothing, whatever its CN says:
+%% a CN-only certificate (as `openssl req -subj /CN=host' makes) is the usual case.
 -spec names(list()) -> iolist() | string().
 names([]) ->
     "no host (it has no subjectAltName extension; as in TLS, its CN is not taken for a host "
