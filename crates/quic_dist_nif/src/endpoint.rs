@@ -200,7 +200,7 @@ fn endpoint_receive<'a>(env: Env<'a>, ep: ResourceArc<EndpointRes>) -> Term<'a> 
 #[rustler::nif]
 fn endpoint_poll<'a>(env: Env<'a>, ep: ResourceArc<EndpointRes>) -> Term<'a> {
     let _caller = caller::enter(env);
-    match ep.ep.receive_some(RECEIVE_BATCHES_PER_CALL) {
+    match ep.ep.poll_some(RECEIVE_BATCHES_PER_CALL) {
         Ok(0) => {
             // Nothing waiting: the caller spins, so let any thread that wants this core
             // (another node's, on a small machine) have it now, as the runtime's busy wait does.

@@ -311,6 +311,20 @@ impl DistEndpoint {
     /// socket with more waiting stays readable). Returns the datagrams read.
     pub fn receive_some(&self, max_batches: usize) -> std::io::Result<usize> {
         let received = self.endpoint.receive_batches(max_batches)?;
+        self.after_receive();
+        Ok(received)
+    }
+
+    /// [`receive_some`](Self::receive_some) for a poller, which reads whether or not the
+    /// socket is readable (see `direct::Endpoint::poll_batches`).
+    pub fn poll_some(&self, max_batches: usize) -> std::io::Result<usize> {
+        let received = self.endpoint.poll_batches(max_batches)?;
+        self.after_receive();
+        Ok(received)
+    }
+
+    /// Logs refusals, admits held connections and starts accepted ones after a receive.
+    fn after_receive(&self) {
         for (remote, error) in self.endpoint.take_refused() {
             if let Some(suppressed) = self.refusal_log.admit(remote) {
                 let error = describe_close(&error);
@@ -323,7 +337,6 @@ impl DistEndpoint {
             }
         }
         self.start_all_accepted();
-        Ok(received)
     }
 
     fn start_all_accepted(&self) {

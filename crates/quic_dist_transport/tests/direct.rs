@@ -581,6 +581,32 @@ fn a_peer_whose_port_closed_is_given_up_after_a_probe() {
 }
 
 #[test]
+fn a_poller_finds_a_closed_port_that_only_the_error_queue_reports() {
+    // A node's poller reads the socket in a loop and looks at the error queue only now and
+    // then. The report of a closed port must still be found when a send took its error (so no
+    // read fails with it) and the select, which the queue would wake, is not armed meanwhile.
+    let opts = TransportOptions::default().for_loopback();
+    let (client, c, _server, relay) = connected_through_relay(&opts);
+    client.pause();
+    relay.stop();
+    let socket = client.ep.socket_handle().unwrap();
+    c.with(|c| c.ping());
+    // The report came back: take its error as a send would, so only the queue holds it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while socket.take_error().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "no port unreachable report");
+        std::thread::yield_now();
+    }
+    let mut polls = 0;
+    while !c.is_probing() && c.lost().is_none() {
+        assert_eq!(client.ep.poll_batches(1).unwrap(), 0);
+        polls += 1;
+        assert!(polls <= 64, "64 empty polls and the report is not found");
+    }
+    eprintln!("closed port found after {polls} empty polls");
+}
+
+#[test]
 fn a_connection_to_a_port_where_nothing_answers_quic_says_so() {
     // A node that does not run quic_dist registers a TCP port in epmd; the same port number
     // over UDP is closed. The handshake gives up after a probe, saying what is likely wrong.

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Instant;
 
@@ -30,6 +31,22 @@ const TRANSMITS_PER_DRIVE: usize = 32;
 /// bytes most sends failed and a no-loss link between two namespaces moved 35 MB/s
 /// (`config::GSO_SAFE_UDP_PAYLOAD` is sized for 10).
 const MAX_TRANSMIT_SEGMENTS: usize = 10;
+
+/// When a receive looks at the socket's error queue (ICMP reports, see `unreachable.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ErrorQueueCheck {
+    /// Also when the socket had nothing to read: it was woken by a report.
+    WhenNothingWaits,
+    /// When a read fails with the report's error, and at every
+    /// [`ERROR_QUEUE_EVERY`]th read that finds nothing.
+    Sometimes,
+}
+
+/// A poller looks at the error queue once in this many empty reads. A report whose error a
+/// send took (quinn-udp drops it) is only on the queue: found this way within a fraction of a
+/// millisecond of spinning, though the poller may not hand the socket back to the select for
+/// as long as datagrams keep coming.
+const ERROR_QUEUE_EVERY: u32 = 64;
 
 /// How soon a connection whose datagram did not fit in the socket's send buffer tries again.
 const SEND_RETRY: std::time::Duration = std::time::Duration::from_micros(200);
@@ -78,6 +95,8 @@ struct Inner {
     /// Lock order: a connection's state, then this; never the other way round.
     state: Mutex<State>,
     max_datagram: usize,
+    /// Reads in [`ErrorQueueCheck::Sometimes`] mode that found nothing.
+    empty_polls: AtomicU32,
     timers: Timers,
     /// Tasks of the connections (see `exec.rs`), run by whoever drove a connection.
     pub(super) executor: Arc<super::exec::Executor>,
@@ -214,6 +233,7 @@ impl Endpoint {
                     admission_due: false,
                 }),
                 max_datagram,
+                empty_polls: Default::default(),
                 timers: Timers::start(executor.clone()),
                 executor,
             }),
@@ -419,10 +439,19 @@ impl Endpoint {
     /// [`receive`](Self::receive), reading at most `max_batches` batches from the socket (up
     /// to 8 datagrams each, see `udp.rs`). Returns the datagrams read.
     pub fn receive_batches(&self, max_batches: usize) -> io::Result<usize> {
-        self.receive_up_to(max_batches)
+        self.receive_up_to(max_batches, ErrorQueueCheck::WhenNothingWaits)
     }
 
-    fn receive_up_to(&self, max_batches: usize) -> io::Result<usize> {
+    /// [`receive_batches`](Self::receive_batches) for a caller that reads in a loop whether
+    /// or not the socket is readable: finding nothing is the rule then, not a sign of an
+    /// error report, so the error queue is read only now and then (see
+    /// [`ERROR_QUEUE_EVERY`]): one system call less per empty read, so the loop notices a
+    /// datagram sooner.
+    pub fn poll_batches(&self, max_batches: usize) -> io::Result<usize> {
+        self.receive_up_to(max_batches, ErrorQueueCheck::Sometimes)
+    }
+
+    fn receive_up_to(&self, max_batches: usize, check: ErrorQueueCheck) -> io::Result<usize> {
         let mut touched: Vec<Arc<Connection>> = Vec::new();
         let mut received = 0;
         for batch in 0..max_batches {
@@ -441,7 +470,7 @@ impl Endpoint {
             if datagrams.is_empty() {
                 // Woken with nothing to read: by a report on the error queue, which keeps the
                 // socket ready until it is read (a send may have taken the error itself).
-                if batch == 0 {
+                if batch == 0 && self.error_queue_due(check) {
                     self.probe_unreachable_peers();
                 }
                 break;
@@ -465,6 +494,17 @@ impl Endpoint {
         }
         self.inner.executor.run();
         Ok(received)
+    }
+
+    /// Whether a read that found nothing looks at the error queue.
+    fn error_queue_due(&self, check: ErrorQueueCheck) -> bool {
+        match check {
+            ErrorQueueCheck::WhenNothingWaits => true,
+            ErrorQueueCheck::Sometimes => {
+                let n = self.inner.empty_polls.fetch_add(1, Ordering::Relaxed);
+                n % ERROR_QUEUE_EVERY == ERROR_QUEUE_EVERY - 1
+            }
+        }
     }
 
     /// Hands `datagrams` to quinn-proto and their events to their connections, adding each
