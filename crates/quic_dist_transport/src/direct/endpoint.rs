@@ -812,10 +812,11 @@ impl Connection {
         st.armed = next;
         if let Some(at) = next {
             if st.queued.map_or(true, |(q, _)| at < q) {
-                if let Some((_, old)) = st.queued {
-                    ep.timers.cancel(old);
-                }
-                st.queued = Some((at, ep.timers.arm(at, Arc::downgrade(self))));
+                let id = match st.queued {
+                    Some((_, old)) => ep.timers.rearm(old, at, Arc::downgrade(self)),
+                    None => ep.timers.arm(at, Arc::downgrade(self)),
+                };
+                st.queued = Some((at, id));
             }
         }
         drop(guard);

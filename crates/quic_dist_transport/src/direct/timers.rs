@@ -76,12 +76,15 @@ impl Timers {
     /// the idle timeout (300 s), each keeping a closed connection's memory allocated through
     /// its weak reference: 1.5 KB per reconnect.
     pub(crate) fn cancel(&self, id: TimerId) {
-        let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
-        if q.due.remove(&id.0).is_some() && q.heap.len() > 2 * q.due.len() + PRUNE_SLACK {
-            // The heap cannot drop one entry; rebuild it when most of it is stale.
-            let Queue { heap, due, .. } = &mut *q;
-            heap.retain(|Reverse((_, id))| due.contains_key(id));
-        }
+        self.lock().cancel(id);
+    }
+
+    /// [`cancel`](Self::cancel) of `old` and [`arm`](Self::arm) at `at` under one lock: for a
+    /// connection whose deadline moved earlier.
+    pub(crate) fn rearm(&self, old: TimerId, at: Instant, conn: Weak<Connection>) -> TimerId {
+        let mut q = self.lock();
+        q.cancel(old);
+        self.push_locked(&mut q, at, Due::Conn(conn))
     }
 
     /// Wakes `waker` at `at` (and runs the tasks it woke).
@@ -90,7 +93,11 @@ impl Timers {
     }
 
     fn push(&self, at: Instant, due: Due) -> TimerId {
-        let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut q = self.lock();
+        self.push_locked(&mut q, at, due)
+    }
+
+    fn push_locked(&self, q: &mut Queue, at: Instant, due: Due) -> TimerId {
         let id = q.next_id;
         q.next_id += 1;
         let earliest = q.heap.peek().map(|Reverse((t, _))| *t);
@@ -100,6 +107,21 @@ impl Timers {
             self.shared.changed.notify_one();
         }
         TimerId(id)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.shared.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Queue {
+    /// Drops entry `id` if it has not fired.
+    fn cancel(&mut self, id: TimerId) {
+        if self.due.remove(&id.0).is_some() && self.heap.len() > 2 * self.due.len() + PRUNE_SLACK {
+            // The heap cannot drop one entry; rebuild it when most of it is stale.
+            let Queue { heap, due, .. } = self;
+            heap.retain(|Reverse((_, id))| due.contains_key(id));
+        }
     }
 }
 
@@ -226,6 +248,18 @@ mod tests {
             rx.recv_timeout(Duration::from_millis(100)).is_err(),
             "woken twice"
         );
+    }
+
+    #[test]
+    fn a_rearmed_entry_replaces_the_old_one() {
+        let timers = Timers::start(Executor::new());
+        let far = Instant::now() + Duration::from_secs(300);
+        let old = timers.arm(far, Weak::new());
+        let new = timers.rearm(old, far - Duration::from_secs(1), Weak::new());
+        assert_ne!(old, new);
+        let q = timers.shared.queue.lock().unwrap();
+        assert_eq!(q.due.len(), 1, "one live entry");
+        assert!(q.due.contains_key(&new.0) && !q.due.contains_key(&old.0));
     }
 
     struct SendOnWake(Mutex<std::sync::mpsc::Sender<()>>);
