@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Where a round trip goes on the answering node. Node a ping-pongs with an echo process on
+# node b while `perf` records b's system calls; the script prints how long b took from the read
+# that returned a ping to the send of its answer (its "turnaround"), for quic_dist and for TCP
+# distribution. The rest of a round trip is the same on the other node plus the kernel's
+# delivery, so the two turnarounds show what the carrier itself adds (bench/README.md, Measured
+# on 2026-12-06).
+#
+# Needs perf (Debian: linux-perf) and the rights to trace (root). Not part of `make bench`.
+# Usage: bench/turnaround.sh [ROUND_TRIPS] (default 30000)
+set -euo pipefail
+
+HERE="$(cd "$(dirname "$0")" && pwd)"
+ROOT="$(cd "$HERE/.." && pwd)"
+N="${1:-30000}"
+command -v perf >/dev/null || { echo "turnaround: needs perf (apt-get install linux-perf)" >&2; exit 2; }
+
+make -s -C "$ROOT" build
+TMP="$(mktemp -d /tmp/quic_dist_turnaround.XXXXXX)"
+trap 'rm -rf "$TMP"' EXIT
+erlc -Werror -o "$TMP" "$HERE/bench_node.erl"
+epmd -daemon >/dev/null 2>&1 || true
+
+# turnaround CARRIER READ_EVENT SEND_SYSCALL ERL_FLAGS...
+turnaround() {
+  local carrier=$1 read_event=$2 send=$3
+  shift 3
+  local b="turn_b_$$@127.0.0.1" a="turn_a_$$@127.0.0.1"
+  erl -noshell -pa "$TMP" "$@" -name "$b" -setcookie turnaround >"$TMP/b.log" 2>&1 &
+  local bpid=$!
+  # Node a: warm up, start perf on b for 2 s, ping-pong (longer than that), stop b.
+  erl -noshell -pa "$TMP" "$@" -name "$a" -setcookie turnaround -eval "
+    B = '$b',
+    Up = fun Up(0) -> pang; Up(K) -> case net_adm:ping(B) of pong -> pong; pang -> timer:sleep(100), Up(K - 1) end end,
+    pong = Up(50),
+    _ = bench_node:rtt(B, 2000, 0, 10000),
+    Perf = open_port({spawn_executable, os:find_executable(\"perf\")},
+                     [{args, [\"record\", \"-q\", \"-e\", \"$read_event,syscalls:sys_enter_$send\",
+                              \"-o\", \"$TMP/perf.data\", \"-p\", \"$bpid\", \"--\", \"sleep\", \"2\"]},
+                      exit_status]),
+    timer:sleep(300),
+    _ = bench_node:rtt(B, 0, $N, 60000),
+    receive {Perf, {exit_status, _}} -> ok after 10000 -> ok end,
+    rpc:call(B, erlang, halt, []),
+    halt()." >"$TMP/a.log" 2>&1 || { cat "$TMP/a.log" >&2; kill "$bpid" 2>/dev/null; return 1; }
+  wait "$bpid" || true
+  # From each read that returned data (a positive result) to the next send, in µs.
+  perf script -i "$TMP/perf.data" -F time,event,trace 2>/dev/null | awk '
+    { t = $1; sub(":", "", t); ev = $2 }
+    ev ~ /sys_exit_/ { r = $3; if (start == "" && r !~ /^0xf/ && r != "0x0") start = t; next }
+    ev ~ /sys_enter_/ { if (start != "") { printf "%.1f\n", (t - start) * 1e6; start = "" } }' |
+    sort -n | awk -v carrier="$carrier" '
+    { d[++n] = $1 }
+    END {
+      if (n == 0) { print carrier ": no turnarounds traced"; exit 1 }
+      printf "%-9s turnarounds %6d   p10 %5.1f us   p50 %5.1f us   p90 %5.1f us\n",
+             carrier, n, d[int(n * 0.1) + 1], d[int(n * 0.5) + 1], d[int(n * 0.9) + 1]
+    }'
+}
+
+turnaround quic_dist syscalls:sys_exit_recvmmsg sendmsg -pa "$ROOT/_build/quic_dist/ebin" -proto_dist quic
+turnaround tcp syscalls:sys_exit_recvfrom writev
