@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Where a round trip goes on the answering node. Node a ping-pongs with an echo process on
-# node b while `perf` records b's system calls; the script prints how long b took from the read
-# that returned a ping to the send of its answer (its "turnaround"), for quic_dist and for TCP
-# distribution. The rest of a round trip is the same on the other node plus the kernel's
-# delivery, so the two turnarounds show what the carrier itself adds (bench/README.md, Measured
-# on 2026-12-06).
+# Where a round trip goes. Node a ping-pongs with an echo process on node b while `perf`
+# records both nodes' system calls; for quic_dist and for TCP distribution the script prints
+#   turnaround: from the read that returned a message to the send of the next one, on one node
+#               (the carrier's work, the runtime's and the echo's or pinger's);
+#   delivery:   from that send to the read that returns it on the other node (the send system
+#               call, the kernel's delivery, and how soon the other node reads).
+# A round trip is about two of each (bench/README.md, Measured on 2026-12-06).
 #
 # Needs perf (Debian: linux-perf) and the rights to trace (root). Not part of `make bench`.
 # Usage: bench/turnaround.sh [ROUND_TRIPS] (default 30000)
@@ -28,7 +29,7 @@ turnaround() {
   local b="turn_b_$$@127.0.0.1" a="turn_a_$$@127.0.0.1"
   erl -noshell -pa "$TMP" "$@" -name "$b" -setcookie turnaround >"$TMP/b.log" 2>&1 &
   local bpid=$!
-  # Node a: warm up, start perf on b for 2 s, ping-pong (longer than that), stop b.
+  # Node a: warm up, start perf on both nodes for 2 s, ping-pong (longer than that), stop b.
   erl -noshell -pa "$TMP" "$@" -name "$a" -setcookie turnaround -eval "
     B = '$b',
     Up = fun Up(0) -> pang; Up(K) -> case net_adm:ping(B) of pong -> pong; pang -> timer:sleep(100), Up(K - 1) end end,
@@ -36,7 +37,8 @@ turnaround() {
     _ = bench_node:rtt(B, 2000, 0, 10000),
     Perf = open_port({spawn_executable, os:find_executable(\"perf\")},
                      [{args, [\"record\", \"-q\", \"-e\", \"$read_event,syscalls:sys_enter_$send\",
-                              \"-o\", \"$TMP/perf.data\", \"-p\", \"$bpid\", \"--\", \"sleep\", \"2\"]},
+                              \"-o\", \"$TMP/perf.data\", \"-p\", os:getpid() ++ \",$bpid\",
+                              \"--\", \"sleep\", \"2\"]},
                       exit_status]),
     timer:sleep(300),
     _ = bench_node:rtt(B, 0, $N, 60000),
@@ -44,17 +46,25 @@ turnaround() {
     rpc:call(B, erlang, halt, []),
     halt()." >"$TMP/a.log" 2>&1 || { cat "$TMP/a.log" >&2; kill "$bpid" 2>/dev/null; return 1; }
   wait "$bpid" || true
-  # From each read that returned data (a positive result) to the next send, in µs.
-  perf script -i "$TMP/perf.data" -F time,event,trace 2>/dev/null | awk '
-    { t = $1; sub(":", "", t); ev = $2 }
-    ev ~ /sys_exit_/ { r = $3; if (start == "" && r !~ /^0xf/ && r != "0x0") start = t; next }
-    ev ~ /sys_enter_/ { if (start != "") { printf "%.1f\n", (t - start) * 1e6; start = "" } }' |
-    sort -n | awk -v carrier="$carrier" '
-    { d[++n] = $1 }
+  # Per node: a read that returned data (a positive result) starts a turnaround, its next send
+  # ends it and starts a delivery, which the other node's next such read ends. In µs.
+  perf script -i "$TMP/perf.data" -F pid,time,event,trace 2>/dev/null | awk '
+    { pid = $1; t = $2; sub(":", "", t); ev = $3; r = $4 }
+    ev ~ /sys_exit_/ && r !~ /^0xf/ && r != "0x0" && !(pid in read) {
+      read[pid] = t
+      if (sent != "" && sender != pid) { printf "delivery %.1f\n", (t - sent) * 1e6; sent = "" }
+    }
+    ev ~ /sys_enter_/ {
+      if (pid in read) { printf "turnaround %.1f\n", (t - read[pid]) * 1e6; delete read[pid] }
+      sent = t; sender = pid
+    }' |
+    sort -k1,1 -k2,2n | awk -v carrier="$carrier" '
+    { v[$1, ++n[$1]] = $2 }
     END {
-      if (n == 0) { print carrier ": no turnarounds traced"; exit 1 }
-      printf "%-9s turnarounds %6d   p10 %5.1f us   p50 %5.1f us   p90 %5.1f us\n",
-             carrier, n, d[int(n * 0.1) + 1], d[int(n * 0.5) + 1], d[int(n * 0.9) + 1]
+      if (n["turnaround"] == 0) { print carrier ": nothing traced"; exit 1 }
+      for (k in n)
+        printf "%-9s %-10s %6d   p10 %5.1f us   p50 %5.1f us   p90 %5.1f us\n", carrier, k,
+               n[k], v[k, int(n[k] * 0.1) + 1], v[k, int(n[k] * 0.5) + 1], v[k, int(n[k] * 0.9) + 1]
     }'
 }
 
