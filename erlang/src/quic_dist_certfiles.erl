@@ -170,8 +170,8 @@ load(Ep, Stamps, Opts, LastLook) ->
             ?LOG_NOTICE("quic_dist loaded its certificate files again (~ts): new connections "
                         "use them, connections already up keep theirs",
                         [maps:get(certfile, Opts)]),
-            case string:split(atom_to_list(node()), "@") of
-                [_, Host] -> check_own_name(Host);
+            case dist_util:split_node(node()) of
+                {node, _, Host} -> check_own_name(Host);
                 _ -> ok
             end,
             check_validity();
