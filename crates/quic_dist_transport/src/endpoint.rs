@@ -310,21 +310,19 @@ impl DistEndpoint {
     /// [`receive`](Self::receive), reading at most `max_batches` batches of datagrams (a
     /// socket with more waiting stays readable). Returns the datagrams read.
     pub fn receive_some(&self, max_batches: usize) -> std::io::Result<usize> {
-        let received = self.endpoint.receive_batches(max_batches)?;
-        self.after_receive();
-        Ok(received)
+        self.after_receive(self.endpoint.receive_batches(max_batches))
     }
 
     /// [`receive_some`](Self::receive_some) for a poller, which reads whether or not the
     /// socket is readable (see `direct::Endpoint::poll_batches`).
     pub fn poll_some(&self, max_batches: usize) -> std::io::Result<usize> {
-        let received = self.endpoint.poll_batches(max_batches)?;
-        self.after_receive();
-        Ok(received)
+        self.after_receive(self.endpoint.poll_batches(max_batches))
     }
 
-    /// Logs refusals, admits held connections and starts accepted ones after a receive.
-    fn after_receive(&self) {
+    /// After a successful read (`received`, passed on): logs refusals, admits held
+    /// connections and starts accepted ones.
+    fn after_receive(&self, received: std::io::Result<usize>) -> std::io::Result<usize> {
+        let received = received?;
         for (remote, error) in self.endpoint.take_refused() {
             if let Some(suppressed) = self.refusal_log.admit(remote) {
                 let error = describe_close(&error);
@@ -337,6 +335,7 @@ impl DistEndpoint {
             }
         }
         self.start_all_accepted();
+        Ok(received)
     }
 
     fn start_all_accepted(&self) {
