@@ -26,26 +26,27 @@ epmd -daemon >/dev/null 2>&1 || true
 turnaround() {
   local carrier=$1 read_event=$2 send=$3
   shift 3
-  local b="turn_b_$$@127.0.0.1" a="turn_a_$$@127.0.0.1"
-  erl -noshell -pa "$TMP" "$@" -name "$b" -setcookie turnaround >"$TMP/b.log" 2>&1 &
-  local bpid=$!
-  # Node a: warm up, start perf on both nodes for 2 s, ping-pong (longer than that), stop b.
+  local a="turn_a_$$@127.0.0.1"
+  # Node a starts node b with `peer` (the same flags, given to a as plain arguments), warms
+  # up, records both nodes with perf for 2 s while it ping-pongs (longer than that), stops b.
   erl -noshell -pa "$TMP" "$@" -name "$a" -setcookie turnaround -eval "
-    B = '$b',
-    Up = fun Up(0) -> pang; Up(K) -> case net_adm:ping(B) of pong -> pong; pang -> timer:sleep(100), Up(K - 1) end end,
-    pong = Up(50),
+    {ok, Peer, B} = peer:start(#{name => \"turn_b_$$\", host => \"127.0.0.1\", longnames => true,
+                                 connection => standard_io,
+                                 args => [\"-pa\", \"$TMP\", \"-setcookie\", \"turnaround\"
+                                          | init:get_plain_arguments()]}),
+    pong = net_adm:ping(B),
+    BPid = peer:call(Peer, bench_node, os_pid, []),
     _ = bench_node:rtt(B, 2000, 0, 10000),
     Perf = open_port({spawn_executable, os:find_executable(\"perf\")},
                      [{args, [\"record\", \"-q\", \"-e\", \"$read_event,syscalls:sys_enter_$send\",
-                              \"-o\", \"$TMP/perf.data\", \"-p\", os:getpid() ++ \",$bpid\",
+                              \"-o\", \"$TMP/perf.data\", \"-p\", os:getpid() ++ \",\" ++ BPid,
                               \"--\", \"sleep\", \"2\"]},
                       exit_status]),
     timer:sleep(300),
     _ = bench_node:rtt(B, 0, $N, 60000),
     receive {Perf, {exit_status, _}} -> ok after 10000 -> ok end,
-    rpc:call(B, erlang, halt, []),
-    halt()." >"$TMP/a.log" 2>&1 || { cat "$TMP/a.log" >&2; kill "$bpid" 2>/dev/null; return 1; }
-  wait "$bpid" || true
+    peer:stop(Peer),
+    halt()." -extra "$@" >"$TMP/a.log" 2>&1 || { cat "$TMP/a.log" >&2; return 1; }
   # Per node: a read that returned data (a positive result) starts a turnaround, its next send
   # ends it and starts a delivery, which the other node's next such read ends. In µs.
   perf script -i "$TMP/perf.data" -F pid,time,event,trace 2>/dev/null | awk '
