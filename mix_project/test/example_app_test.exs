@@ -164,6 +164,22 @@ defmodule QuicDist.ExampleAppTest do
                  ~s(REMOTE_CHECK {:"#{a.name}", [:"#{b.name}"]})
       end
 
+      # bin/cluster_app restart: b restarts in place (init:restart/0, the same OS process,
+      # which loads the NIF a second time); its counter starts again from 0, and a reaches it.
+      os_pid_b = rpc!(b, "IO.puts(System.pid())")
+      {out, status} = cmd(b, ["restart"])
+      assert status == 0, "restart #{b.name}: #{out}"
+
+      assert {:ok, _} =
+               eventually_rpc(
+                 a,
+                 "IO.inspect(ClusterApp.Counter.value(:\"#{b.name}\"))",
+                 &(&1 =~ ~r/^0\s*$/),
+                 30_000
+               )
+
+      assert rpc!(b, "IO.puts(System.pid())") == os_pid_b
+
       stop!(b)
       stop!(a)
 

@@ -542,6 +542,14 @@ defmodule QuicDistTest.IexQuicTest do
     end
   end
 
+  # A UDP port that was free a moment ago (the node binds it right after).
+  defp free_udp_port do
+    {:ok, socket} = :gen_udp.open(0)
+    {:ok, port} = :inet.port(socket)
+    :ok = :gen_udp.close(socket)
+    port
+  end
+
   defp connect!(node) do
     assert Node.connect(node) == true
     assert node in Node.list()
@@ -886,6 +894,35 @@ defmodule QuicDistTest.IexQuicTest do
     {:ok, info2} = :quic_dist.info(node)
     assert info2.remote != info1.remote
     await_mesh(node, others)
+  end
+
+  test "an elixir node restarted in place with System.restart (what a release's bin/app restart calls) comes back over QUIC on its fixed UDP port",
+       ctx do
+    # init:restart/0 stops every application and unloads every module but the preloaded ones,
+    # then boots again in the same OS process: the NIF library is loaded a second time there.
+    port = free_udp_port()
+
+    [{node, os}] =
+      start_nodes([{:elixir, "ex_inplace"}], "-quic_dist_opt port #{port}")
+
+    connect!(node)
+    os_pid = :rpc.call(node, :os, :getpid, [])
+    assert {:ok, %{remote: {_, ^port}}} = :quic_dist.info(node)
+    assert Node.monitor(node, true) == true
+
+    :ok = :erpc.cast(node, System, :restart, [])
+    assert_receive {:nodedown, ^node}, 15_000
+
+    # The boot runs the -e script again, which prints the ready marker again.
+    assert {:ok, ^node} = OsNode.await_ready(os)
+    connect!(node)
+    assert :rpc.call(node, :os, :getpid, []) == os_pid
+    assert {:ok, %{remote: {_, ^port}}} = :quic_dist.info(node)
+
+    # The data path works both ways after the second load: a 1 MiB binary there and back.
+    blob = :crypto.strong_rand_bytes(1024 * 1024)
+    assert :rpc.call(node, :erlang, :binary_part, [blob, 0, byte_size(blob)]) == blob
+    await_mesh(node, [ctx.iex_node, ctx.ex_node])
   end
 
   test "two nodes that connect to each other at the same moment both get true from Node.connect/1" do

@@ -10,8 +10,7 @@
 
 use std::ffi::c_void;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicI32, Ordering::SeqCst};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicI32, AtomicPtr, Ordering::SeqCst};
 
 use rustler::sys::{
     enif_alloc_resource, enif_open_resource_type_x, enif_release_resource, enif_select, ErlNifEnv,
@@ -20,13 +19,10 @@ use rustler::sys::{
 };
 use rustler::{Encoder, Env};
 
-/// The resource type, opened at load.
-struct WatchType(*const ErlNifResourceType);
-// SAFETY: a resource type handle is immutable and valid for the library's lifetime.
-unsafe impl Send for WatchType {}
-unsafe impl Sync for WatchType {}
-
-static WATCH_TYPE: OnceLock<WatchType> = OnceLock::new();
+/// The resource type, opened at each load of the library: after `init:restart/0` the runtime
+/// loads it again (the same mapping, so these statics survive) and the new load takes the type
+/// over, with any watch that is still selected.
+static WATCH_TYPE: AtomicPtr<ErlNifResourceType> = AtomicPtr::new(std::ptr::null_mut());
 
 /// What a watch resource holds: the duplicated descriptor, -1 once closed.
 struct WatchData {
@@ -67,17 +63,26 @@ pub fn init(env: Env) -> bool {
         members: 2,
         dyncall: std::ptr::null(),
     };
-    // SAFETY: called during load with the load environment; the name is NUL-terminated.
-    let ty = unsafe {
-        enif_open_resource_type_x(
-            env.as_c_arg(),
-            c"quic_dist_socket_watch".as_ptr(),
-            &init,
-            ErlNifResourceFlags::ERL_NIF_RT_CREATE,
-            std::ptr::null_mut(),
-        )
+    // The type is new, or left by an earlier load of the library whose watches erts still
+    // holds: take it over then (rustler's flags enum cannot say both at once).
+    let open = |flags| {
+        // SAFETY: called during load with the load environment; the name is NUL-terminated.
+        unsafe {
+            enif_open_resource_type_x(
+                env.as_c_arg(),
+                c"quic_dist_socket_watch".as_ptr(),
+                &init,
+                flags,
+                std::ptr::null_mut(),
+            )
+        }
     };
-    !ty.is_null() && WATCH_TYPE.set(WatchType(ty)).is_ok()
+    let mut ty = open(ErlNifResourceFlags::ERL_NIF_RT_CREATE);
+    if ty.is_null() {
+        ty = open(ErlNifResourceFlags::ERL_NIF_RT_TAKEOVER);
+    }
+    WATCH_TYPE.store(ty as *mut ErlNifResourceType, SeqCst);
+    !ty.is_null()
 }
 
 /// Why arming a watch failed.
@@ -106,10 +111,13 @@ unsafe impl Sync for SocketWatch {}
 impl SocketWatch {
     /// A watch on (a duplicate of) `socket`.
     pub fn new(socket: impl AsFd) -> Result<Self, WatchError> {
-        let ty = WATCH_TYPE.get().ok_or(WatchError::NotInitialised)?;
+        let ty = WATCH_TYPE.load(SeqCst);
+        if ty.is_null() {
+            return Err(WatchError::NotInitialised);
+        }
         let fd = socket.as_fd().try_clone_to_owned()?;
         // SAFETY: allocates room for a WatchData, written before anyone can see it.
-        let obj = unsafe { enif_alloc_resource(ty.0, std::mem::size_of::<WatchData>()) };
+        let obj = unsafe { enif_alloc_resource(ty, std::mem::size_of::<WatchData>()) };
         // SAFETY: `obj` points to fresh memory of the right size and alignment (erts aligns
         // resources for any type).
         unsafe {
