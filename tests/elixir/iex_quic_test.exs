@@ -902,8 +902,7 @@ defmodule QuicDistTest.IexQuicTest do
     # then boots again in the same OS process: the NIF library is loaded a second time there.
     port = free_udp_port()
 
-    [{node, os}] =
-      start_nodes([{:elixir, "ex_inplace"}], "-quic_dist_opt port #{port}")
+    [{node, os}] = start_nodes([{:elixir, "ex_inplace"}], "-quic_dist_opt port #{port}")
 
     connect!(node)
     os_pid = :rpc.call(node, :os, :getpid, [])
