@@ -905,7 +905,6 @@ defmodule QuicDistTest.IexQuicTest do
     [{node, os}] = start_nodes([{:elixir, "ex_inplace"}], "-quic_dist_opt port #{port}")
 
     connect!(node)
-    os_pid = :rpc.call(node, :os, :getpid, [])
     assert {:ok, %{remote: {_, ^port}}} = :quic_dist.info(node)
     assert Node.monitor(node, true) == true
 
@@ -915,7 +914,7 @@ defmodule QuicDistTest.IexQuicTest do
     # The boot runs the -e script again, which prints the ready marker again.
     assert {:ok, ^node} = OsNode.await_ready(os)
     connect!(node)
-    assert :rpc.call(node, :os, :getpid, []) == os_pid
+    assert :rpc.call(node, :os, :getpid, []) == Integer.to_charlist(OsNode.os_pid(os))
     assert {:ok, %{remote: {_, ^port}}} = :quic_dist.info(node)
 
     # The data path works both ways after the second load: a 1 MiB binary there and back.
