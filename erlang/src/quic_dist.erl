@@ -28,7 +28,9 @@
 %%%      sends packets to the input handlers, connections to the acceptor, results to
 %%%      connecting processes.
 %%%      └─ poller (low priority, linked): after a datagram, reads the socket in a loop for
-%%%         `poll_us' while its scheduler has nothing else to do (no select meanwhile).
+%%%         `poll_us' while its scheduler has nothing else to do (no select meanwhile); the
+%%%         input handler of the node's only connection takes these turns while its
+%%%         datagrams come one at a time (it then hands its packets to the runtime itself).
 %%%
 %%%  quic_dist_log (childspec, started before net_kernel): loads the NIF and turns Rust
 %%%  `tracing' events into `logger' events.

@@ -25,6 +25,10 @@
 %%%   the NIF reads more of that stream. It is the one process that feeds the runtime every
 %%%   packet of the connection, so the reading of small packets that an acknowledgement lets go
 %%%   on is left to the node's receiver process (`conn_ack' answers `run_tasks').
+%%%   While its connection is the node's only one and datagrams come one at a time, it also
+%%%   takes turns at reading the node's socket (quic_dist_receiver): bound to scheduler 1 and
+%%%   at low priority during a turn, its own packets coming back to it as messages, so that the
+%%%   process that reads a packet is the one that hands it to the runtime.
 %%% - A receiving process that does not keep up: the input handler counts the bytes delivered to
 %%%   each receiver since its mailbox was last seen empty. Above the `mailbox_limit' option it
 %%%   stops acknowledging that stream's batches until the mailbox has halved: the stream stops
@@ -171,7 +175,8 @@ remote_address({quic_dist, _Ctrl, _Input, Conn}) ->
                 held = #{} :: #{pid() => {[{non_neg_integer(), non_neg_integer()}],
                                           non_neg_integer()}},
                 timer :: reference() | undefined,
-                urgency :: quic_dist_urgency:urgency() | undefined}).
+                urgency :: quic_dist_urgency:urgency() | undefined,
+                turn :: quic_dist_receiver:turn() | undefined}).
 -record(ctrl, {conn, input, dhandle, node,
                suspended = #{} :: #{non_neg_integer() => [pid()]},
                urgency :: quic_dist_urgency:urgency() | undefined}).
@@ -384,6 +389,7 @@ input_handshake(Ctrl, Conn, Queue, Waiting) ->
         {handshake_complete, Node, DH} ->
             put_queue(DH, Queue),
             ok = quic_dist_nif:conn_open_input(Conn),
+            ok = quic_dist_receiver:input_ready(self()),
             input_loop(#input{dhandle = DH, conn = Conn, node = Node,
                               limit = quic_dist:mailbox_limit(),
                               urgency = quic_dist_urgency:new()});
@@ -448,7 +454,7 @@ put_queue(DH, Queue) ->
 
 %% Data phase: every packet to the runtime, in order, then acknowledge the bytes (unless a
 %% receiver is too far behind: see mailbox_check/4).
-input_loop(#input{urgency = U} = S) ->
+input_loop(#input{turn = undefined, urgency = U} = S) ->
     receive
         Message -> input_message(Message, S)
     after 0 ->
@@ -456,14 +462,47 @@ input_loop(#input{urgency = U} = S) ->
             receive
                 Message -> input_message(Message, S1)
             end
+    end;
+input_loop(#input{turn = Turn} = S) ->
+    %% Holding a turn at reading the socket: what a read brings for this connection comes
+    %% back as a message to this process, handled at the next pass, after any sent before.
+    receive
+        Message -> input_message(Message, S)
+    after 0 ->
+            case quic_dist_receiver:turn_step(Turn) of
+                {continue, Turn1} -> input_loop(S#input{turn = Turn1});
+                done -> input_loop(turn_over(S))
+            end
     end.
+
+%% The end of a turn: back to any scheduler, at normal priority.
+turn_over(S) ->
+    _ = process_flag(scheduler, 0),
+    _ = process_flag(priority, normal),
+    S#input{turn = undefined}.
 
 %% One message of the data phase.
 input_message({quic_dist_data, Packets, Channel, Bytes, Receivers},
               #input{dhandle = DH, urgency = U} = S) ->
     put_packets(DH, Packets),
     S1 = S#input{urgency = quic_dist_urgency:handled(Bytes, U)},
-    input_loop(mailbox_check(Receivers, Channel, Bytes, S1));
+    S2 = mailbox_check(Receivers, Channel, Bytes, S1),
+    %% Holding a turn: the processes these packets woke run before the next read.
+    _ = S2#input.turn =:= undefined orelse erlang:yield(),
+    input_loop(S2);
+input_message({quic_dist_turn, Turn}, #input{urgency = U} = S) ->
+    %% A turn at reading the socket (quic_dist_receiver): on the poller's scheduler and at its
+    %% low priority, so that the processes the packets wake go first. Urgency counts the
+    %% process as normal, which it decides for every batch until the turn is over.
+    U1 = quic_dist_urgency:normal(U),
+    _ = process_flag(scheduler, 1),
+    _ = process_flag(priority, low),
+    input_loop(S#input{turn = quic_dist_receiver:turn_begin(Turn), urgency = U1});
+input_message(quic_dist_turn_release, #input{turn = undefined} = S) ->
+    input_loop(S);
+input_message(quic_dist_turn_release, #input{turn = Turn} = S) ->
+    done = quic_dist_receiver:turn_release(Turn),
+    input_loop(turn_over(S));
 input_message(mailbox_recheck, S) ->
     input_loop(mailbox_recheck(S#input{timer = undefined}));
 input_message({quic_dist_closed, Reason}, #input{node = Node}) ->

@@ -11,7 +11,7 @@
 -export([load/0, nif_memory/0]).
 -export([log_init/2,
          endpoint_open/5, endpoint_port/1, endpoint_accept/3, endpoint_admit/1,
-         endpoint_set_tls/2, endpoint_receive/1, endpoint_poll/1,
+         endpoint_set_tls/2, endpoint_receive/1, endpoint_poll/2,
          endpoint_unwatch/1, endpoint_close/2, endpoint_client/2, connect/7,
          conn_start/3, conn_send/2, conn_data_mode/2, conn_open_input/1, conn_tick/1, conn_ack/3, conn_run_tasks/1, conn_getstat/1, conn_stats/1,
          conn_info/1, conn_peer_names/2, conn_shutdown/2,
@@ -64,9 +64,10 @@ log_init(_LogPid, _LogFilter) -> ?NOT_LOADED.
 endpoint_receive(_Ep) -> ?NOT_LOADED.
 
 %% Reads what waits on the endpoint's socket as endpoint_receive/1 does, without arming a
-%% select: the number of datagrams it read.
--spec endpoint_poll(reference()) -> non_neg_integer() | {error, binary()}.
-endpoint_poll(_Ep) -> ?NOT_LOADED.
+%% select: the number of datagrams it read. With YieldIfEmpty, a read that found nothing gives
+%% the core away (sched_yield).
+-spec endpoint_poll(reference(), boolean()) -> non_neg_integer() | {error, binary()}.
+endpoint_poll(_Ep, _YieldIfEmpty) -> ?NOT_LOADED.
 
 %% Stops the `select' messages of endpoint_receive/1.
 -spec endpoint_unwatch(reference()) -> ok.

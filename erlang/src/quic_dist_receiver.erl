@@ -1,5 +1,5 @@
-%%% @doc The process that reads the node's UDP socket, and the poller that reads it while
-%%% datagrams are expected.
+%%% @doc The process that reads the node's UDP socket, and the processes that take turns at
+%%% reading it while datagrams are expected.
 %%%
 %%% ```
 %%%  erts check_io ──{select, _, undefined, ready_input}──> receiver (high priority, one per node)
@@ -9,35 +9,57 @@
 %%%                                                           │ to the input handlers, re-arms the
 %%%                                                           │ select; conn_run_tasks(Conn) runs
 %%%                                                           │ the readers let go on
-%%%                       a datagram came: poll ──────────────┤ (no select armed meanwhile)
+%%%                 a datagram came: {quic_dist_turn, Turn} ──┤ (no select armed meanwhile)
 %%%                                                           ▼
-%%%  poller (low priority, bound to scheduler 1): endpoint_poll(Ep) in a loop, erlang:yield()
-%%%    between calls, until no datagram came for `poll_us' (up to 10x that on a busy link);
-%%%    then {Poller, idle} to the receiver, which arms the select again
+%%%  the turn's holder, bound to scheduler 1 and at low priority while it holds it: the
+%%%    poller (one per node), or the input handler of the node's only connection while its
+%%%    datagrams come one at a time. turn_step/1 in a loop: endpoint_poll(Ep), erlang:yield(),
+%%%    until no datagram came for `poll_us' (up to 10x that on a busy link); then
+%%%    {quic_dist_turn_end, Holder, ...} to the receiver, which arms the select again, or at
+%%%    once hands the next turn to the other kind of holder when the traffic changed
 %%%                                                           ▼
 %%%                               input handlers, acceptor, connecting processes (messages)
 %%% '''
 %%%
 %%% No thread of the NIF sits between the socket and the BEAM: the datagram is read, decrypted
-%%% and delivered by the scheduler that runs the receiver or the poller. Each NIF call has a
-%%% bounded amount of work, and a socket with more waiting answers the next select at once.
+%%% and delivered by the scheduler that runs the receiver or the turn's holder. Each NIF call
+%%% has a bounded amount of work, and a socket with more waiting answers the next select at
+%%% once.
 %%%
-%%% Why a poller: a select wakes the runtime's poll thread for every datagram, and that thread
+%%% Why turns: a select wakes the runtime's poll thread for every datagram, and that thread
 %%% must get a core before a scheduler hears of the datagram; on a machine with few cores the
 %%% schedulers' own busy wait holds them, and the idle round trip moved between 54 and 176 µs
 %%% from one run to the next (TCP distribution's socket is a port, polled by the schedulers
-%%% themselves). While datagrams keep coming, the poller reads the socket in the time its
+%%% themselves). While datagrams keep coming, a turn reads the socket in the time its
 %%% scheduler would spend busy-waiting: at low priority it runs only when that scheduler has
 %%% nothing else to do, and bound to scheduler 1 (where the runtime keeps a light load) it does
 %%% not make the runtime wake a second scheduler to share what looks like load. When its
-%%% scheduler is busy the poller gives up (its calls more than ?POLL_STARVED_US µs apart) and
+%%% scheduler is busy the holder gives up (its steps more than ?POLL_STARVED_US µs apart) and
 %%% the select takes over; if it does not get to run for a millisecond, the receiver arms the
 %%% select beside it.
+%%%
+%%% Why an input handler holds turns: the packets a read brings are then handed to the runtime
+%%% by the process that read them (they come back to it as a message to itself), one process
+%%% hand-off less per datagram, about a fifth of a sustained round trip (bench/README). Only
+%%% while datagrams come one at a time (?LIGHT_STREAK reads in a row): bulk data and bursts of
+%%% small messages go back to the poller (?BURST_STREAK reads of several), so that the input
+%%% handler feeds the runtime on the other scheduler while the poller reads and decrypts. Only
+%%% for the node's only connection in data mode: another connection's packets would wait for
+%%% this one's processes. An input handler's packets reach it in the order the NIF read them,
+%%% whoever reads, so a turn may change hands at any time. Between datagrams the input handler
+%%% keeps its core (no `sched_yield' on an empty read) for ?KEEP_CORE_US µs: a thread put aside
+%%% by the kernel takes tens of microseconds to get it back, most of a round trip; beyond
+%%% that it gives way, so that a thread that needs the core (a local peer node's) does not wait
+%%% for the kernel to preempt a spinning one (the round trip's p99.9 doubled without it).
 -module(quic_dist_receiver).
 
--export([start/2, stop/0, run_tasks/1]).
+-export([start/2, stop/0, run_tasks/1, turns/0]).
+%% For the input handlers (quic_dist_conn).
+-export([input_ready/1, turn_begin/1, turn_step/1, turn_release/1]).
+-export_type([turn/0]).
+
 %% For the unit tests.
--export([turn_window/3]).
+-export([turn_window/3, read_streak/3, yield_if_empty/2]).
 
 -include_lib("kernel/include/logger.hrl").
 
@@ -55,8 +77,15 @@
 %% its low CPU cost.
 -define(BUSY_DATAGRAMS, 4).
 -define(BUSY_WINDOW_FACTOR, 10).
-%% The receiver arms the select beside a poller that has not reported for this long, ms.
+%% The receiver arms the select beside a holder whose turn has not stepped for this long, ms.
 -define(POLLER_SILENT_MS, 1).
+%% Reads in a row of one datagram each after which the poller hands its turn to the input
+%% handler of the node's only connection, and of several after which that input handler hands
+%% it back.
+-define(LIGHT_STREAK, 16).
+-define(BURST_STREAK, 4).
+%% How long an input handler holding a turn keeps its core between datagrams, µs.
+-define(KEEP_CORE_US, 100).
 
 %% @doc Starts reading `Ep''s socket (once per node; a running receiver is kept), with a
 %% poller that reads it for `PollUs' µs after each datagram (0: no poller).
@@ -85,6 +114,24 @@ stop() ->
             receive {'DOWN', MRef, process, Pid, _} -> ok end
     end.
 
+%% @doc How many turns at reading the socket the node's receiver gave to its poller and to
+%% input handlers, since it started (both 0 without a receiver).
+-spec turns() -> #{poller | input => non_neg_integer()}.
+turns() ->
+    case whereis(?NAME) of
+        undefined -> #{poller => 0, input => 0};
+        Pid ->
+            MRef = monitor(process, Pid),
+            Pid ! {turns, self(), MRef},
+            receive
+                {MRef, Turns} ->
+                    demonitor(MRef, [flush]),
+                    Turns;
+                {'DOWN', MRef, process, Pid, _} ->
+                    #{poller => 0, input => 0}
+            end
+    end.
+
 %% @doc Has the receiver run the ready tasks of `Conn''s endpoint: stream readers that an input
 %% handler's acknowledgement let go on (here, if the node has no receiver).
 -spec run_tasks(reference()) -> ok.
@@ -96,114 +143,259 @@ run_tasks(Conn) ->
             ok
     end.
 
+%% The receiver's state. Inputs: input handlers of connections in data mode, which may take
+%% a turn at reading (see input_ready/1); Next: who the next turn goes to; Last: the last
+%% turn's window, the datagrams it read and when it ended; Turns: how many turns went to the
+%% poller and to input handlers.
+-record(r, {ep :: reference(),
+            poller :: pid() | undefined,
+            beat :: atomics:atomics_ref() | undefined,
+            poll_us :: non_neg_integer(),
+            inputs = #{} :: #{pid() => reference()},
+            next = poller :: poller | input,
+            last :: {pos_integer(), non_neg_integer(), integer()} | undefined,
+            turns = #{poller => 0, input => 0} :: #{poller | input => non_neg_integer()}}).
+
+%% A turn at reading the socket, held by the poller or by an input handler. Switch: what ends
+%% the turn early so that the other kind of reader takes over (none: nothing does).
+-record(turn, {ep :: reference(),
+               receiver :: pid(),
+               beat :: atomics:atomics_ref(),
+               window :: pos_integer(),
+               deadline :: integer(),
+               last :: integer(),
+               read = 0 :: non_neg_integer(),
+               streak = 0 :: non_neg_integer(),
+               switch :: none | light | burst}).
+-opaque turn() :: #turn{}.
+
 %% Registers the name (one receiver per node), starts the poller and arms the first select.
 init(Parent, Ref, Ep, PollUs) ->
     try register(?NAME, self()) of
         true ->
             Parent ! {Ref, {ok, self()}},
-            Poller = start_poller(Ep, PollUs),
+            {Poller, Beat} = start_poller(PollUs),
             receive_and_arm(Ep),
-            armed(Ep, Poller)
+            armed(#r{ep = Ep, poller = Poller, beat = Beat, poll_us = PollUs,
+                     last = {max(PollUs, 1), 0, 0}})
     catch
         error:badarg ->
             Parent ! {Ref, {ok, whereis(?NAME)}}
     end.
 
-%% The select is armed and the poller idle: waits for readiness of the socket.
-armed(Ep, Poller) ->
+%% The select is armed and nobody holds a turn: waits for readiness of the socket.
+armed(#r{ep = Ep} = S) ->
     receive
-        {select, _Watch, undefined, ready_input} when Poller =:= undefined ->
+        {select, _Watch, undefined, ready_input} when S#r.poller =:= undefined ->
             receive_and_arm(Ep),
-            armed(Ep, Poller);
+            armed(S);
         {select, _Watch, undefined, ready_input} ->
-            poll(Ep),
-            {Pid, Beat} = Poller,
-            Pid ! poll,
-            polled(Ep, Poller, atomics:get(Beat, 1));
-        {run_tasks, Conn} ->
-            ok = quic_dist_nif:conn_run_tasks(Conn),
-            armed(Ep, Poller);
-        stop ->
-            stop(Ep, Poller)
+            _ = poll(Ep, true),
+            give_turn(S);
+        Other ->
+            armed(common(Other, S, undefined))
     end.
 
-%% The poller reads the socket, no select armed, until it says it is idle. Beats: the count
-%% of its calls when last looked at.
-polled(Ep, {Pid, Beat} = Poller, Beats) ->
+%% Hands the next turn to the input handler of the node's only connection (when the traffic
+%% was light) or to the poller.
+give_turn(#r{poller = Poller, beat = Beat, poll_us = PollUs, last = Last} = S) ->
+    Now = erlang:monotonic_time(microsecond),
+    Solo = solo(S),
+    Holder = case S#r.next =:= input andalso is_pid(Solo) of
+                 true -> Solo;
+                 false -> Poller
+             end,
+    Switch = if
+                 Holder =/= Poller -> burst;
+                 is_pid(Solo) -> light;
+                 true -> none
+             end,
+    Holder ! {quic_dist_turn, #turn{ep = S#r.ep, receiver = self(), beat = Beat,
+                                    window = turn_window(PollUs, Last, Now),
+                                    deadline = 0, last = 0, switch = Switch}},
+    Kind = case Holder of
+               Poller -> poller;
+               _ -> input
+           end,
+    polled(S#r{turns = maps:update_with(Kind, fun(N) -> N + 1 end, S#r.turns)}, Holder,
+           atomics:get(Beat, 1)).
+
+%% Someone holds a turn, no select armed, until it ends. Beats: the count of turn steps when
+%% last looked at.
+polled(#r{ep = Ep, beat = Beat} = S, Holder, Beats) ->
     receive
-        {Pid, idle} ->
+        {quic_dist_turn_end, Holder, Why, Read, Window, Ended} ->
+            turn_ended(S#r{last = {Window, Read, Ended}}, Why);
+        {'DOWN', _, process, Holder, _} = Down ->
+            S1 = common(Down, S, Holder),
             receive_and_arm(Ep),
-            armed(Ep, Poller);
-        {run_tasks, Conn} ->
-            ok = quic_dist_nif:conn_run_tasks(Conn),
-            polled(Ep, Poller, Beats);
-        stop ->
-            stop(Ep, Poller)
+            armed(S1);
+        Other ->
+            polled(common(Other, S, Holder), Holder, Beats)
     after ?POLLER_SILENT_MS ->
             case atomics:get(Beat, 1) of
                 Beats ->
-                    %% The poller has not got to run: read here, and arm the select beside it.
+                    %% The holder has not got to run: read here, and arm the select beside it.
                     receive_and_arm(Ep),
-                    polled_and_armed(Ep, Poller);
+                    polled_and_armed(S#r{next = poller}, Holder);
                 Now ->
-                    polled(Ep, Poller, Now)
+                    polled(S, Holder, Now)
             end
     end.
 
-%% Both read the socket until the poller says it is idle; the select stays armed then.
-polled_and_armed(Ep, {Pid, _} = Poller) ->
+%% Both read the socket until the holder's turn ends; the select stays armed then.
+polled_and_armed(#r{ep = Ep} = S, Holder) ->
     receive
         {select, _Watch, undefined, ready_input} ->
             receive_and_arm(Ep),
-            polled_and_armed(Ep, Poller);
-        {Pid, idle} ->
-            armed(Ep, Poller);
-        {run_tasks, Conn} ->
-            ok = quic_dist_nif:conn_run_tasks(Conn),
-            polled_and_armed(Ep, Poller);
-        stop ->
-            stop(Ep, Poller)
+            polled_and_armed(S, Holder);
+        {quic_dist_turn_end, Holder, _Why, Read, Window, Ended} ->
+            armed(S#r{last = {Window, Read, Ended}});
+        {'DOWN', _, process, Holder, _} = Down ->
+            armed(common(Down, S, Holder));
+        Other ->
+            polled_and_armed(common(Other, S, Holder), Holder)
     end.
 
+%% What follows the end of a turn: the other kind of reader at once when the traffic changed,
+%% else the select.
+turn_ended(#r{ep = Ep} = S, Why) when Why =:= idle; Why =:= starved ->
+    Next = case Why of
+               starved -> poller;
+               idle -> S#r.next
+           end,
+    receive_and_arm(Ep),
+    armed(S#r{next = Next});
+turn_ended(S, light) ->
+    give_turn(S#r{next = input});
+turn_ended(S, Why) when Why =:= burst; Why =:= released ->
+    give_turn(S#r{next = poller}).
+
+%% Messages handled the same way in every state. Holder: who holds a turn now, if anyone.
+common({run_tasks, Conn}, S, _Holder) ->
+    ok = quic_dist_nif:conn_run_tasks(Conn),
+    S;
+common({input_ready, Pid}, #r{inputs = Inputs} = S, Holder) ->
+    %% A second connection: an input handler holding a turn hands it back (it would deliver
+    %% the other connection's packets by message, as the poller does, but from a scheduler
+    %% that its own connection's processes want).
+    _ = is_pid(Holder) andalso Holder =/= S#r.poller andalso (Holder ! quic_dist_turn_release),
+    S#r{inputs = Inputs#{Pid => monitor(process, Pid)}};
+common({'DOWN', MRef, process, Pid, _}, #r{inputs = Inputs} = S, _Holder) ->
+    case Inputs of
+        #{Pid := MRef} -> S#r{inputs = maps:remove(Pid, Inputs)};
+        #{} -> S
+    end;
+common({turns, From, Ref}, S, _Holder) ->
+    From ! {Ref, S#r.turns},
+    S;
+common(stop, S, _Holder) ->
+    stop(S);
+common(_Stray, S, _Holder) ->
+    %% The end of a turn that a release crossed, or a select beside a turn: nothing to do.
+    S.
+
+%% The one input handler that may take turns, if there is exactly one.
+solo(#r{inputs = Inputs}) when map_size(Inputs) =:= 1 ->
+    [Pid] = maps:keys(Inputs),
+    Pid;
+solo(_) ->
+    undefined.
+
 %% Stops the poller (gone when this returns) and the select messages.
-stop(Ep, undefined) ->
-    ok = quic_dist_nif:endpoint_unwatch(Ep);
-stop(Ep, {Pid, _}) ->
+stop(#r{ep = Ep, poller = undefined}) ->
+    ok = quic_dist_nif:endpoint_unwatch(Ep),
+    exit(normal);
+stop(#r{poller = Pid} = S) ->
     unlink(Pid),
     MRef = monitor(process, Pid),
     exit(Pid, kill),
     receive {'DOWN', MRef, process, Pid, _} -> ok end,
-    stop(Ep, undefined).
+    stop(S#r{poller = undefined}).
 
-%% Starts the poller, bound to scheduler 1 where the runtime allows it (`{scheduler, N}' is an
-%% undocumented spawn option of OTP 25): its pid and the counter of its calls. None with a
-%% window of 0.
-start_poller(_Ep, 0) ->
-    undefined;
-start_poller(Ep, PollUs) ->
-    Receiver = self(),
-    Beat = atomics:new(1, []),
-    Fun = fun() -> poller_idle(Ep, Receiver, Beat, PollUs, {PollUs, 0, 0}) end,
-    Pid = try
-              spawn_opt(Fun, [link, {priority, low}, {scheduler, 1}])
-          catch
-              error:badarg ->
-                  spawn_opt(Fun, [link, {priority, low}])
-          end,
-    {Pid, Beat}.
-
-%% The poller: waits for the receiver to hand it the socket. Last: its last turn's window,
-%% the datagrams it read and when it ended.
-poller_idle(Ep, Receiver, Beat, PollUs, Last) ->
-    receive
-        poll ->
-            Now = erlang:monotonic_time(microsecond),
-            Window = turn_window(PollUs, Last, Now),
-            poller_spin(Ep, Receiver, Beat, {PollUs, Window}, Now + Window, Now, 0)
+%% @doc Offers the node's receiver the calling input handler (its connection is in data mode)
+%% as a reader of the socket: while it is the node's only connection and the traffic is a
+%% datagram at a time, the turns go to it, so that the process that reads a packet is the one
+%% that hands it to the runtime. It then gets `{quic_dist_turn, Turn}' (see turn_step/1) and
+%% may get `quic_dist_turn_release' (see turn_release/1).
+-spec input_ready(pid()) -> ok.
+input_ready(Pid) ->
+    case whereis(?NAME) of
+        undefined -> ok;
+        Receiver ->
+            Receiver ! {input_ready, Pid},
+            ok
     end.
 
-%% @private How long a poller's turn starting at `Now' (µs) reads on after each datagram, from
-%% the last turn's window, the datagrams it read and when it ended (see ?BUSY_DATAGRAMS).
+%% @doc Starts a turn handed over in `{quic_dist_turn, Turn}'.
+-spec turn_begin(turn()) -> turn().
+turn_begin(#turn{window = Window} = T) ->
+    Now = erlang:monotonic_time(microsecond),
+    T#turn{deadline = Now + Window, last = Now}.
+
+%% @doc One step of a turn: reads the socket once (its packets go out as messages) and yields;
+%% `done' when the turn is over (reported to the receiver).
+-spec turn_step(turn()) -> {continue, turn()} | done.
+turn_step(#turn{ep = Ep, beat = Beat, last = Last, deadline = Deadline} = T) ->
+    Now = erlang:monotonic_time(microsecond),
+    atomics:add(Beat, 1, 1),
+    N = case Now - Last > ?POLL_STARVED_US of
+            true -> starved;
+            false -> poll(Ep, yield_if_empty(T#turn.switch, Now - (Deadline - T#turn.window)))
+        end,
+    case N of
+        0 when Now =< Deadline ->
+            erlang:yield(),
+            {continue, T#turn{last = Now}};
+        N when is_integer(N), N > 0 ->
+            T1 = T#turn{deadline = Now + T#turn.window, last = Now, read = T#turn.read + N},
+            case read_streak(T#turn.switch, N, T#turn.streak) of
+                switch ->
+                    turn_end(T1, T#turn.switch, Now);
+                Streak ->
+                    %% After a read too: the processes its datagrams woke (input handlers, the
+                    %% receiver of a reply) go first. An endpoint_poll call costs a reduction
+                    %% or so whatever it read, so on a busy link the reader used to keep its
+                    %% scheduler for a whole time slice (1-6 ms) while they waited.
+                    erlang:yield(),
+                    {continue, T1#turn{streak = Streak}}
+            end;
+        0 ->
+            turn_end(T, idle, Now);
+        starved ->
+            turn_end(T, starved, Now)
+    end.
+
+%% @doc Ends a turn at the receiver's request (a second connection came).
+-spec turn_release(turn()) -> done.
+turn_release(T) ->
+    turn_end(T, released, erlang:monotonic_time(microsecond)).
+
+turn_end(#turn{receiver = Receiver, read = Read, window = Window}, Why, Now) ->
+    Receiver ! {quic_dist_turn_end, self(), Why, Read, Window, Now},
+    done.
+
+%% @private The streak of reads that call for the other kind of holder after a read of N
+%% datagrams, or `switch' when it is long enough. Switch: `light' for the poller (single
+%% datagrams: the input handler would save a hand-off), `burst' for an input handler (several:
+%% the poller reads while the input handler feeds the runtime on the other scheduler), `none'.
+-spec read_streak(none | light | burst, pos_integer(), non_neg_integer()) ->
+          non_neg_integer() | switch.
+read_streak(light, 1, Streak) when Streak + 1 >= ?LIGHT_STREAK -> switch;
+read_streak(light, 1, Streak) -> Streak + 1;
+read_streak(burst, N, Streak) when N > 1, Streak + 1 >= ?BURST_STREAK -> switch;
+read_streak(burst, N, Streak) when N > 1 -> Streak + 1;
+read_streak(_, _, _) -> 0.
+
+%% @private Whether an empty read gives the core away (`sched_yield'), SinceUs after the turn's
+%% last datagram: the poller's always (it reads for every connection, and bulk data moves
+%% faster when it gives way), an input handler's after ?KEEP_CORE_US.
+-spec yield_if_empty(none | light | burst, integer()) -> boolean().
+yield_if_empty(burst, SinceUs) -> SinceUs > ?KEEP_CORE_US;
+yield_if_empty(_, _SinceUs) -> true.
+
+%% @private How long a turn starting at `Now' (µs) reads on after each datagram, from the last
+%% turn's window, the datagrams it read and when it ended (see ?BUSY_DATAGRAMS).
 -spec turn_window(pos_integer(), {pos_integer(), non_neg_integer(), integer()}, integer()) ->
           pos_integer().
 turn_window(PollUs, {Window, Read, Ended}, Now) ->
@@ -213,33 +405,37 @@ turn_window(PollUs, {Window, Read, Ended}, Now) ->
         false -> PollUs
     end.
 
-%% Reads the socket until no datagram came for Window µs, or its scheduler turned out busy.
-poller_spin(Ep, Receiver, Beat, {PollUs, Window} = W, Deadline, Last, Read) ->
-    Now = erlang:monotonic_time(microsecond),
-    atomics:add(Beat, 1, 1),
-    N = case Now - Last > ?POLL_STARVED_US of
-            true -> starved;
-            false -> poll(Ep)
-        end,
-    case N of
-        0 when Now =< Deadline ->
-            erlang:yield(),
-            poller_spin(Ep, Receiver, Beat, W, Deadline, Now, Read);
-        N when is_integer(N), N > 0 ->
-            %% After a read too: the processes its datagrams woke (input handlers, the
-            %% receiver of a reply) go first. An endpoint_poll call costs the poller a
-            %% reduction or so whatever it read, so on a busy link it used to keep its
-            %% scheduler for a whole time slice (1-6 ms) while they waited.
-            erlang:yield(),
-            poller_spin(Ep, Receiver, Beat, W, Now + Window, Now, Read + N);
-        _ ->
-            Receiver ! {self(), idle},
-            poller_idle(Ep, Receiver, Beat, PollUs, {Window, Read, Now})
+%% Starts the poller, bound to scheduler 1 where the runtime allows it (`{scheduler, N}' is an
+%% undocumented spawn option of OTP 25): its pid and the counter of turn steps. None with a
+%% window of 0.
+start_poller(0) ->
+    {undefined, undefined};
+start_poller(_PollUs) ->
+    Beat = atomics:new(1, []),
+    Fun = fun poller_idle/0,
+    Pid = try
+              spawn_opt(Fun, [link, {priority, low}, {scheduler, 1}])
+          catch
+              error:badarg ->
+                  spawn_opt(Fun, [link, {priority, low}])
+          end,
+    {Pid, Beat}.
+
+%% The poller: waits for the receiver to hand it a turn.
+poller_idle() ->
+    receive
+        {quic_dist_turn, T} -> poller_turn(turn_begin(T))
+    end.
+
+poller_turn(T) ->
+    case turn_step(T) of
+        {continue, T1} -> poller_turn(T1);
+        done -> poller_idle()
     end.
 
 %% Reads what waits without arming the select: the datagrams it read.
-poll(Ep) ->
-    case quic_dist_nif:endpoint_poll(Ep) of
+poll(Ep, YieldIfEmpty) ->
+    case quic_dist_nif:endpoint_poll(Ep, YieldIfEmpty) of
         N when is_integer(N) -> N;
         {error, Reason} ->
             ?LOG_ERROR("quic_dist cannot read its UDP socket: ~ts", [Reason]),

@@ -17,7 +17,7 @@
 %%% `high' again.
 -module(quic_dist_urgency).
 
--export([new/0, handled/2, decide/4]).
+-export([new/0, handled/2, decide/4, normal/1]).
 -export_type([urgency/0]).
 
 -define(RATE, 64).
@@ -41,6 +41,12 @@ handled(Bytes, {_, _, Was} = U) ->
     {_, _, Now} = U1 = decide(Bytes, now_us(), RunQueue, U),
     _ = Now =:= Was orelse process_flag(priority, Now),
     U1.
+
+%% @doc Sets the calling process's priority to normal (the next handled/2 decides again).
+-spec normal(urgency()) -> urgency().
+normal({Budget, At, Was}) ->
+    _ = Was =:= normal orelse process_flag(priority, normal),
+    {Budget, At, normal}.
 
 %% @doc The new state after Bytes handled at NowUs, RunQueue (the node's runnable processes,
 %% looked at only when going idle) then: pure, for handled/2 and the unit tests.

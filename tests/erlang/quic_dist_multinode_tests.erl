@@ -16,7 +16,7 @@
          seq_receiver/3, multi_seq_receiver/4, exit_on_request/0, trap_link_report/3,
          monitor_report/3, link_checks/1, monitor_checks/1, start_global_service/1,
          global_hello/1, double/1, round_trips/2, socket_poller/0, wait_poller_idle/2,
-         ping_with_log/1, reconnect_cycles/2]).
+         ping_with_log/1, reconnect_cycles/2, send_mixed/2, disconnect_mid_ping_pong/2]).
 
 %% A logger handler (see ping_with_log/1).
 -export([log/2]).
@@ -79,6 +79,11 @@ lifecycle_test_() ->
      isolated("the socket poller: round trips with and without it (poll_us 0); it runs at "
               "low priority, goes back to waiting when datagrams stop, and stops with the "
               "receiver", 60, fun t_socket_poller/1),
+     isolated("turns at reading the socket go to the input handler of a node's only "
+              "connection while datagrams come one at a time, to the poller during bursts "
+              "and while a second connection is up; messages stay in order across the "
+              "changes, and a connection that goes down during its input handler's turn "
+              "leaves the node reading", 90, fun t_input_handler_turns/1),
      isolated("IPv6 (-proto_dist quic6, nodes named on ::1): connect, rpc, 1 MiB there and "
               "back, addresses and certificate; a hidden node with -dist_listen false", 60,
               fun t_ipv6/1),
@@ -526,6 +531,44 @@ t_socket_poller(Reg) ->
     ?assertEqual(false, call(B, erlang, is_process_alive, [Poller])),
     ?assertEqual(none, call(B, ?MODULE, socket_poller, [])).
 
+t_input_handler_turns(Reg) ->
+    %% C is hidden: global would otherwise take A's connection down with C's (overlapping
+    %% partitions) when C disconnects from B.
+    [A, B, C] = ?P:start_many(Reg, [#{prefix => "a"}, #{prefix => "b"},
+                                    #{prefix => "c", args => ["-hidden"]}]),
+    [NA, NB, NC] = [?P:nodename(P) || P <- [A, B, C]],
+    Turns = fun() -> call(B, quic_dist_receiver, turns, []) end,
+    %% One connection, one datagram at a time: B's input handler reads the socket itself.
+    ?assertEqual(3000, call(A, ?MODULE, round_trips, [NB, 3000])),
+    #{input := In1, poller := Po1} = Turns(),
+    ?assert(In1 > 0),
+    %% Small messages in order to one process, with 1 MiB ones among them (bursts of
+    %% datagrams: the poller takes the turns) and round trips between (the input handler
+    %% takes them back).
+    ?assertEqual({done, 2000}, call(A, ?MODULE, send_mixed, [NB, 2000], 60000)),
+    #{input := In2, poller := Po2} = Turns(),
+    ?assert(Po2 > Po1),
+    ?assert(In2 > In1),
+    %% A second connection: the turns go to the poller only, while both connections work.
+    ?P:connect(C, B),
+    ?assertEqual(100, call(C, ?MODULE, round_trips, [NB, 100])),
+    #{input := In3} = Turns(),
+    ?assertEqual(1000, call(A, ?MODULE, round_trips, [NB, 1000])),
+    ?assertEqual(1000, call(C, ?MODULE, round_trips, [NB, 1000])),
+    ?assertMatch(#{input := In3}, Turns()),
+    %% Alone again: the input handler of A's connection takes turns again.
+    ?assertEqual(true, call(C, erlang, disconnect_node, [NB])),
+    ?assertEqual(ok, call(B, ?P, wait_disconnected, [NC, 10000])),
+    ?assertEqual(3000, call(A, ?MODULE, round_trips, [NB, 3000])),
+    #{input := In4} = Turns(),
+    ?assert(In4 > In3),
+    %% B drops the connection in the middle of a ping-pong, its input handler most likely
+    %% holding a turn: A reconnects and B reads and answers as before.
+    ?assertEqual(2000, call(A, ?MODULE, disconnect_mid_ping_pong, [NB, 2000])),
+    ?assertEqual(ok, call(B, ?P, wait_disconnected, [NA, 10000])),
+    ?assertEqual(3000, call(A, ?MODULE, round_trips, [NB, 3000])),
+    ?assert(maps:get(input, Turns()) > In4).
+
 t_certificate_chain(Reg) ->
     Dir = cert_dir("chain"),
     try
@@ -946,6 +989,43 @@ round_trips(Node, N) ->
     exit(Echo, kill),
     Back.
 
+%% @doc Sends N sequenced messages to one process on Node, every 100th with 1 MiB in it, and
+%% 50 round trips after each such one: {done, N} when all arrived in order.
+send_mixed(Node, N) ->
+    Ref = make_ref(),
+    Receiver = spawn(Node, ?MODULE, seq_receiver, [self(), Ref, N]),
+    Big = binary:copy(<<7>>, 1 bsl 20),
+    lists:foreach(fun(I) when I rem 100 =:= 0 ->
+                          Receiver ! {seq, 1, I, <<I:32, Big/binary>>},
+                          50 = round_trips(Node, 50);
+                     (I) ->
+                          Receiver ! {seq, 1, I, <<I:32>>}
+                  end, lists:seq(1, N)),
+    receive {Ref, Result} -> Result after 30000 -> timeout end.
+
+%% @doc Round trips to a process on Node that, at the one after the N-th, has its node
+%% disconnect from this one: how many came back before the connection went down.
+disconnect_mid_ping_pong(Node, N) ->
+    Self = self(),
+    Echo = spawn(Node, fun() -> disconnect_after(Self, N) end),
+    erlang:monitor_node(Node, true),
+    ping_until_down(Echo, Node, 0).
+
+disconnect_after(From, 0) ->
+    %% At the next ping: every answer has arrived by then.
+    receive {ping, From, _} -> erlang:disconnect_node(node(From)) end;
+disconnect_after(From, N) ->
+    receive {ping, From, I} -> From ! {pong, I} end,
+    disconnect_after(From, N - 1).
+
+ping_until_down(Echo, Node, Back) ->
+    Echo ! {ping, self(), Back},
+    receive
+        {pong, Back} -> ping_until_down(Echo, Node, Back + 1);
+        {nodedown, Node} -> Back
+    after 10000 -> {stalled, Back}
+    end.
+
 %% @doc The node's socket poller (the process linked to its receiver), or none.
 socket_poller() ->
     case whereis(quic_dist_receiver) of
@@ -1109,7 +1189,7 @@ seq_loop(I, N) when I > N ->
     {done, N};
 seq_loop(I, N) ->
     receive
-        {seq, _, I, <<I:32>>} -> seq_loop(I + 1, N);
+        {seq, _, I, <<I:32, _/binary>>} -> seq_loop(I + 1, N);
         {seq, _, J, _} -> {out_of_order, {expected, I}, {got, J}}
     after 20000 ->
             {stalled, {expected, I}}

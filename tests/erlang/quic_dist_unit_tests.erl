@@ -72,6 +72,31 @@ poller_turn_window_test() ->
     %% A busy turn followed late: back to poll_us.
     ?assertEqual(100, quic_dist_receiver:turn_window(100, {800, 50, Now - 1000}, Now)).
 
+%% The poller hands its turn to an input handler after 16 reads in a row of one datagram each;
+%% an input handler hands it back after 4 reads in a row of several. A read of the other kind
+%% starts the count over; a poller with no input handler to hand to (none) counts nothing.
+turn_switch_test() ->
+    Reads = fun(Switch, Ns) ->
+                    lists:foldl(fun(_, switch) -> switch;
+                                   (N, Streak) -> quic_dist_receiver:read_streak(Switch, N, Streak)
+                                end, 0, Ns)
+            end,
+    ?assertEqual(15, Reads(light, lists:duplicate(15, 1))),
+    ?assertEqual(switch, Reads(light, lists:duplicate(16, 1))),
+    ?assertEqual(10, Reads(light, lists:duplicate(10, 1) ++ [3] ++ lists:duplicate(10, 1))),
+    ?assertEqual(3, Reads(burst, [8, 2, 5])),
+    ?assertEqual(switch, Reads(burst, [8, 2, 5, 8])),
+    ?assertEqual(1, Reads(burst, [8, 2, 5, 1, 8])),
+    ?assertEqual(0, Reads(none, lists:duplicate(100, 1) ++ lists:duplicate(100, 8))).
+
+%% An input handler holding a turn keeps its core between datagrams for 100 µs; the poller
+%% gives it away at every empty read.
+turn_yield_test() ->
+    ?assertNot(quic_dist_receiver:yield_if_empty(burst, 60)),
+    ?assert(quic_dist_receiver:yield_if_empty(burst, 101)),
+    ?assert(quic_dist_receiver:yield_if_empty(light, 0)),
+    ?assert(quic_dist_receiver:yield_if_empty(none, 0)).
+
 %% The modules loaded when the node listens all exist (a name that does not would be skipped
 %% silently, and the first connection would wait for it again).
 connection_modules_exist_test() ->

@@ -195,16 +195,21 @@ fn endpoint_receive<'a>(env: Env<'a>, ep: ResourceArc<EndpointRes>) -> Term<'a> 
 }
 
 /// Reads what waits on the endpoint's socket as `endpoint_receive` does, but arms no select:
-/// for the node's poller, which calls it in a loop while datagrams are expected. The number of
-/// datagrams it read (0: none was waiting), or `{error, Reason}`.
+/// for the process holding a turn at reading (the node's poller, or an input handler), which
+/// calls it in a loop while datagrams are expected. With `yield_if_empty`, a read that found
+/// nothing gives the core to any thread that wants it. The number of datagrams it read (0:
+/// none was waiting), or `{error, Reason}`.
 #[rustler::nif]
-fn endpoint_poll<'a>(env: Env<'a>, ep: ResourceArc<EndpointRes>) -> Term<'a> {
+fn endpoint_poll<'a>(env: Env<'a>, ep: ResourceArc<EndpointRes>, yield_if_empty: bool) -> Term<'a> {
     let _caller = caller::enter(env);
     match ep.ep.poll_some(RECEIVE_BATCHES_PER_CALL) {
         Ok(0) => {
             // Nothing waiting: the caller spins, so let any thread that wants this core
-            // (another node's, on a small machine) have it now, as the runtime's busy wait does.
-            std::thread::yield_now();
+            // (another node's, on a small machine) have it now, as the runtime's busy wait
+            // does; unless the caller would rather keep it (quic_dist_receiver says when).
+            if yield_if_empty {
+                std::thread::yield_now();
+            }
             0usize.encode(env)
         }
         Ok(n) => n.encode(env),
