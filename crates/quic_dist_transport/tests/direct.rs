@@ -598,12 +598,18 @@ fn a_poller_finds_a_closed_port_that_only_the_error_queue_reports() {
         std::thread::yield_now();
     }
     let mut polls = 0;
+    let mut read = 0;
     while !c.is_probing() && c.lost().is_none() {
-        assert_eq!(client.ep.poll_batches(1).unwrap(), 0);
-        polls += 1;
+        // What the server sent after the handshake may still wait, unread since the pause:
+        // reading it is fine. Only empty reads look at the error queue.
+        match client.ep.poll_batches(1).unwrap() {
+            0 => polls += 1,
+            n => read += n,
+        }
         assert!(polls <= 64, "64 empty polls and the report is not found");
+        assert!(read <= 64, "datagrams keep coming from a stopped relay");
     }
-    eprintln!("closed port found after {polls} empty polls");
+    eprintln!("closed port found after {polls} empty polls ({read} datagrams read)");
 }
 
 #[test]
