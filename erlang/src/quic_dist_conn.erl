@@ -477,9 +477,18 @@ input_loop(#input{turn = Turn} = S) ->
 
 %% The end of a turn: back to any scheduler, at normal priority.
 turn_over(S) ->
-    _ = process_flag(scheduler, 0),
+    bind_to_scheduler(0),
     _ = process_flag(priority, normal),
     S#input{turn = undefined}.
+
+%% Binds the calling process to scheduler N (0: unbinds it) where the runtime allows it:
+%% `process_flag(scheduler, N)' is undocumented in OTP 25, as the poller's spawn option is.
+bind_to_scheduler(N) ->
+    try process_flag(scheduler, N) of
+        _ -> ok
+    catch
+        error:badarg -> ok
+    end.
 
 %% One message of the data phase.
 input_message({quic_dist_data, Packets, Channel, Bytes, Receivers},
@@ -495,7 +504,7 @@ input_message({quic_dist_turn, Turn}, #input{urgency = U} = S) ->
     %% low priority, so that the processes the packets wake go first. Urgency counts the
     %% process as normal, which it decides for every batch until the turn is over.
     U1 = quic_dist_urgency:normal(U),
-    _ = process_flag(scheduler, 1),
+    bind_to_scheduler(1),
     _ = process_flag(priority, low),
     input_loop(S#input{turn = quic_dist_receiver:turn_begin(Turn), urgency = U1});
 input_message(quic_dist_turn_release, #input{turn = undefined} = S) ->
