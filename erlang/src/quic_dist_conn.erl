@@ -502,11 +502,11 @@ input_message({quic_dist_data, Packets, Channel, Bytes, Receivers},
 input_message({quic_dist_turn, Turn}, #input{urgency = U} = S) ->
     %% A turn at reading the socket (quic_dist_receiver): on the poller's scheduler and at its
     %% low priority, so that the processes the packets wake go first. Urgency counts the
-    %% process as normal, which it decides for every batch until the turn is over.
-    U1 = quic_dist_urgency:normal(U),
+    %% process as normal, and turn_over/1 sets it so.
     bind_to_scheduler(1),
     _ = process_flag(priority, low),
-    input_loop(S#input{turn = quic_dist_receiver:turn_begin(Turn), urgency = U1});
+    input_loop(S#input{turn = quic_dist_receiver:turn_begin(Turn),
+                       urgency = quic_dist_urgency:normal(U)});
 input_message(quic_dist_turn_release, #input{turn = undefined} = S) ->
     input_loop(S);
 input_message(quic_dist_turn_release, #input{turn = Turn} = S) ->

@@ -156,13 +156,14 @@ run_tasks(Conn) ->
             last :: {pos_integer(), non_neg_integer(), integer()} | undefined,
             turns = #{poller => 0, input => 0} :: #{poller | input => non_neg_integer()}}).
 
-%% A turn at reading the socket, held by the poller or by an input handler. Switch: what ends
+%% A turn at reading the socket, held by the poller or by an input handler. DataAt: when the
+%% last datagram came (at first, when the turn began); Last: the last step. Switch: what ends
 %% the turn early so that the other kind of reader takes over (none: nothing does).
 -record(turn, {ep :: reference(),
                receiver :: pid(),
                beat :: atomics:atomics_ref(),
                window :: pos_integer(),
-               deadline :: integer(),
+               data_at :: integer(),
                last :: integer(),
                read = 0 :: non_neg_integer(),
                streak = 0 :: non_neg_integer(),
@@ -201,22 +202,14 @@ armed(#r{ep = Ep} = S) ->
 give_turn(#r{poller = Poller, beat = Beat, poll_us = PollUs, last = Last} = S) ->
     Now = erlang:monotonic_time(microsecond),
     Solo = solo(S),
-    Holder = case S#r.next =:= input andalso is_pid(Solo) of
-                 true -> Solo;
-                 false -> Poller
-             end,
-    Switch = if
-                 Holder =/= Poller -> burst;
-                 is_pid(Solo) -> light;
-                 true -> none
-             end,
+    {Holder, Kind, Switch} = if
+                                 S#r.next =:= input, is_pid(Solo) -> {Solo, input, burst};
+                                 is_pid(Solo) -> {Poller, poller, light};
+                                 true -> {Poller, poller, none}
+                             end,
     Holder ! {quic_dist_turn, #turn{ep = S#r.ep, receiver = self(), beat = Beat,
                                     window = turn_window(PollUs, Last, Now),
-                                    deadline = 0, last = 0, switch = Switch}},
-    Kind = case Holder of
-               Poller -> poller;
-               _ -> input
-           end,
+                                    data_at = 0, last = 0, switch = Switch}},
     polled(S#r{turns = maps:update_with(Kind, fun(N) -> N + 1 end, S#r.turns)}, Holder,
            atomics:get(Beat, 1)).
 
@@ -329,26 +322,26 @@ input_ready(Pid) ->
 
 %% @doc Starts a turn handed over in `{quic_dist_turn, Turn}'.
 -spec turn_begin(turn()) -> turn().
-turn_begin(#turn{window = Window} = T) ->
+turn_begin(T) ->
     Now = erlang:monotonic_time(microsecond),
-    T#turn{deadline = Now + Window, last = Now}.
+    T#turn{data_at = Now, last = Now}.
 
 %% @doc One step of a turn: reads the socket once (its packets go out as messages) and yields;
 %% `done' when the turn is over (reported to the receiver).
 -spec turn_step(turn()) -> {continue, turn()} | done.
-turn_step(#turn{ep = Ep, beat = Beat, last = Last, deadline = Deadline} = T) ->
+turn_step(#turn{ep = Ep, beat = Beat, last = Last, data_at = DataAt} = T) ->
     Now = erlang:monotonic_time(microsecond),
     atomics:add(Beat, 1, 1),
     N = case Now - Last > ?POLL_STARVED_US of
             true -> starved;
-            false -> poll(Ep, yield_if_empty(T#turn.switch, Now - (Deadline - T#turn.window)))
+            false -> poll(Ep, yield_if_empty(T#turn.switch, Now - DataAt))
         end,
     case N of
-        0 when Now =< Deadline ->
+        0 when Now - DataAt =< T#turn.window ->
             erlang:yield(),
             {continue, T#turn{last = Now}};
         N when is_integer(N), N > 0 ->
-            T1 = T#turn{deadline = Now + T#turn.window, last = Now, read = T#turn.read + N},
+            T1 = T#turn{data_at = Now, last = Now, read = T#turn.read + N},
             case read_streak(T#turn.switch, N, T#turn.streak) of
                 switch ->
                     turn_end(T1, T#turn.switch, Now);

@@ -42,10 +42,11 @@ handled(Bytes, {_, _, Was} = U) ->
     _ = Now =:= Was orelse process_flag(priority, Now),
     U1.
 
-%% @doc Sets the calling process's priority to normal (the next handled/2 decides again).
+%% @doc The state of a process that sets its own priority for a while, to normal or lower (an
+%% input handler's turn at reading the socket): counted as normal, so that handled/2 with
+%% Bytes > 0 leaves the priority alone, and the next handled(0, _) decides again.
 -spec normal(urgency()) -> urgency().
-normal({Budget, At, Was}) ->
-    _ = Was =:= normal orelse process_flag(priority, normal),
+normal({Budget, At, _Was}) ->
     {Budget, At, normal}.
 
 %% @doc The new state after Bytes handled at NowUs, RunQueue (the node's runnable processes,
