@@ -21,9 +21,9 @@ use super::udp::{Datagram, Socket};
 /// transfer between two namespaces); the acknowledgements only leave at a drive. Once per
 /// read, the sender saw one per 16-22 datagrams, its congestion window freed in large steps;
 /// every 8, each acknowledgement's send (a system call, and on a veth the peer's whole receive
-/// path) was a quarter of the receiving node's CPU. 16: 1 MiB messages under 1% loss 480-570
-/// MB/s against 320-470 with 8, and 32 gave no more but longer round trips beside a stream
-/// on a 100 Mbit/s link.
+/// path) took a quarter of the receiving node's CPU. 16: 1 MiB messages under 1% loss between
+/// two namespaces 383-509 MB/s against 324-443 with 8 (`bench/run.sh --scenario netns`);
+/// 24 and 32 gave no more than 16 (a scratch driver).
 const DRIVE_EVERY: usize = 16;
 
 /// Datagrams a connection may send per drive before it lets other work run; the rest goes
