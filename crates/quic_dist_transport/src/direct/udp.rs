@@ -31,11 +31,10 @@ const MAX_RECEIVE: usize = 64 * 1024;
 const MAX_SEGMENTED_SEND: usize = 65_535 - 20 - 8;
 
 /// Datagrams in one segmented send at most. quinn puts at most 10 in one; with datagrams of an
-/// Ethernet path (1452 bytes) 20 send a fifth fewer times per byte, and a read's worth of
-/// acknowledgements frees more than 10 datagrams of window: 1 MiB messages under 1% loss
-/// between two namespaces 497-564 MB/s against 405-509 (three alternating runs). 45 (as many
-/// as fit one send) gave no more, but bursts of 64 KB filled a 100 Mbit/s link's queue:
-/// round trips beside a stream there p99 36-63 ms instead of 25-27.
+/// Ethernet path (1452 bytes), 20: 1 MiB messages under 1% loss between two namespaces
+/// 497-564 MB/s against 405-509 (three alternating runs). 45 (as many as fit one send) gave no
+/// more, but its 64 KB bursts filled a 100 Mbit/s link's queue: round trips beside a stream
+/// there p99 36-63 ms instead of 25-27.
 const MAX_TRANSMIT_SEGMENTS: usize = 20;
 
 /// One datagram received.
