@@ -16,15 +16,15 @@ pub const DEFAULT_STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 /// first datagrams, and the size path MTU discovery falls back to on a black hole.
 pub const MIN_UDP_PAYLOAD: u16 = 1200;
 
-/// Largest UDP payload per datagram at which a full segmentation offload (GSO) batch still fits
-/// one `sendmsg`.
+/// Largest UDP payload per datagram at which a segmentation offload (GSO) batch of 10, quinn's
+/// own batch, still fits one `sendmsg`.
 ///
-/// quinn 0.11 puts up to 10 datagrams of the current path MTU into one GSO send
-/// (`MAX_TRANSMIT_SEGMENTS` in quinn's `connection.rs`) and does not cap the batch's total size,
-/// while Linux refuses a UDP send whose total exceeds 65535 bytes of IP packet with `EMSGSIZE`,
-/// which quinn-udp takes for a failed MTU probe and drops silently. Datagrams above this size
-/// therefore lose whole batches: quinn counts them as lost packets, and after a few such loss
-/// bursts its black-hole detector resets the path to [`MIN_UDP_PAYLOAD`] for the cooldown.
+/// Linux refuses a UDP send whose total exceeds 65535 bytes of IP packet with `EMSGSIZE`,
+/// which quinn-udp takes for a failed MTU probe and drops silently: a batch that large loses
+/// all its datagrams, and after a few such loss bursts quinn's black-hole detector resets the
+/// path to [`MIN_UDP_PAYLOAD`] for the cooldown. quinn 0.11 does not cap a batch's total size;
+/// the endpoint now bounds every send by it (`direct::udp`, `segments_per_send`), so larger
+/// datagrams would only mean fewer per send, but this bound is kept where it was set.
 /// IPv4: (65535 - 20 IP header - 8 UDP header) / 10 = 6550. (IPv6 allows 6552.)
 pub const GSO_SAFE_UDP_PAYLOAD: u16 = 6550;
 
@@ -280,7 +280,7 @@ mod tests {
 
     /// IPv4 and UDP headers: what the kernel adds to a send's payload before its 65535 limit.
     const HEADERS: usize = 20 + 8;
-    /// Datagrams quinn 0.11 puts in one GSO send (`MAX_TRANSMIT_SEGMENTS`).
+    /// Datagrams quinn 0.11 puts in one GSO send at most (its `MAX_TRANSMIT_SEGMENTS`).
     const QUINN_GSO_BATCH: usize = 10;
 
     #[test]
