@@ -31,12 +31,21 @@ case "$cmd" in
     ip -n "$na" link set "$DEV_A" up
     ip -n "$nb" link set "$DEV_B" up
     # Packets of at most one MTU on the link, as on a wire. With the offloads on, a TCP sender's
-    # 64 KB segments (and a UDP sender's GSO batches) cross the veth whole, so the loss rule
-    # dropped 1% of 64 KB segments for TCP but of 1.5 KB datagrams for QUIC: a fortieth of the
-    # loss per byte for TCP.
+    # 64 KB segments and a UDP sender's GSO batches (up to 20 datagrams) cross the veth whole,
+    # so the loss rule drops a whole segment or batch at a time, and the link's per-packet
+    # work (veth, nftables, IP) is paid once per batch. `gso off` does not cover UDP: UDP
+    # segmentation is its own feature (tx-udp-segmentation), on by default; with it left on
+    # (until 2026-12-06) QUIC's batches crossed whole, 27 KB a packet on average.
     if command -v ethtool >/dev/null 2>&1; then
-      ip netns exec "$na" ethtool -K "$DEV_A" tso off gso off gro off >/dev/null 2>&1 || true
-      ip netns exec "$nb" ethtool -K "$DEV_B" tso off gso off gro off >/dev/null 2>&1 || true
+      for pair in "$na:$DEV_A" "$nb:$DEV_B"; do
+        ns=${pair%%:*} dev=${pair#*:}
+        ip netns exec "$ns" ethtool -K "$dev" tso off gso off gro off tx-udp-segmentation off \
+          >/dev/null 2>&1 || true
+        if ip netns exec "$ns" ethtool -k "$dev" |
+          grep -qE '^\s*(tx-tcp-segmentation|tx-udp-segmentation|generic-segmentation-offload|generic-receive-offload): on'; then
+          echo "netns: $dev keeps a segmentation or receive offload on" >&2
+        fi
+      done
     fi
     # One epmd per namespace (it listens on all of the namespace's addresses).
     ip netns exec "$na" epmd -daemon
