@@ -18,12 +18,14 @@ use super::udp::{Datagram, Socket};
 
 /// Datagrams handled between two drives of their connections within one read. A read returns
 /// up to 8 buffers, and with UDP GRO each can hold many datagrams (dozens under a bulk
-/// transfer between two namespaces); the acknowledgements only leave at a drive. Once per
-/// read, the sender saw one per 16-22 datagrams, its congestion window freed in large steps;
-/// every 8, each acknowledgement's send (a system call, and on a veth the peer's whole receive
-/// path) took a quarter of the receiving node's CPU. 16: 1 MiB messages under 1% loss between
-/// two namespaces 383-509 MB/s against 324-443 with 8 (`bench/run.sh --scenario netns`);
-/// 24 and 32 gave no more than 16 (a scratch driver).
+/// transfer); the acknowledgements only leave at a drive. Once per read, the sender saw one per
+/// 16-22 datagrams, its congestion window freed in large steps; every 8, each
+/// acknowledgement's send (a system call, and on a veth the peer's whole receive path) took a
+/// quarter of the receiving node's CPU. 16: 1 MiB messages under 1% loss between two
+/// namespaces 383-509 MB/s against 324-443 with 8; 24 and 32 gave no more than 16. Measured on
+/// a namespace link that passed the sender's segmented sends whole (UDP segmentation left on,
+/// bench/README.md), which is how the reads came to hold GRO batches; on a link of one datagram
+/// per packet a read holds at most 8 and this does not apply.
 const DRIVE_EVERY: usize = 16;
 
 /// Datagrams a connection may send per drive before it lets other work run; the rest goes

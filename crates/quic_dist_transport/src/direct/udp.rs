@@ -30,11 +30,14 @@ const MAX_RECEIVE: usize = 64 * 1024;
 /// 1452 bytes most sends failed and a no-loss link between two namespaces moved 35 MB/s.
 const MAX_SEGMENTED_SEND: usize = 65_535 - 20 - 8;
 
-/// Datagrams in one segmented send at most. quinn puts at most 10 in one; with datagrams of an
-/// Ethernet path (1452 bytes), 20: 1 MiB messages under 1% loss between two namespaces
-/// 497-564 MB/s against 405-509 (three alternating runs). 45 (as many as fit one send) gave no
-/// more, but its 64 KB bursts filled a 100 Mbit/s link's queue: round trips beside a stream
-/// there p99 36-63 ms instead of 25-27.
+/// Datagrams in one segmented send at most. quinn puts at most 10 in one; 20 halves the send
+/// calls of a bulk transfer where the network card segments. Between two namespaces whose veth
+/// passed the batches whole (UDP segmentation left on, bench/README.md) 20 gave 497-564 MB/s
+/// under 1% loss against 405-509 with 10; with the link's segmentation off (one datagram per
+/// packet, the kernel segments each send) 10 and 20 are level (1 MiB messages, three
+/// alternating pairs: with 10, 331-358 MB/s without loss and 157-239 under 1% loss; with 20,
+/// 311-383 and 177-225). 45 (as many as fit one send) filled a 100 Mbit/s link's queue with its
+/// 64 KB bursts: round trips beside a stream there p99 36-63 ms instead of 25-27.
 const MAX_TRANSMIT_SEGMENTS: usize = 20;
 
 /// One datagram received.
