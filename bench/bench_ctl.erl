@@ -424,19 +424,24 @@ netns_scenarios(Carriers, Pairs, #{params := #{netns := P}} = Cfg) ->
     Rtt = fun(Warm, N) ->
                   fun(_, A, B) -> call(A, bench_node, rtt, [node_of(B), Warm, N, MaxMs]) end
           end,
-    Bulk = fun(Total) -> fun(_, A, B) ->
+    Bulk = fun(Total) -> fun(C, A, B) ->
+                                 Sent0 = link_sent(Cfg),
                                  {Rate, _} = bulk_rate(A, B, ?MiB, max(?MiB, Total div 4), Total),
+                                 count_link_sent(C, Sent0, link_sent(Cfg)),
                                  Rate
                          end end,
     Small = fun(_, A, B) -> small_rate(A, B, 8, max(8, SmallTotal div 5), SmallTotal, 100) end,
     Hol = fun(_, A, B) -> hol_run(A, B, HolPings, 8 * ?MiB, HolWindow, 100, HolMaxMs) end,
     Cond = fun(Name, RttMeasure, BulkTotal, BulkReps) ->
                    netns_cond(Name, Cfg),
-                   #{rtt => Turns("netns rtt", Reps, RttMeasure),
-                     bulk_1m => Turns("netns bulk", BulkReps, Bulk(BulkTotal)),
-                     small_8 => Turns("netns small", Reps, Small),
-                     hol => Turns("netns hol", HolReps, Hol),
-                     bulk_bytes => BulkTotal, small_messages => SmallTotal}
+                   erase_link_sent(),
+                   RttRuns = Turns("netns rtt", Reps, RttMeasure),
+                   BulkRuns = Turns("netns bulk", BulkReps, Bulk(BulkTotal)),
+                   Link = link_bytes_per_packet(Carriers),
+                   SmallRuns = Turns("netns small", Reps, Small),
+                   HolRuns = Turns("netns hol", HolReps, Hol),
+                   #{rtt => RttRuns, bulk_1m => BulkRuns, link => Link, small_8 => SmallRuns,
+                     hol => HolRuns, bulk_bytes => BulkTotal, small_messages => SmallTotal}
            end,
     %% 1% loss each way, then the rate-limited link (tbf both ways).
     Loss = Cond(loss, Rtt(RW, RN), maps:get(loss_bulk, P), maps:get(loss_bulk_reps, P)),
@@ -446,10 +451,12 @@ netns_scenarios(Carriers, Pairs, #{params := #{netns := P}} = Cfg) ->
       [{C, begin
                L = netns_summary(C, Loss),
                R = netns_summary(C, Rate),
-               log("[~s] netns loss ~p%: rtt p50 ~s us p99 ~s us, bulk 1 MiB ~s MB/s, "
+               log("[~s] netns loss ~p%: rtt p50 ~s us p99 ~s us, bulk 1 MiB ~s MB/s "
+                   "(~p bytes a packet on the link), "
                    "100 B msgs from 8 senders ~s msg/s, head-of-line p50 ~s us p99 ~s us",
                    [C, maps:get(loss_percent, P), fmt(get_path([rtt, p50_us], L)),
                     fmt(get_path([rtt, p99_us], L)), fmt(get_path([bulk_1m, mb_per_s], L)),
+                    get_path([bulk_1m, link_bytes_per_packet], L),
                     fmt(get_path([small_8, msgs_per_s], L)), fmt(get_path([hol, p50_us], L)),
                     fmt(get_path([hol, p99_us], L))]),
                log("[~s] netns rate ~s: rtt p50 ~s us, bulk 1 MiB ~s MB/s, "
@@ -464,16 +471,54 @@ netns_scenarios(Carriers, Pairs, #{params := #{netns := P}} = Cfg) ->
            end} || C <- Carriers]).
 
 %% One carrier's figures of one namespace condition.
-netns_summary(C, #{rtt := Rtt, bulk_1m := Bulk, small_8 := Small, hol := Hol,
+netns_summary(C, #{rtt := Rtt, bulk_1m := Bulk, small_8 := Small, hol := Hol, link := Link,
                    bulk_bytes := BulkTotal, small_messages := SmallTotal}) ->
     {RttRuns, _} = maps:get(C, Rtt),
     {BulkRates, _} = maps:get(C, Bulk),
     {SmallRates, _} = maps:get(C, Small),
     {HolRuns, _} = maps:get(C, Hol),
     #{rtt => latency(RttRuns),
-      bulk_1m => rates_summary(mb_per_s, BulkRates, #{bytes => BulkTotal}),
+      bulk_1m => rates_summary(mb_per_s, BulkRates,
+                               #{bytes => BulkTotal,
+                                 link_bytes_per_packet => maps:get(C, Link, null)}),
       small_8 => rates_summary(msgs_per_s, SmallRates, #{messages => SmallTotal}),
       hol => hol_summary(HolRuns)}.
+
+%% What the sending side's end of the link sent so far: {Bytes, Packets}.
+link_sent(#{netns := {ok, #{ns_a := NsA}}, netns_cmd := Cmd}) ->
+    Out = os:cmd(lists:flatten(io_lib:format("~s sent ~s", [Cmd, NsA]))),
+    case string:lexemes(Out, " \n") of
+        [Bytes, Packets] -> {list_to_integer(Bytes), list_to_integer(Packets)};
+        _ -> error({netns_sent_failed, Out})
+    end.
+
+%% Adds what the link carried during one of Carrier's bulk repetitions.
+count_link_sent(Carrier, {Bytes0, Packets0}, {Bytes1, Packets1}) ->
+    {B, P} = case get({link_sent, Carrier}) of
+                 undefined -> {0, 0};
+                 Sum -> Sum
+             end,
+    put({link_sent, Carrier}, {B + Bytes1 - Bytes0, P + Packets1 - Packets0}).
+
+erase_link_sent() ->
+    [erase(K) || {{link_sent, _} = K, _} <- get()],
+    ok.
+
+%% Bytes per packet on the link during each carrier's bulk transfers. A wire carries at most
+%% one MTU (1500 bytes) a packet; more means segmentation offloads let batches cross whole and
+%% the loss rule dropped whole batches (as it did for quic_dist before 2026-12-06): the figures
+%% of that carrier would not be comparable, and the run says so.
+link_bytes_per_packet(Carriers) ->
+    maps:from_list(
+      [begin
+           {Bytes, Packets} = get({link_sent, C}),
+           PerPacket = Bytes / max(1, Packets),
+           PerPacket > 1600 andalso
+               log("[~s] warning: the namespace link carried ~b bytes a packet, more than "
+                   "its MTU: segmentation offloads are on and losses hit whole batches; "
+                   "these figures are not comparable", [C, round(PerPacket)]),
+           {C, round(PerPacket)}
+       end || C <- Carriers, get({link_sent, C}) =/= undefined]).
 
 netns_cond(Cond, #{netns := {ok, #{ns_a := NsA, ns_b := NsB}}, netns_cmd := Cmd,
                    params := #{netns := P}}) ->

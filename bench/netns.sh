@@ -6,6 +6,7 @@
 #   netns.sh create  NS_A NS_B IP_A IP_B
 #   netns.sh cond    none|loss|rate NS_A NS_B RATE LOSS_PERCENT
 #   netns.sh destroy NS_A NS_B
+#   netns.sh sent    NS_A        (bytes and packets NS_A's end of the link sent so far)
 set -euo pipefail
 
 DEV_A=qdb_a
@@ -73,6 +74,11 @@ case "$cmd" in
         ;;
       *) echo "unknown condition $what" >&2; exit 2 ;;
     esac
+    ;;
+  sent)
+    ns=$1
+    echo "$(ip netns exec "$ns" cat "/sys/class/net/$DEV_A/statistics/tx_bytes")" \
+      "$(ip netns exec "$ns" cat "/sys/class/net/$DEV_A/statistics/tx_packets")"
     ;;
   destroy)
     for ns in "$@"; do

@@ -118,6 +118,8 @@ if [ "$netns_arg" = ok ]; then
   if "$HERE/netns.sh" create "$NS_A" "$NS_B" "$IP_A" "$IP_B" 2>"$TMP/netns.err"; then
     netns_created=true
     netns_arg="$NS_A,$NS_B,$IP_A,$IP_B"
+    # Warnings (an offload that stayed on) go to the run's progress output.
+    cat "$TMP/netns.err" >&2
   else
     netns_created=true # partly created: destroy what exists
     netns_arg="skip:ip netns setup failed: $(tr '\n' ' ' <"$TMP/netns.err")"
