@@ -13,12 +13,13 @@ command -v elixir >/dev/null 2>&1 || need+=(elixir)
 command -v epmd >/dev/null 2>&1 || need+=(erlang-base)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
 command -v make >/dev/null 2>&1 || need+=(make)
-# The fault tests build network namespaces with ip, tc and nft (as root only; without them
+# The fault tests build network namespaces with ip, tc, nft and ethtool (as root only; without them
 # those tests are counted as skipped): install them when we can, never fail for them.
 optional=()
 command -v ip >/dev/null 2>&1 || optional+=(iproute2)
 command -v tc >/dev/null 2>&1 || optional+=(iproute2)
 command -v nft >/dev/null 2>&1 || optional+=(nftables)
+command -v ethtool >/dev/null 2>&1 || optional+=(ethtool)
 if [ "$(id -u)" = 0 ]; then need+=("${optional[@]}"); fi
 
 if [ ${#need[@]} -gt 0 ]; then

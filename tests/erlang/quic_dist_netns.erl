@@ -1,7 +1,9 @@
 %%% @doc Network namespaces for the fault tests (root only).
 %%%
 %%% `create/0' makes two namespaces, `a' and `b', joined by a veth pair with private addresses
-%%% (a /30 in 10.254.0.0/16), loopback up and one epmd in each. Nodes started in a namespace
+%%% (a /30 in 10.254.0.0/16), loopback up, segmentation offloads off (one datagram or segment
+%%% per packet, as on a wire, so losses hit single datagrams) and one epmd in each. Nodes
+%%% started in a namespace
 %%% (quic_dist_test_peers:start/2 with the options of `node_opts/3': `ip netns exec') are
 %%% named `x@IP' with that side's veth address, and run the QUIC carrier or, to compare, TCP
 %%% distribution.
@@ -118,6 +120,7 @@ create() ->
                   must("ip", ["-n", Ns, "addr", "add", Ip ++ "/30", "dev", Dev]),
                   must("ip", ["-n", Ns, "link", "set", "lo", "up"]),
                   must("ip", ["-n", Ns, "link", "set", Dev, "up"]),
+                  one_datagram_per_packet(Ns, Dev),
                   must("ip", ["netns", "exec", Ns, "epmd", "-daemon"])
           end, [a, b]),
         [wait_epmd(ns(Net, S)) || S <- [a, b]],
@@ -126,6 +129,17 @@ create() ->
         Class:Reason:Stack ->
             destroy(Net),
             erlang:raise(Class, Reason, Stack)
+    end.
+
+%% Segmentation and receive offloads off, UDP's too (`gso off' does not cover it), so that
+%% every packet on the link is at most one MTU, as on a wire: with them on, a QUIC sender's
+%% batches of datagrams cross the veth as one packet and the loss rule drops whole batches.
+%% Without ethtool the link keeps them (the tests still pass; losses then come in batches).
+one_datagram_per_packet(Ns, Dev) ->
+    case cmd("ip", ["netns", "exec", Ns, "ethtool", "-K", Dev, "tso", "off", "gso", "off",
+                    "gro", "off", "tx-udp-segmentation", "off"]) of
+        {0, _} -> ok;
+        {_, Out} -> io:format(user, "~n    ~s: offloads stay on (~ts)~n", [Dev, string:trim(Out)])
     end.
 
 %% epmd -daemon returns before the daemon listens: poll it (bounded).
