@@ -424,24 +424,22 @@ netns_scenarios(Carriers, Pairs, #{params := #{netns := P}} = Cfg) ->
     Rtt = fun(Warm, N) ->
                   fun(_, A, B) -> call(A, bench_node, rtt, [node_of(B), Warm, N, MaxMs]) end
           end,
-    Bulk = fun(Total) -> fun(C, A, B) ->
-                                 Sent0 = link_sent(Cfg),
+    %% Each repetition: {MB/s, {bytes, packets} the link carried meanwhile}.
+    Bulk = fun(Total) -> fun(_, A, B) ->
+                                 {Bytes0, Packets0} = link_sent(Cfg),
                                  {Rate, _} = bulk_rate(A, B, ?MiB, max(?MiB, Total div 4), Total),
-                                 count_link_sent(C, Sent0, link_sent(Cfg)),
-                                 Rate
+                                 {Bytes1, Packets1} = link_sent(Cfg),
+                                 {Rate, {Bytes1 - Bytes0, Packets1 - Packets0}}
                          end end,
     Small = fun(_, A, B) -> small_rate(A, B, 8, max(8, SmallTotal div 5), SmallTotal, 100) end,
     Hol = fun(_, A, B) -> hol_run(A, B, HolPings, 8 * ?MiB, HolWindow, 100, HolMaxMs) end,
     Cond = fun(Name, RttMeasure, BulkTotal, BulkReps) ->
                    netns_cond(Name, Cfg),
-                   erase_link_sent(),
-                   RttRuns = Turns("netns rtt", Reps, RttMeasure),
-                   BulkRuns = Turns("netns bulk", BulkReps, Bulk(BulkTotal)),
-                   Link = link_bytes_per_packet(Carriers),
-                   SmallRuns = Turns("netns small", Reps, Small),
-                   HolRuns = Turns("netns hol", HolReps, Hol),
-                   #{rtt => RttRuns, bulk_1m => BulkRuns, link => Link, small_8 => SmallRuns,
-                     hol => HolRuns, bulk_bytes => BulkTotal, small_messages => SmallTotal}
+                   #{rtt => Turns("netns rtt", Reps, RttMeasure),
+                     bulk_1m => Turns("netns bulk", BulkReps, Bulk(BulkTotal)),
+                     small_8 => Turns("netns small", Reps, Small),
+                     hol => Turns("netns hol", HolReps, Hol),
+                     bulk_bytes => BulkTotal, small_messages => SmallTotal}
            end,
     %% 1% loss each way, then the rate-limited link (tbf both ways).
     Loss = Cond(loss, Rtt(RW, RN), maps:get(loss_bulk, P), maps:get(loss_bulk_reps, P)),
@@ -471,16 +469,18 @@ netns_scenarios(Carriers, Pairs, #{params := #{netns := P}} = Cfg) ->
            end} || C <- Carriers]).
 
 %% One carrier's figures of one namespace condition.
-netns_summary(C, #{rtt := Rtt, bulk_1m := Bulk, small_8 := Small, hol := Hol, link := Link,
+netns_summary(C, #{rtt := Rtt, bulk_1m := Bulk, small_8 := Small, hol := Hol,
                    bulk_bytes := BulkTotal, small_messages := SmallTotal}) ->
     {RttRuns, _} = maps:get(C, Rtt),
-    {BulkRates, _} = maps:get(C, Bulk),
+    {BulkRuns, _} = maps:get(C, Bulk),
+    BulkRates = [Rate || {Rate, _} <- BulkRuns],
     {SmallRates, _} = maps:get(C, Small),
     {HolRuns, _} = maps:get(C, Hol),
     #{rtt => latency(RttRuns),
       bulk_1m => rates_summary(mb_per_s, BulkRates,
                                #{bytes => BulkTotal,
-                                 link_bytes_per_packet => maps:get(C, Link, null)}),
+                                 link_bytes_per_packet =>
+                                     link_bytes_per_packet(C, [Sent || {_, Sent} <- BulkRuns])}),
       small_8 => rates_summary(msgs_per_s, SmallRates, #{messages => SmallTotal}),
       hol => hol_summary(HolRuns)}.
 
@@ -492,33 +492,18 @@ link_sent(#{netns := {ok, #{ns_a := NsA}}, netns_cmd := Cmd}) ->
         _ -> error({netns_sent_failed, Out})
     end.
 
-%% Adds what the link carried during one of Carrier's bulk repetitions.
-count_link_sent(Carrier, {Bytes0, Packets0}, {Bytes1, Packets1}) ->
-    {B, P} = case get({link_sent, Carrier}) of
-                 undefined -> {0, 0};
-                 Sum -> Sum
-             end,
-    put({link_sent, Carrier}, {B + Bytes1 - Bytes0, P + Packets1 - Packets0}).
-
-erase_link_sent() ->
-    [erase(K) || {{link_sent, _} = K, _} <- get()],
-    ok.
-
-%% Bytes per packet on the link during each carrier's bulk transfers. A wire carries at most
-%% one MTU (1500 bytes) a packet; more means segmentation offloads let batches cross whole and
-%% the loss rule dropped whole batches (as it did for quic_dist before 2026-12-06): the figures
-%% of that carrier would not be comparable, and the run says so.
-link_bytes_per_packet(Carriers) ->
-    maps:from_list(
-      [begin
-           {Bytes, Packets} = get({link_sent, C}),
-           PerPacket = Bytes / max(1, Packets),
-           PerPacket > 1600 andalso
-               log("[~s] warning: the namespace link carried ~b bytes a packet, more than "
-                   "its MTU: segmentation offloads are on and losses hit whole batches; "
-                   "these figures are not comparable", [C, round(PerPacket)]),
-           {C, round(PerPacket)}
-       end || C <- Carriers, get({link_sent, C}) =/= undefined]).
+%% Bytes per packet on the link during Carrier's bulk transfers ([{Bytes, Packets}], one per
+%% repetition). A wire carries at most one MTU (1500 bytes) a packet; more means segmentation
+%% offloads let batches cross whole and the loss rule dropped whole batches (as it did for
+%% quic_dist before 2026-12-06): that carrier's figures would not be comparable, and the run
+%% says so.
+link_bytes_per_packet(Carrier, Sent) ->
+    PerPacket = round(lists:sum([B || {B, _} <- Sent]) / max(1, lists:sum([P || {_, P} <- Sent]))),
+    PerPacket > 1600 andalso
+        log("[~s] warning: the namespace link carried ~b bytes a packet, more than its MTU: "
+            "segmentation offloads are on and losses hit whole batches; these figures are not "
+            "comparable", [Carrier, PerPacket]),
+    PerPacket.
 
 netns_cond(Cond, #{netns := {ok, #{ns_a := NsA, ns_b := NsB}}, netns_cmd := Cmd,
                    params := #{netns := P}}) ->
