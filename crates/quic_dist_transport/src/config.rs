@@ -16,17 +16,21 @@ pub const DEFAULT_STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 /// first datagrams, and the size path MTU discovery falls back to on a black hole.
 pub const MIN_UDP_PAYLOAD: u16 = 1200;
 
+/// UDP payload one send may carry in all, segmented or not: Linux refuses a UDP send whose
+/// total exceeds 65535 bytes of IP packet with `EMSGSIZE`. IPv4: 65535 - 20 IP header - 8 UDP
+/// header. (IPv6 allows 8 bytes more.)
+pub(crate) const MAX_SEGMENTED_SEND: usize = 65_535 - 20 - 8;
+
 /// Largest UDP payload per datagram at which a segmentation offload (GSO) batch of 10, quinn's
 /// own batch, still fits one `sendmsg`.
 ///
-/// Linux refuses a UDP send whose total exceeds 65535 bytes of IP packet with `EMSGSIZE`,
-/// which quinn-udp takes for a failed MTU probe and drops silently: a batch that large loses
-/// all its datagrams, and after a few such loss bursts quinn's black-hole detector resets the
-/// path to [`MIN_UDP_PAYLOAD`] for the cooldown. quinn 0.11 does not cap a batch's total size;
-/// the endpoint now bounds every send by it (`direct::udp`, `segments_per_send`), so larger
-/// datagrams would only mean fewer per send, but this bound is kept where it was set.
-/// IPv4: (65535 - 20 IP header - 8 UDP header) / 10 = 6550. (IPv6 allows 6552.)
-pub const GSO_SAFE_UDP_PAYLOAD: u16 = 6550;
+/// quinn-udp takes the kernel's refusal of a larger send ([`MAX_SEGMENTED_SEND`]) for a failed
+/// MTU probe and drops it silently: a batch that large loses all its datagrams, and after a few
+/// such loss bursts quinn's black-hole detector resets the path to [`MIN_UDP_PAYLOAD`] for the
+/// cooldown. quinn 0.11 does not cap a batch's total size; the endpoint now bounds every send
+/// by it (`direct::udp`, `segments_per_send`), so larger datagrams would only mean fewer per
+/// send, but this bound is kept where it was set: 65507 / 10 = 6550.
+pub const GSO_SAFE_UDP_PAYLOAD: u16 = (MAX_SEGMENTED_SEND / 10) as u16;
 
 /// Largest UDP payload towards loopback peers, unless configured lower: one datagram nearly fills
 /// a `sendmsg` on `lo` (MTU 65536; at most 65507 bytes of payload over IPv4, 65488 over IPv6).
