@@ -7,6 +7,7 @@
 #   netns.sh cond    none|loss|rate NS_A NS_B RATE LOSS_PERCENT
 #   netns.sh destroy NS_A NS_B
 #   netns.sh sent    NS_A        (bytes and packets NS_A's end of the link sent so far)
+#   netns.sh offloads NS DEV on|off  (DEV sends one packet per datagram or segment; GRO on|off)
 set -euo pipefail
 
 DEV_A=qdb_a
@@ -18,6 +19,21 @@ clear_cond() {
   ip netns exec "$ns" nft delete table inet qdbench >/dev/null 2>&1 || true
   ip -n "$ns" link show "$dev" >/dev/null 2>&1 || return 0
   tc -n "$ns" qdisc del dev "$dev" root >/dev/null 2>&1 || true
+}
+
+# Packets of at most one MTU leave DEV, as on a wire: no segmentation offload, UDP's included
+# (`gso off` does not cover it). GRO (receive coalescing) on or off as asked. Warns if a
+# segmentation offload, or GRO that should be off, stays on. Without ethtool, nothing.
+wire_offloads() {
+  local ns=$1 dev=$2 gro=$3
+  local stays='tx-tcp-segmentation|tx-udp-segmentation|generic-segmentation-offload'
+  command -v ethtool >/dev/null 2>&1 || return 0
+  [ "$gro" = on ] || stays="$stays|generic-receive-offload"
+  ip netns exec "$ns" ethtool -K "$dev" tso off gso off tx-udp-segmentation off gro "$gro" \
+    >/dev/null 2>&1 || true
+  if ip netns exec "$ns" ethtool -k "$dev" | grep -qE "^\s*($stays): on"; then
+    echo "netns: $dev keeps a segmentation or receive offload on" >&2
+  fi
 }
 
 case "$cmd" in
@@ -37,17 +53,8 @@ case "$cmd" in
     # work (veth, nftables, IP) is paid once per batch. `gso off` does not cover UDP: UDP
     # segmentation is its own feature (tx-udp-segmentation), on by default; with it left on
     # (until 2026-12-06) QUIC's batches crossed whole, 27 KB a packet on average.
-    if command -v ethtool >/dev/null 2>&1; then
-      for pair in "$na:$DEV_A" "$nb:$DEV_B"; do
-        ns=${pair%%:*} dev=${pair#*:}
-        ip netns exec "$ns" ethtool -K "$dev" tso off gso off gro off tx-udp-segmentation off \
-          >/dev/null 2>&1 || true
-        if ip netns exec "$ns" ethtool -k "$dev" |
-          grep -qE '^\s*(tx-tcp-segmentation|tx-udp-segmentation|generic-segmentation-offload|generic-receive-offload): on'; then
-          echo "netns: $dev keeps a segmentation or receive offload on" >&2
-        fi
-      done
-    fi
+    wire_offloads "$na" "$DEV_A" off
+    wire_offloads "$nb" "$DEV_B" off
     # One epmd per namespace (it listens on all of the namespace's addresses).
     ip netns exec "$na" epmd -daemon
     ip netns exec "$nb" epmd -daemon
@@ -77,8 +84,11 @@ case "$cmd" in
     ;;
   sent)
     ns=$1
-    echo "$(ip netns exec "$ns" cat "/sys/class/net/$DEV_A/statistics/tx_bytes")" \
-      "$(ip netns exec "$ns" cat "/sys/class/net/$DEV_A/statistics/tx_packets")"
+    ip netns exec "$ns" cat "/sys/class/net/$DEV_A/statistics/tx_bytes" \
+      "/sys/class/net/$DEV_A/statistics/tx_packets" | paste -sd ' '
+    ;;
+  offloads)
+    wire_offloads "$1" "$2" "$3"
     ;;
   destroy)
     for ns in "$@"; do
@@ -96,5 +106,5 @@ case "$cmd" in
       ip netns del "$ns" || true
     done
     ;;
-  *) echo "usage: $0 create|cond|destroy ..." >&2; exit 2 ;;
+  *) echo "usage: $0 create|cond|sent|offloads|destroy ..." >&2; exit 2 ;;
 esac

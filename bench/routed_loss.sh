@@ -35,13 +35,7 @@ NS_A="qdr_a_$$" NS_R="qdr_r_$$" NS_B="qdr_b_$$"
 IP_A=10.254.250.1 IP_RA=10.254.250.254 IP_RB=10.254.251.254 IP_B=10.254.251.2
 
 cleanup() {
-  for ns in "$NS_A" "$NS_R" "$NS_B"; do
-    ip netns list | grep -qw "^$ns" || continue
-    pids=$(ip netns pids "$ns" || true)
-    # shellcheck disable=SC2086
-    [ -z "$pids" ] || kill -9 $pids 2>/dev/null || true
-    ip netns del "$ns" || true
-  done
+  "$HERE/netns.sh" destroy "$NS_A" "$NS_R" "$NS_B"
   rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -59,10 +53,9 @@ done
 ip -n "$NS_A" route add default via "$IP_RA"
 ip -n "$NS_B" route add default via "$IP_RB"
 ip netns exec "$NS_R" sysctl -qw net.ipv4.ip_forward=1
-for pair in "$NS_A:qdr_a:on" "$NS_B:qdr_b:on" "$NS_R:qdr_ra:off" "$NS_R:qdr_rb:off"; do
-  IFS=: read -r ns dev gro <<<"$pair"
-  ip netns exec "$ns" ethtool -K "$dev" tso off gso off tx-udp-segmentation off gro "$gro" \
-    >/dev/null 2>&1 || true
+for port in "$NS_A qdr_a on" "$NS_B qdr_b on" "$NS_R qdr_ra off" "$NS_R qdr_rb off"; do
+  # shellcheck disable=SC2086
+  "$HERE/netns.sh" offloads $port
 done
 if [ "$LOSS" != 0 ]; then
   ip netns exec "$NS_R" nft add table inet qdrouted
@@ -89,7 +82,6 @@ erl -noshell -pa "$TMP" -eval "
                                                  | maps:get(Carrier, Flags)]}),
               {P, N}
           end,
-  RxPackets = fun() -> {ok, B} = file:read_file(\"/sys/class/net/qdr_b/statistics/rx_packets\"), B end,
   Rep = fun(Carrier) ->
             {PA, _} = Start(\"ra_$$\", \"$NS_A\", \"$IP_A\", Carrier),
             {PB, B} = Start(\"rb_$$\", \"$NS_B\", \"$IP_B\", Carrier),
