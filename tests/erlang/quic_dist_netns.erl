@@ -3,10 +3,9 @@
 %%% `create/0' makes two namespaces, `a' and `b', joined by a veth pair with private addresses
 %%% (a /30 in 10.254.0.0/16), loopback up, segmentation offloads off (one datagram or segment
 %%% per packet, as on a wire, so losses hit single datagrams) and one epmd in each. Nodes
-%%% started in a namespace
-%%% (quic_dist_test_peers:start/2 with the options of `node_opts/3': `ip netns exec') are
-%%% named `x@IP' with that side's veth address, and run the QUIC carrier or, to compare, TCP
-%%% distribution.
+%%% started in a namespace (quic_dist_test_peers:start/2 with the options of `node_opts/3':
+%%% `ip netns exec') are named `x@IP' with that side's veth address, and run the QUIC carrier
+%%% or, to compare, TCP distribution.
 %%% Faults: `cut/1,2' and `heal/1' (`ip link set DEV down/up'), `set_loss/2' (nftables: a
 %%% rule `numgen random mod 100 < N drop' on each side's input, so loss is both ways; the
 %%% kernel here has no netem), `set_rate/2' (`tc qdisc ... tbf' on each side's egress),

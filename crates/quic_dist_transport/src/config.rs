@@ -80,12 +80,13 @@ pub enum Congestion {
     /// BBR (quinn's, marked experimental there): paces sending at the measured bottleneck rate;
     /// a random loss is not taken for congestion, so lossy links stay fuller (1 MiB messages,
     /// 1% of the packets lost both ways between two namespaces, one datagram per packet:
-    /// 179-331 MB/s against 115-199 with CUBIC, three alternating pairs). But with
-    /// bulk data both ways over a rate-limited link one direction starves: 64 MiB each way
-    /// through 200 Mbit/s, one side had all 64 MiB before the other had sent 16 (4 runs of 5;
-    /// CUBIC: 0 of 4; the same with one stream and with 32 MiB stream windows, so not flow
-    /// control). And on loopback its pacing costs throughput (bulk 823 MB/s against 1520 with
-    /// CUBIC).
+    /// 179-331 MB/s against 115-199 with CUBIC, three alternating pairs; over a routed path,
+    /// `bench/routed_loss.sh`, 279-290 against 106-135). But with bulk data both ways over a
+    /// rate-limited link one direction falls behind: 64 MiB each way through 200 Mbit/s (2.7 s
+    /// of data), the slower direction finished 0.2-1.7 s after the other (CUBIC 0.1-0.3 s); when
+    /// first seen, one side had all 64 MiB before the other had sent 16 (the same with one
+    /// stream and with 32 MiB stream windows, so not flow control). And on loopback its pacing
+    /// costs throughput (bulk 823 MB/s against 1520 with CUBIC).
     Bbr,
     /// NewReno: the classic loss-based controller.
     NewReno,
